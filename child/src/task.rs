@@ -1,0 +1,112 @@
+//! The task API: what a builtin implements and what it is handed for each item.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use shared::item::Value;
+
+/// One item, as a task sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'a> {
+    /// 0-based index in input order.
+    pub index: u64,
+    pub input: ItemInput<'a>,
+}
+
+/// The data of one item: either numbers, or bytes that live in a read-only mapping (never copied).
+#[derive(Debug, Clone, Copy)]
+pub enum ItemInput<'a> {
+    /// The half-open sub-range `[lo, hi)` of a range input.
+    Range { lo: u64, hi: u64 },
+    /// Bytes of a file: a line-aligned chunk of a `file` input, or a whole file.
+    Bytes {
+        data: &'a [u8],
+        path: &'a Path,
+        /// Offset of `data` in the file.
+        offset: u64,
+    },
+}
+
+/// Which kinds of items a task accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// Sub-ranges of a `range` input.
+    Range,
+    /// Line-aligned chunks of a `file` input (`split = "lines"`).
+    Chunks,
+    /// Whole files: a `glob` input, or a `file` input with `split = "none"`.
+    WholeFiles,
+}
+
+impl InputKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            InputKind::Range => "range",
+            InputKind::Chunks => "file chunks",
+            InputKind::WholeFiles => "whole files",
+        }
+    }
+}
+
+/// A builtin task, configured from its `args`.
+///
+/// `run` is called once per item, on one thread; a task may keep state between items. An `Err` fails the item
+/// (kind `error`) and the worker carries on; a panic fails the item (kind `panic`) and the worker carries on too.
+pub trait Task {
+    fn run(&mut self, item: Item<'_>) -> Result<Value, String>;
+}
+
+/// Documentation of one task argument, for `supervisor tasks`.
+#[derive(Debug, Clone, Copy)]
+pub struct ArgInfo {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// A registered builtin.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskInfo {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub inputs: &'static [InputKind],
+    pub args: &'static [ArgInfo],
+    /// Builds the task from its `args` (a JSON object); an `Err` says which argument is wrong and why.
+    pub build: fn(&serde_json::Value) -> Result<Box<dyn Task>, String>,
+}
+
+/// All builtin tasks, in the order `supervisor tasks` lists them.
+pub fn builtins() -> &'static [TaskInfo] {
+    crate::tasks::BUILTINS
+}
+
+/// The builtin called `name`.
+pub fn lookup(name: &str) -> Option<&'static TaskInfo> {
+    builtins().iter().find(|info| info.name == name)
+}
+
+/// Deserializes a task's `args` into its typed form (which should deny unknown fields), with a message that
+/// names the task.
+pub fn parse_args<T: DeserializeOwned>(task: &str, args: &serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(args.clone())
+        .map_err(|error| format!("bad args for task `{task}`: {error}"))
+}
+
+/// The bytes of an item, or an error naming the task that needs them.
+pub fn bytes_of<'a>(task: &str, item: &Item<'a>) -> Result<&'a [u8], String> {
+    match item.input {
+        ItemInput::Bytes { data, .. } => Ok(data),
+        ItemInput::Range { .. } => Err(format!("task `{task}` needs file input, got a range item")),
+    }
+}
+
+/// The sub-range of an item, or an error naming the task that needs it.
+pub fn range_of(task: &str, item: &Item<'_>) -> Result<(u64, u64), String> {
+    match item.input {
+        ItemInput::Range { lo, hi } => Ok((lo, hi)),
+        ItemInput::Bytes { .. } => {
+            Err(format!("task `{task}` needs a range input, got file bytes"))
+        }
+    }
+}

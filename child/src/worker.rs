@@ -1,0 +1,333 @@
+//! The worker loop: what a worker process runs from start to exit.
+//!
+//! The worker connects to the supervisor's bootstrap server, says hello with its own receiving channel, waits
+//! for `Init` (task and input), then runs batches until told to shut down or until the supervisor goes away.
+//! It maps a `file` input once and each whole-file item as it comes; only descriptors and results cross the
+//! channel. Panics in a task are caught and reported as the item's failure; anything that kills the process
+//! (a signal, `exit`, an allocation failure) is for the supervisor to notice and attribute.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ipc_channel::IpcError;
+use ipc_channel::ipc::{self, IpcSender};
+use shared::item::{Batch, BatchItems, InputPlan};
+use shared::protocol::{
+    FromWorker, Outcome, PROTOCOL_VERSION, RESULT_FLUSH_INTERVAL_MS, TaskError, TaskErrorKind,
+    ToWorker,
+};
+use shared::region::MappedFile;
+
+use crate::task::{Item, ItemInput, Task, lookup};
+
+/// Environment variable through which the supervisor passes its pid, so that a worker whose parent is already
+/// gone when it starts exits instead of running orphaned.
+pub const PARENT_PID_ENV: &str = "SUPERVISOR_PARENT_PID";
+
+/// Why a worker stopped abnormally (its exit code is then non-zero; the message goes to stderr).
+#[derive(Debug)]
+pub struct WorkerError(String);
+
+impl std::fmt::Display for WorkerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Runs a worker connected to the bootstrap server `server_name`. Returns when told to shut down or when the
+/// supervisor disconnects.
+pub fn run(server_name: &str) -> Result<(), WorkerError> {
+    die_with_parent()?;
+    install_panic_capture();
+
+    let to_supervisor =
+        IpcSender::<FromWorker>::connect(server_name.to_string()).map_err(|error| {
+            WorkerError(format!(
+                "cannot connect to supervisor at {server_name}: {error}"
+            ))
+        })?;
+    let (to_worker, from_supervisor) = ipc::channel::<ToWorker>()
+        .map_err(|error| WorkerError(format!("cannot create channel: {error}")))?;
+    send(
+        &to_supervisor,
+        FromWorker::Hello {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            to_worker,
+        },
+    )?;
+
+    let mut worker = match from_supervisor.recv() {
+        Ok(ToWorker::Init {
+            task,
+            args_json,
+            input,
+        }) => match Worker::new(&task, &args_json, input) {
+            Ok(worker) => worker,
+            Err(message) => {
+                send(
+                    &to_supervisor,
+                    FromWorker::InitFailed {
+                        message: message.clone(),
+                    },
+                )?;
+                return Err(WorkerError(message));
+            }
+        },
+        Ok(other) => {
+            return Err(WorkerError(format!(
+                "expected Init as first message, got {other:?}"
+            )));
+        }
+        Err(IpcError::Disconnected) => return Ok(()),
+        Err(error) => return Err(WorkerError(format!("cannot receive Init: {error}"))),
+    };
+    send(&to_supervisor, FromWorker::Ready)?;
+
+    loop {
+        match from_supervisor.recv() {
+            Ok(ToWorker::Batch(batch)) => worker.run_batch(&batch, &to_supervisor)?,
+            Ok(ToWorker::Shutdown) | Err(IpcError::Disconnected) => return Ok(()),
+            Ok(other @ ToWorker::Init { .. }) => {
+                return Err(WorkerError(format!(
+                    "unexpected message after Init: {other:?}"
+                )));
+            }
+            Err(error) => {
+                return Err(WorkerError(format!(
+                    "cannot receive from supervisor: {error}"
+                )));
+            }
+        }
+    }
+}
+
+fn send(to: &IpcSender<FromWorker>, message: FromWorker) -> Result<(), WorkerError> {
+    to.send(message)
+        .map_err(|error| WorkerError(format!("cannot send to supervisor: {error}")))
+}
+
+/// Asks the kernel to SIGKILL this worker when the supervisor dies, then checks that the supervisor is still
+/// the parent (it may have died before the request was made).
+fn die_with_parent() -> Result<(), WorkerError> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(WorkerError(format!(
+                "prctl(PR_SET_PDEATHSIG): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    if let Ok(expected) = std::env::var(PARENT_PID_ENV) {
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() };
+        if expected.parse::<i32>().ok() != Some(parent) {
+            return Err(WorkerError(format!(
+                "supervisor (pid {expected}) is gone before the worker started"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The message of the last panic on this process, recorded by the panic hook for the item's failure.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+fn install_panic_capture() {
+    panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic with a non-string payload".to_string());
+        let text = match info.location() {
+            Some(location) => format!("{message} (at {location})"),
+            None => message,
+        };
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(text);
+        }
+    }));
+}
+
+struct Worker {
+    task: Box<dyn Task>,
+    plan: InputPlan,
+    /// The `file` input, mapped once for the worker's life.
+    mapped: Option<MappedFile>,
+}
+
+impl Worker {
+    fn new(task_name: &str, args_json: &str, plan: InputPlan) -> Result<Worker, String> {
+        let info = lookup(task_name).ok_or_else(|| format!("unknown task `{task_name}`"))?;
+        let args: serde_json::Value = serde_json::from_str(args_json)
+            .map_err(|error| format!("task args are not JSON: {error}"))?;
+        let task = (info.build)(&args)?;
+        let mapped =
+            match &plan {
+                InputPlan::File { path } => Some(MappedFile::open(path).map_err(|error| {
+                    format!("cannot map input file {}: {error}", path.display())
+                })?),
+                InputPlan::Range { .. } | InputPlan::Files => None,
+            };
+        Ok(Worker { task, plan, mapped })
+    }
+
+    fn run_batch(&mut self, batch: &Batch, out: &IpcSender<FromWorker>) -> Result<(), WorkerError> {
+        let flush_every = Duration::from_millis(RESULT_FLUSH_INTERVAL_MS);
+        let mut outcomes = Vec::new();
+        let mut first = batch.first;
+        let mut last_flush = Instant::now();
+        for k in 0..batch.len() {
+            outcomes.push(self.run_item(batch, k));
+            if last_flush.elapsed() >= flush_every {
+                let done = std::mem::take(&mut outcomes);
+                let sent = done.len() as u64;
+                send(
+                    out,
+                    FromWorker::Results {
+                        batch: batch.id,
+                        first,
+                        outcomes: done,
+                    },
+                )?;
+                first += sent;
+                last_flush = Instant::now();
+            }
+        }
+        if !outcomes.is_empty() {
+            send(
+                out,
+                FromWorker::Results {
+                    batch: batch.id,
+                    first,
+                    outcomes,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn run_item(&mut self, batch: &Batch, k: u64) -> Outcome {
+        let index = batch.first + k;
+        let started = Instant::now();
+        let result = match self.prepare(batch, k) {
+            Err(message) => Err(TaskError {
+                kind: TaskErrorKind::Error,
+                message,
+            }),
+            Ok(Prepared::Range(lo, hi)) => self.call(Item {
+                index,
+                input: ItemInput::Range { lo, hi },
+            }),
+            Ok(Prepared::Chunk(offset, len)) => {
+                let mapped = self
+                    .mapped
+                    .as_ref()
+                    .map(|m| (&m[offset..offset + len], m.path().to_path_buf()));
+                match mapped {
+                    Some((data, path)) => {
+                        let input = ItemInput::Bytes {
+                            data,
+                            path: &path,
+                            offset: offset as u64,
+                        };
+                        call_task(&mut *self.task, Item { index, input })
+                    }
+                    None => Err(TaskError {
+                        kind: TaskErrorKind::Error,
+                        message: "no mapped input file".into(),
+                    }),
+                }
+            }
+            Ok(Prepared::File(file)) => {
+                let input = ItemInput::Bytes {
+                    data: &file,
+                    path: file.path(),
+                    offset: 0,
+                };
+                self.call(Item { index, input })
+            }
+        };
+        Outcome {
+            elapsed_us: started.elapsed().as_micros() as u64,
+            result,
+        }
+    }
+
+    /// Resolves the descriptor of item `k` of `batch` into something the task can read.
+    fn prepare(&self, batch: &Batch, k: u64) -> Result<Prepared, String> {
+        let index = batch.first + k;
+        match &batch.items {
+            BatchItems::Range { .. } => self
+                .plan
+                .range_item(index)
+                .map(|(lo, hi)| Prepared::Range(lo, hi))
+                .ok_or_else(|| format!("item {index} is outside the range input")),
+            BatchItems::Chunks(chunks) => {
+                let chunk = chunks[k as usize];
+                let size = self.mapped.as_ref().map_or(0, |m| m.len() as u64);
+                match chunk.offset.checked_add(chunk.len) {
+                    Some(end) if end <= size => {
+                        Ok(Prepared::Chunk(chunk.offset as usize, chunk.len as usize))
+                    }
+                    _ => Err(format!(
+                        "chunk {}+{} is outside the mapped input ({size} bytes): was the file truncated?",
+                        chunk.offset, chunk.len
+                    )),
+                }
+            }
+            BatchItems::Files(paths) => {
+                let path = &paths[k as usize];
+                MappedFile::open(path)
+                    .map(Prepared::File)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))
+            }
+        }
+    }
+
+    fn call(&mut self, item: Item<'_>) -> Result<shared::item::Value, TaskError> {
+        call_task(&mut *self.task, item)
+    }
+}
+
+enum Prepared {
+    Range(u64, u64),
+    Chunk(usize, usize),
+    File(MappedFile),
+}
+
+/// Runs the task on one item, turning a panic into the item's failure.
+fn call_task(task: &mut dyn Task, item: Item<'_>) -> Result<shared::item::Value, TaskError> {
+    match panic::catch_unwind(AssertUnwindSafe(|| task.run(item))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(TaskError {
+            kind: TaskErrorKind::Error,
+            message,
+        }),
+        Err(_) => {
+            let message = LAST_PANIC
+                .lock()
+                .ok()
+                .and_then(|mut last| last.take())
+                .unwrap_or_else(|| "task panicked".to_string());
+            Err(TaskError {
+                kind: TaskErrorKind::Panic,
+                message,
+            })
+        }
+    }
+}

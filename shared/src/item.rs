@@ -1,0 +1,196 @@
+//! Items: what a worker is asked to process, and the values it returns.
+//!
+//! Bulk input never crosses the channel. A batch names a contiguous run of item indices and carries only
+//! descriptors: a count for range items (the worker derives each sub-range from the [`InputPlan`]), byte ranges
+//! of the one mapped input file for chunk items, and paths for file items (each worker maps the file itself).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What every worker needs to know about the input once, at start-up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputPlan {
+    /// Item `i` is the half-open sub-range `[start + i*chunk, min(start + (i+1)*chunk, end))`.
+    Range { start: u64, end: u64, chunk: u64 },
+    /// Items are byte ranges of this one file; every worker maps it read-only once.
+    File { path: PathBuf },
+    /// Items are whole files named in each batch.
+    Files,
+}
+
+impl InputPlan {
+    /// The sub-range of range item `index`, or `None` when this is not a range input or the index is past the end.
+    pub fn range_item(&self, index: u64) -> Option<(u64, u64)> {
+        match *self {
+            InputPlan::Range { start, end, chunk } => {
+                let lo = start.checked_add(index.checked_mul(chunk)?)?;
+                (lo < end).then(|| (lo, lo.saturating_add(chunk).min(end)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Number of items of a range input.
+pub fn range_item_count(start: u64, end: u64, chunk: u64) -> u64 {
+    end.saturating_sub(start).div_ceil(chunk.max(1))
+}
+
+/// A byte range `[offset, offset + len)` of the mapped input file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A unit of dispatch: the items `first .. first + len()` in input order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Unique per run; results name the batch they belong to.
+    pub id: u64,
+    /// Global index of the first item.
+    pub first: u64,
+    pub items: BatchItems,
+}
+
+/// The descriptors of a batch's items, one variant per input kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BatchItems {
+    /// `count` consecutive range items; the worker computes each sub-range from the [`InputPlan`].
+    Range { count: u64 },
+    /// Byte ranges of the mapped input file, one per item.
+    Chunks(Vec<Chunk>),
+    /// Paths of whole files, one per item.
+    Files(Vec<PathBuf>),
+}
+
+impl Batch {
+    /// Number of items in the batch.
+    pub fn len(&self) -> u64 {
+        match &self.items {
+            BatchItems::Range { count } => *count,
+            BatchItems::Chunks(chunks) => chunks.len() as u64,
+            BatchItems::Files(paths) => paths.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A task's result value.
+///
+/// A closed enum rather than `serde_json::Value` because it must cross the channel in postcard, which cannot
+/// decode self-describing data; integers are 128-bit so that sums such as Σ i² stay exact. [`Value::json`] writes
+/// it as plain JSON (numbers, strings, arrays, objects).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    UInt(u128),
+    Int(i128),
+    Float(f64),
+    Text(String),
+    List(Vec<Value>),
+    Map(Vec<(String, Value)>),
+}
+
+impl Value {
+    /// A view that serializes as plain JSON (untagged), e.g. `Value::UInt(3)` as `3`.
+    pub fn json(&self) -> JsonValue<'_> {
+        JsonValue(self)
+    }
+}
+
+/// Plain-JSON serialization of a [`Value`]; see [`Value::json`].
+#[derive(Debug, Clone, Copy)]
+pub struct JsonValue<'a>(&'a Value);
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Null => serializer.serialize_unit(),
+            Value::Bool(b) => serializer.serialize_bool(*b),
+            Value::UInt(n) => match u64::try_from(*n) {
+                Ok(small) => serializer.serialize_u64(small),
+                Err(_) => serializer.serialize_u128(*n),
+            },
+            Value::Int(n) => match i64::try_from(*n) {
+                Ok(small) => serializer.serialize_i64(small),
+                Err(_) => serializer.serialize_i128(*n),
+            },
+            Value::Float(f) => serializer.serialize_f64(*f),
+            Value::Text(s) => serializer.serialize_str(s),
+            Value::List(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&item.json())?;
+                }
+                seq.end()
+            }
+            Value::Map(entries) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    map.serialize_entry(key, &value.json())?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_items_cover_the_range_exactly() {
+        let plan = InputPlan::Range {
+            start: 5,
+            end: 28,
+            chunk: 10,
+        };
+        assert_eq!(range_item_count(5, 28, 10), 3);
+        assert_eq!(plan.range_item(0), Some((5, 15)));
+        assert_eq!(plan.range_item(2), Some((25, 28)));
+        assert_eq!(plan.range_item(3), None);
+        assert_eq!(range_item_count(7, 7, 10), 0);
+        let top = InputPlan::Range {
+            start: u64::MAX - 3,
+            end: u64::MAX,
+            chunk: 2,
+        };
+        assert_eq!(top.range_item(1), Some((u64::MAX - 1, u64::MAX)));
+        assert_eq!(top.range_item(2), None);
+    }
+
+    #[test]
+    fn values_serialize_as_plain_json() {
+        let value = Value::Map(vec![
+            ("big".into(), Value::UInt(u128::from(u64::MAX) * 4)),
+            (
+                "list".into(),
+                Value::List(vec![Value::Int(-2), Value::Null, Value::Text("x".into())]),
+            ),
+        ]);
+        let text = serde_json::to_string(&value.json()).expect("serializes");
+        assert_eq!(text, r#"{"big":73786976294838206460,"list":[-2,null,"x"]}"#);
+    }
+
+    #[test]
+    fn values_round_trip_through_postcard() {
+        let value = Value::List(vec![
+            Value::UInt(u128::MAX),
+            Value::Float(1.5),
+            Value::Bool(true),
+        ]);
+        let bytes = postcard::to_stdvec(&value).expect("encodes");
+        assert_eq!(
+            postcard::from_bytes::<Value>(&bytes).expect("decodes"),
+            value
+        );
+    }
+}

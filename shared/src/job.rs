@@ -1,0 +1,671 @@
+//! The job file: its schema, and its validation into a resolved [`JobSpec`].
+//!
+//! Parsing happens in two steps. First the TOML is read into a raw mirror (`Raw*` types: every table denies
+//! unknown keys, values that need checking keep their [`toml::Spanned`] location). Then [`JobSpec::from_raw`]
+//! checks the cross-field rules, parses sizes and counts, and resolves relative paths against the job file's
+//! folder. Every error names the file, line and column, and what was expected.
+//!
+//! What this module does not check: whether the builtin task exists and accepts its `args` (the `child` crate
+//! owns the tasks; the supervisor calls it and reports through [`JobSpec::error_at`]), and whether a glob matches
+//! anything (the supervisor lists inputs).
+
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::units::parse_size;
+
+/// Largest accepted `[workers] count`.
+pub const MAX_WORKERS: usize = 1024;
+/// Default `[input] chunk_bytes` for file inputs.
+pub const DEFAULT_CHUNK_BYTES: u64 = 4 << 20;
+
+/// A job file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("cannot read job file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}\n{snippet}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+        /// The offending source line with a caret under the column.
+        snippet: String,
+    },
+}
+
+/// A validated job, with every path absolute and every default applied.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// Absolute path of the job file.
+    pub path: PathBuf,
+    /// `name`, or the job file's stem.
+    pub name: String,
+    pub input: InputSpec,
+    pub task: TaskSpec,
+    pub workers: WorkersSpec,
+    pub output: OutputSpec,
+    source: String,
+}
+
+/// `[input]`: exactly one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSpec {
+    /// `range = { start, end, chunk }`: items are the sub-ranges `[lo, hi)` of `[start, end)`, `chunk` wide.
+    Range { start: u64, end: u64, chunk: u64 },
+    /// `file = "…"`: one file, split into items.
+    File {
+        path: PathBuf,
+        split: Split,
+        chunk_bytes: u64,
+    },
+    /// `glob = "…"`: one item per matching regular file, in sorted path order. The pattern is absolute.
+    Glob { pattern: String },
+}
+
+/// How a `file` input is split into items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Byte ranges of about `chunk_bytes`, each extended to end just after a newline (or at end of file).
+    Lines,
+    /// The whole file is one item.
+    None,
+}
+
+/// `[task]`.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    /// `builtin`: the task's name.
+    pub builtin: String,
+    pub builtin_span: Range<usize>,
+    /// `args` converted to JSON (an empty object when omitted).
+    pub args: serde_json::Value,
+    pub args_span: Range<usize>,
+}
+
+/// `[workers]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkersSpec {
+    pub count: WorkerCount,
+    pub batch: BatchSize,
+}
+
+/// `[workers] count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerCount {
+    /// One per CPU this process may use (affinity mask and cgroup quota honoured).
+    Auto,
+    Fixed(usize),
+}
+
+impl WorkerCount {
+    /// The number of workers to start.
+    pub fn resolve(self) -> usize {
+        match self {
+            WorkerCount::Auto => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            WorkerCount::Fixed(n) => n,
+        }
+    }
+}
+
+/// `[workers] batch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    /// Sized from measured per-item time so that a batch is worth its round trip.
+    Auto,
+    Fixed(u64),
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Absolute path of the JSON-lines results file, or `None` for no file.
+    pub results: Option<PathBuf>,
+    pub order: Order,
+    pub reduce: Reduce,
+}
+
+/// `[output] order`: the order of records in the results file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// By item index (records are held back until all earlier items are done).
+    Input,
+    /// As items finish.
+    Completion,
+}
+
+/// `[output] reduce`: how the values of ok items are combined for the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reduce {
+    Sum,
+    Min,
+    Max,
+    /// Number of ok items.
+    Count,
+    None,
+}
+
+impl fmt::Display for Reduce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Reduce::Sum => "sum",
+            Reduce::Min => "min",
+            Reduce::Max => "max",
+            Reduce::Count => "count",
+            Reduce::None => "none",
+        };
+        f.write_str(name)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: Option<String>,
+    input: Spanned<RawInput>,
+    task: RawTask,
+    workers: Option<RawWorkers>,
+    output: Option<RawOutput>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    range: Option<Spanned<RawRange>>,
+    file: Option<Spanned<String>>,
+    split: Option<Spanned<Split>>,
+    chunk_bytes: Option<Spanned<toml::Value>>,
+    glob: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    start: u64,
+    end: u64,
+    chunk: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    builtin: Spanned<String>,
+    args: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkers {
+    count: Option<Spanned<toml::Value>>,
+    batch: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    results: Option<String>,
+    order: Option<Order>,
+    reduce: Option<Reduce>,
+}
+
+impl JobSpec {
+    /// Reads and validates the job file at `path`.
+    pub fn load(path: &Path) -> Result<JobSpec, JobError> {
+        let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let path = std::path::absolute(path).map_err(|source| JobError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        JobSpec::parse(&path, text)
+    }
+
+    /// Validates job-file `text` as if read from `path` (which must be absolute).
+    pub fn parse(path: &Path, text: String) -> Result<JobSpec, JobError> {
+        let raw: RawJob = match toml::from_str(&text) {
+            Ok(raw) => raw,
+            Err(error) => {
+                let span = error.span().unwrap_or(0..0);
+                return Err(located(path, &text, span, error.message().trim_end()));
+            }
+        };
+        JobSpec::from_raw(path, raw, text)
+    }
+
+    fn from_raw(path: &Path, raw: RawJob, source: String) -> Result<JobSpec, JobError> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let fail = |span: Range<usize>, message: String| located(path, &source, span, &message);
+
+        let input_span = raw.input.span();
+        let input = raw.input.into_inner();
+        let given: Vec<&str> = [
+            input.range.as_ref().map(|_| "range"),
+            input.file.as_ref().map(|_| "file"),
+            input.glob.as_ref().map(|_| "glob"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if given.len() != 1 {
+            let found = if given.is_empty() {
+                "none".to_string()
+            } else {
+                given.join(", ")
+            };
+            return Err(fail(
+                input_span,
+                format!(
+                    "[input] needs exactly one source: `range`, `file` or `glob` (found: {found})"
+                ),
+            ));
+        }
+        if input.file.is_none() {
+            if let Some(split) = &input.split {
+                return Err(fail(
+                    split.span(),
+                    "`split` applies only to a `file` input".into(),
+                ));
+            }
+            if let Some(chunk_bytes) = &input.chunk_bytes {
+                return Err(fail(
+                    chunk_bytes.span(),
+                    "`chunk_bytes` applies only to a `file` input".into(),
+                ));
+            }
+        }
+        let input = if let Some(range) = input.range {
+            let range_span = range.span();
+            let range = range.into_inner();
+            if range.end < range.start {
+                return Err(fail(
+                    range_span,
+                    format!(
+                        "range end {} is below its start {}: expected start <= end",
+                        range.end, range.start
+                    ),
+                ));
+            }
+            let chunk = match range.chunk {
+                Some(chunk) if *chunk.get_ref() == 0 => {
+                    return Err(fail(chunk.span(), "`chunk` must be at least 1".into()));
+                }
+                Some(chunk) => chunk.into_inner(),
+                None => 1,
+            };
+            InputSpec::Range {
+                start: range.start,
+                end: range.end,
+                chunk,
+            }
+        } else if let Some(file) = input.file {
+            let split = input.split.map_or(Split::Lines, Spanned::into_inner);
+            let chunk_bytes = match input.chunk_bytes {
+                None => DEFAULT_CHUNK_BYTES,
+                Some(value) => match size_value(value.get_ref()) {
+                    Ok(0) => {
+                        return Err(fail(
+                            value.span(),
+                            "`chunk_bytes` must be at least 1 byte".into(),
+                        ));
+                    }
+                    Ok(bytes) => bytes,
+                    Err(message) => {
+                        return Err(fail(value.span(), format!("`chunk_bytes`: {message}")));
+                    }
+                },
+            };
+            let span = file.span();
+            let file_path = dir.join(file.into_inner());
+            match std::fs::metadata(&file_path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    return Err(fail(
+                        span,
+                        format!("input file {} is not a regular file", file_path.display()),
+                    ));
+                }
+                Err(error) => {
+                    return Err(fail(
+                        span,
+                        format!("cannot read input file {}: {error}", file_path.display()),
+                    ));
+                }
+            }
+            InputSpec::File {
+                path: file_path,
+                split,
+                chunk_bytes,
+            }
+        } else if let Some(glob) = input.glob {
+            let span = glob.span();
+            let pattern = glob.into_inner();
+            if pattern.is_empty() {
+                return Err(fail(
+                    span,
+                    "`glob` is empty: expected a pattern such as `images/*.jpg`".into(),
+                ));
+            }
+            let pattern = if Path::new(&pattern).is_absolute() {
+                pattern
+            } else {
+                format!("{}/{pattern}", escape_glob(&dir.to_string_lossy()))
+            };
+            InputSpec::Glob { pattern }
+        } else {
+            unreachable!("exactly one input source was checked above")
+        };
+
+        let task = TaskSpec {
+            builtin: raw.task.builtin.get_ref().clone(),
+            builtin_span: raw.task.builtin.span(),
+            args_span: raw
+                .task
+                .args
+                .as_ref()
+                .map_or(raw.task.builtin.span(), Spanned::span),
+            args: match raw.task.args {
+                None => serde_json::Value::Object(Default::default()),
+                Some(args) => {
+                    let span = args.span();
+                    serde_json::to_value(args.into_inner()).map_err(|error| {
+                        fail(
+                            span,
+                            format!("`args` cannot be represented as JSON: {error}"),
+                        )
+                    })?
+                }
+            },
+        };
+
+        let raw_workers = raw.workers.unwrap_or(RawWorkers {
+            count: None,
+            batch: None,
+        });
+        let count = match raw_workers.count {
+            None => WorkerCount::Auto,
+            Some(value) => match value.get_ref() {
+                toml::Value::String(s) if s == "auto" => WorkerCount::Auto,
+                toml::Value::Integer(n) if (1..=MAX_WORKERS as i64).contains(n) => {
+                    WorkerCount::Fixed(*n as usize)
+                }
+                other => {
+                    return Err(fail(
+                        value.span(),
+                        format!(
+                            "`count` is {other}: expected \"auto\" or an integer from 1 to {MAX_WORKERS}"
+                        ),
+                    ));
+                }
+            },
+        };
+        let batch = match raw_workers.batch {
+            None => BatchSize::Auto,
+            Some(value) => match value.get_ref() {
+                toml::Value::String(s) if s == "auto" => BatchSize::Auto,
+                toml::Value::Integer(n) if *n >= 1 => BatchSize::Fixed(*n as u64),
+                other => {
+                    return Err(fail(
+                        value.span(),
+                        format!(
+                            "`batch` is {other}: expected \"auto\" or an integer of at least 1"
+                        ),
+                    ));
+                }
+            },
+        };
+
+        let raw_output = raw.output.unwrap_or(RawOutput {
+            results: None,
+            order: None,
+            reduce: None,
+        });
+        let output = OutputSpec {
+            results: raw_output.results.map(|results| dir.join(results)),
+            order: raw_output.order.unwrap_or(Order::Input),
+            reduce: raw_output.reduce.unwrap_or(Reduce::None),
+        };
+
+        let name = raw.name.unwrap_or_else(|| {
+            path.file_stem().map_or_else(
+                || "job".to_string(),
+                |stem| stem.to_string_lossy().into_owned(),
+            )
+        });
+        Ok(JobSpec {
+            path: path.to_path_buf(),
+            name,
+            input,
+            task,
+            workers: WorkersSpec { count, batch },
+            output,
+            source,
+        })
+    }
+
+    /// An error located at `span` of this job file (for checks made after loading, such as task arguments).
+    pub fn error_at(&self, span: Range<usize>, message: &str) -> JobError {
+        located(&self.path, &self.source, span, message)
+    }
+}
+
+/// A size given as an integer number of bytes or a string with a unit.
+fn size_value(value: &toml::Value) -> Result<u64, String> {
+    match value {
+        toml::Value::Integer(n) => {
+            u64::try_from(*n).map_err(|_| format!("{n} is negative: expected a size"))
+        }
+        toml::Value::String(s) => parse_size(s),
+        other => Err(format!(
+            "{other} is not a size: expected e.g. \"4MiB\" or 65536"
+        )),
+    }
+}
+
+/// Escapes glob metacharacters in a literal path prefix.
+fn escape_glob(literal: &str) -> String {
+    let mut escaped = String::with_capacity(literal.len());
+    for c in literal.chars() {
+        match c {
+            '*' | '?' | '[' | ']' => {
+                escaped.push('[');
+                escaped.push(c);
+                escaped.push(']');
+            }
+            _ => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+fn located(path: &Path, source: &str, span: Range<usize>, message: &str) -> JobError {
+    let start = span.start.min(source.len());
+    let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = source[..start].matches('\n').count() + 1;
+    let column = source[line_start..start].chars().count() + 1;
+    let line_end = source[start..]
+        .find('\n')
+        .map_or(source.len(), |i| start + i);
+    let text = &source[line_start..line_end];
+    let width = source[start..span.end.clamp(start, line_end)]
+        .chars()
+        .count()
+        .max(1);
+    let snippet = format!(
+        "{line:>4} | {text}\n     | {}{}",
+        " ".repeat(column - 1),
+        "^".repeat(width)
+    );
+    JobError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: message.to_string(),
+        snippet,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<JobSpec, JobError> {
+        JobSpec::parse(Path::new("/jobs/job.toml"), text.to_string())
+    }
+
+    fn error_of(text: &str) -> (usize, usize, String) {
+        match parse(text) {
+            Err(JobError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            }) => (line, column, message),
+            other => panic!("expected an invalid-job error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_range_job_gets_defaults() {
+        let spec = parse(
+            "[input]\nrange = { start = 0, end = 100, chunk = 7 }\n[task]\nbuiltin = \"noop\"\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.name, "job");
+        assert_eq!(
+            spec.input,
+            InputSpec::Range {
+                start: 0,
+                end: 100,
+                chunk: 7
+            }
+        );
+        assert_eq!(
+            spec.workers,
+            WorkersSpec {
+                count: WorkerCount::Auto,
+                batch: BatchSize::Auto
+            }
+        );
+        assert_eq!(
+            spec.output,
+            OutputSpec {
+                results: None,
+                order: Order::Input,
+                reduce: Reduce::None
+            }
+        );
+        assert_eq!(spec.task.args, serde_json::json!({}));
+    }
+
+    #[test]
+    fn paths_resolve_against_the_job_folder() {
+        let spec = parse(
+            "[input]\nglob = \"img/*.jpg\"\n[task]\nbuiltin = \"sha256\"\nargs = { x = 1 }\n\
+             [output]\nresults = \"out/r.jsonl\"\norder = \"completion\"\nreduce = \"sum\"\n\
+             [workers]\ncount = 3\nbatch = 16\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            spec.input,
+            InputSpec::Glob {
+                pattern: "/jobs/img/*.jpg".into()
+            }
+        );
+        assert_eq!(
+            spec.output.results,
+            Some(PathBuf::from("/jobs/out/r.jsonl"))
+        );
+        assert_eq!(spec.output.order, Order::Completion);
+        assert_eq!(spec.workers.count, WorkerCount::Fixed(3));
+        assert_eq!(spec.workers.batch, BatchSize::Fixed(16));
+        assert_eq!(spec.task.args, serde_json::json!({"x": 1}));
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let (line, column, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ncolour = 3\n",
+        );
+        assert_eq!((line, column), (5, 1));
+        assert!(message.contains("unknown field `colour`"), "{message}");
+    }
+
+    #[test]
+    fn two_sources_are_rejected() {
+        let (line, _, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\nglob = \"*\"\n[task]\nbuiltin = \"noop\"\n",
+        );
+        assert_eq!(line, 1);
+        assert!(message.contains("found: range, glob"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_say_what_was_expected() {
+        let (line, _, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[workers]\ncount = \"many\"\n",
+        );
+        assert_eq!(line, 6);
+        assert!(
+            message.contains("expected \"auto\" or an integer"),
+            "{message}"
+        );
+
+        let (line, _, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[output]\norder = \"random\"\n",
+        );
+        assert_eq!(line, 6);
+        assert!(
+            message.contains("`input`") && message.contains("`completion`"),
+            "{message}"
+        );
+
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 9, end = 1 }\n[task]\nbuiltin = \"noop\"\n");
+        assert_eq!(line, 2);
+        assert!(message.contains("below its start"), "{message}");
+
+        let (_, _, message) =
+            error_of("[input]\nrange = { start = -1, end = 1 }\n[task]\nbuiltin = \"noop\"\n");
+        assert!(message.contains("-1"), "{message}");
+    }
+
+    #[test]
+    fn missing_input_file_is_named() {
+        let (line, column, message) =
+            error_of("[input]\nfile = \"no-such.log\"\n[task]\nbuiltin = \"line-count\"\n");
+        assert_eq!((line, column), (2, 8));
+        assert!(message.contains("/jobs/no-such.log"), "{message}");
+    }
+
+    #[test]
+    fn snippet_points_at_the_column() {
+        match parse(
+            "[input]\nrange = { start = 0, end = 1, chunk = 0 }\n[task]\nbuiltin = \"noop\"\n",
+        ) {
+            Err(error @ JobError::Invalid { .. }) => {
+                let text = error.to_string();
+                assert!(
+                    text.starts_with("/jobs/job.toml:2:39: `chunk` must be at least 1"),
+                    "{text}"
+                );
+                assert!(text.ends_with("   2 | range = { start = 0, end = 1, chunk = 0 }\n     |                                       ^"), "{text}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The contract between the `supervisor` process and its workers.
+//!
+//! Both sides link this crate and nothing here does I/O beyond reading a job file or mapping an input file:
+//!
+//! - [`job`]: the job file schema — a raw serde mirror of the TOML, then a validated, resolved [`job::JobSpec`].
+//! - [`protocol`]: the messages exchanged over ipc-channel ([`protocol::ToWorker`], [`protocol::FromWorker`]).
+//! - [`item`]: item descriptors (what crosses the channel instead of bulk bytes) and result [`item::Value`]s.
+//! - [`region`]: read-only memory-mapped files, the one place that holds `unsafe` for mapping.
+//! - [`units`]: human sizes (`4MiB`) and durations (`30s`).
+//! - [`exit`]: the process exit codes the CLI documents.
+
+pub mod exit;
+pub mod item;
+pub mod job;
+pub mod protocol;
+pub mod region;
+pub mod units;

@@ -1,0 +1,92 @@
+//! The messages exchanged between the supervisor and a worker over ipc-channel (postcard-encoded).
+//!
+//! ## Flow
+//! 1. The supervisor creates an `IpcOneShotServer<FromWorker>` and execs the worker with the server's name.
+//! 2. The worker connects and sends [`FromWorker::Hello`] carrying its [`PROTOCOL_VERSION`] and the sender half
+//!    of the channel it reads [`ToWorker`] messages from.
+//! 3. The supervisor sends [`ToWorker::Init`]; the worker answers [`FromWorker::Ready`] or
+//!    [`FromWorker::InitFailed`].
+//! 4. The supervisor sends [`ToWorker::Batch`]es (at most a few queued per worker). For each batch the worker sends
+//!    one or more [`FromWorker::Results`], each covering the next consecutive items of that batch, until every
+//!    item of the batch is answered. Partial results are flushed every [`RESULT_FLUSH_INTERVAL_MS`] so that a
+//!    worker which dies mid-batch has already reported what it finished.
+//! 5. [`ToWorker::Shutdown`] (or the channel closing) ends the worker, which exits 0.
+//!
+//! A worker that dies is noticed by the channel disconnecting and by `wait4`; the protocol itself has no
+//! heartbeat.
+
+use ipc_channel::ipc::IpcSender;
+use serde::{Deserialize, Serialize};
+
+use crate::item::{Batch, InputPlan, Value};
+
+/// Bumped on every incompatible change; the supervisor refuses a worker that says another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A worker sends the results it has when this much time passed since its last send, even mid-batch.
+pub const RESULT_FLUSH_INTERVAL_MS: u64 = 20;
+
+/// Supervisor → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Configure the task and input; sent once, right after `Hello`.
+    Init {
+        /// Builtin task name, as in `[task] builtin`.
+        task: String,
+        /// The task's `[task] args` as JSON text (validated by the supervisor before any worker starts).
+        args_json: String,
+        input: InputPlan,
+    },
+    /// Process these items.
+    Batch(Batch),
+    /// Finish and exit 0.
+    Shutdown,
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// First message on the bootstrap channel.
+    Hello {
+        version: u32,
+        pid: u32,
+        /// Where the supervisor sends [`ToWorker`] messages.
+        to_worker: IpcSender<ToWorker>,
+    },
+    /// `Init` succeeded; batches may follow.
+    Ready,
+    /// `Init` failed (unknown task, input that cannot be mapped); the worker exits after sending this.
+    InitFailed { message: String },
+    /// Outcomes of the items `first .. first + outcomes.len()` of batch `batch`.
+    Results {
+        batch: u64,
+        first: u64,
+        outcomes: Vec<Outcome>,
+    },
+    /// Never sent by a worker: the supervisor sends it to its own bootstrap server to unblock `accept()` when the
+    /// worker died before connecting (ipc-channel's accept has no timeout).
+    NeverConnected,
+}
+
+/// The outcome of one item.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Time spent in the task for this item, in microseconds.
+    pub elapsed_us: u64,
+    pub result: Result<Value, TaskError>,
+}
+
+/// An item the task could not process, while the worker itself stays healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub kind: TaskErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskErrorKind {
+    /// The task returned an error (bad input, unreadable file, arithmetic overflow…).
+    Error,
+    /// The task panicked; the worker caught the panic and carries on.
+    Panic,
+}
