@@ -39,6 +39,7 @@ impl std::fmt::Display for WorkerError {
 /// supervisor disconnects.
 pub fn run(server_name: &str) -> Result<(), WorkerError> {
     die_with_parent()?;
+    ignore_interrupts();
     install_panic_capture();
 
     let to_supervisor =
@@ -140,6 +141,13 @@ fn die_with_parent() -> Result<(), WorkerError> {
         }
     }
     Ok(())
+}
+
+/// Ctrl-C in a terminal signals the whole foreground process group; the supervisor decides when its workers
+/// stop (it finishes or kills them), so a worker ignores SIGINT.
+fn ignore_interrupts() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
 }
 
 /// The message of the last panic on this process, recorded by the panic hook for the item's failure.

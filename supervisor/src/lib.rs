@@ -1,1 +1,104 @@
+//! `supervisor` runs CPU work in isolated worker processes, one per core.
+//!
+//! # Theory of operation
+//!
+//! **Who owns what.** The [`dispatch`] loop owns all job state (pending, in-flight, done items; each worker's
+//! lifecycle) and is the only code that changes it. The [`pool`] starts worker processes from one long-lived
+//! launcher thread and turns everything a worker does — its messages, its channel closing, its exit — into
+//! events for the dispatcher. The [`results`] writer owns the results file. Workers (the `child` crate) own
+//! nothing but the item in hand.
+//!
+//! **How an item flows.** [`plan`] lists the input into items (sub-ranges, line-aligned byte ranges of one
+//! mapped file, or file paths). The dispatcher groups consecutive items into batches ([`batching`] sizes them
+//! from measured per-item time) and sends each batch to a worker as descriptors over ipc-channel. The worker
+//! maps the input read-only, runs the task on each item, and sends back results in item order. The dispatcher
+//! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer.
+//!
+//! **How a crash flows.** A dead worker is reaped at once by its waiter thread (`wait4`, with resource usage).
+//! Its unstarted batches go back in the queue; the unanswered items of the batch it was running are re-run one
+//! at a time, so the item that kills a worker alone is the one recorded as failed, with the signal or exit code
+//! and the worker's stderr tail.
+//!
+//! **How a stop flows.** SIGINT/SIGTERM become a [`signal::StopSignal`]; the dispatcher stops handing out work,
+//! asks workers to shut down, kills them after a grace period (or at once on a second signal), writes what is
+//! done, and exits 130/143. Workers also die with the supervisor through `PR_SET_PDEATHSIG`.
 
+pub mod batching;
+pub mod cli;
+pub mod dispatch;
+pub mod error;
+pub mod linux;
+pub mod plan;
+pub mod pool;
+pub mod report;
+pub mod results;
+pub mod run;
+pub mod signal;
+
+use clap::Parser;
+use shared::exit;
+
+use crate::cli::{Cli, Command};
+use crate::error::Error;
+
+/// The whole program: parses arguments, runs the command, and maps the outcome to an exit code.
+///
+/// When started as `supervisor __worker NAME` it is a worker instead, and never starts the async runtime.
+pub fn main() -> i32 {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(pool::WORKER_ARG.as_ref()) {
+        return worker_main(args.next());
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Tasks => return run::tasks(),
+        Command::Check { job } => block_on(async move { run::check(&job).await }),
+        Command::Run(args) => block_on(run::run(args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            error.exit_code()
+        }
+    }
+}
+
+fn block_on(future: impl Future<Output = Result<i32, Error>>) -> Result<i32, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::Internal {
+            message: format!("cannot start the async runtime: {error}"),
+        })?
+        .block_on(future)
+}
+
+fn worker_main(server_name: Option<std::ffi::OsString>) -> i32 {
+    let Some(name) = server_name.and_then(|name| name.into_string().ok()) else {
+        eprintln!("worker: expected the supervisor's channel name as argument");
+        return exit::USAGE;
+    };
+    match child::worker::run(&name) {
+        Ok(()) => exit::OK,
+        Err(error) => {
+            eprintln!("worker: {error}");
+            exit::INTERNAL
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The command line (clap derive). Flags given here override the job file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "supervisor",
+    version,
+    about = "Run CPU work in isolated worker processes, one per core."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job file.
+    Run(RunArgs),
+    /// Validate a job file (and list its input) without running anything.
+    Check {
+        /// The job file.
+        job: PathBuf,
+    },
+    /// List the builtin tasks with the inputs and arguments they take.
+    Tasks,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The job file.
+    pub job: PathBuf,
+    /// Number of worker processes (overrides `[workers] count`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=shared::job::MAX_WORKERS as i64))]
+    pub workers: Option<u32>,
+    /// Results file, relative to the current folder (overrides `[output] results`).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// Items per batch (overrides `[workers] batch`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: Option<u64>,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress output on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}

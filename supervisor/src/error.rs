@@ -1,0 +1,47 @@
+//! The binary's one top-level error, and the exit code each variant maps to.
+
+use std::path::PathBuf;
+
+use shared::exit;
+use shared::job::JobError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error("glob `{pattern}` matched no files")]
+    GlobNoMatch { pattern: String },
+    #[error("glob `{pattern}`: {message}")]
+    GlobInvalid { pattern: String, message: String },
+    #[error("cannot read input {path}: {source}")]
+    InputUnreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write results to {path}: {source}")]
+    Results {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("workers cannot start: {reason}")]
+    WorkersCannotStart { reason: String },
+    #[error("internal error: {message}")]
+    Internal { message: String },
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Job(_)
+            | Error::GlobNoMatch { .. }
+            | Error::GlobInvalid { .. }
+            | Error::InputUnreadable { .. } => exit::USAGE,
+            Error::Results { .. } | Error::WorkersCannotStart { .. } | Error::Internal { .. } => {
+                exit::INTERNAL
+            }
+        }
+    }
+}

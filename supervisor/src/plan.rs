@@ -1,0 +1,279 @@
+//! From a validated job spec to a run plan: the task checked against its input, and the list of items.
+//!
+//! Items are listed once, before any worker starts: sub-ranges are computed, a `file` input is split into
+//! line-aligned byte ranges (by mapping it and looking for the newline after each boundary — only those pages
+//! are touched), a `glob` is expanded and sorted. Listing runs on tokio's blocking pool so that a slow
+//! filesystem does not stall the runtime.
+
+use std::path::PathBuf;
+
+use child::task::{InputKind, TaskInfo};
+use shared::item::{Batch, BatchItems, Chunk, InputPlan, range_item_count};
+use shared::job::{InputSpec, JobSpec, Split};
+use shared::region::MappedFile;
+
+use crate::error::Error;
+use crate::results::InputDesc;
+
+/// The items of a job, in input order.
+#[derive(Debug)]
+pub enum Items {
+    Range { start: u64, end: u64, chunk: u64 },
+    Chunks { path: PathBuf, chunks: Vec<Chunk> },
+    Files(Vec<PathBuf>),
+}
+
+/// The kind of items a job's input produces.
+pub fn input_kind(input: &InputSpec) -> InputKind {
+    match input {
+        InputSpec::Range { .. } => InputKind::Range,
+        InputSpec::File {
+            split: Split::Lines,
+            ..
+        } => InputKind::Chunks,
+        InputSpec::File {
+            split: Split::None, ..
+        }
+        | InputSpec::Glob { .. } => InputKind::WholeFiles,
+    }
+}
+
+/// Checks `[task]`: the builtin exists, accepts its `args`, and accepts the job's kind of input.
+pub fn check_task(spec: &JobSpec) -> Result<&'static TaskInfo, Error> {
+    let task = &spec.task;
+    let Some(info) = child::task::lookup(&task.builtin) else {
+        let names: Vec<&str> = child::task::builtins()
+            .iter()
+            .map(|info| info.name)
+            .collect();
+        return Err(spec
+            .error_at(
+                task.builtin_span.clone(),
+                &format!(
+                    "unknown builtin `{}`: expected one of {}",
+                    task.builtin,
+                    names.join(", ")
+                ),
+            )
+            .into());
+    };
+    if let Err(message) = (info.build)(&task.args) {
+        return Err(spec.error_at(task.args_span.clone(), &message).into());
+    }
+    let kind = input_kind(&spec.input);
+    if !info.inputs.contains(&kind) {
+        let accepted: Vec<&str> = info.inputs.iter().map(|kind| kind.describe()).collect();
+        let hint = match (info.name, kind) {
+            (_, InputKind::Chunks) if info.inputs.contains(&InputKind::WholeFiles) => {
+                " (use a `glob` input, or `split = \"none\"` to make the file one item)"
+            }
+            _ => "",
+        };
+        return Err(spec
+            .error_at(
+                task.builtin_span.clone(),
+                &format!(
+                    "task `{}` takes {} but this job's input gives {}{hint}",
+                    info.name,
+                    accepted.join(" or "),
+                    kind.describe()
+                ),
+            )
+            .into());
+    }
+    Ok(info)
+}
+
+impl Items {
+    /// Lists the items of `input`.
+    pub async fn list(input: &InputSpec) -> Result<Items, Error> {
+        let input = input.clone();
+        tokio::task::spawn_blocking(move || Items::list_blocking(&input))
+            .await
+            .map_err(|join| Error::Internal {
+                message: format!("listing input failed: {join}"),
+            })?
+    }
+
+    fn list_blocking(input: &InputSpec) -> Result<Items, Error> {
+        match input {
+            InputSpec::Range { start, end, chunk } => Ok(Items::Range {
+                start: *start,
+                end: *end,
+                chunk: *chunk,
+            }),
+            InputSpec::File {
+                path,
+                split,
+                chunk_bytes,
+            } => {
+                let mapped = MappedFile::open(path).map_err(|source| Error::InputUnreadable {
+                    path: path.clone(),
+                    source,
+                })?;
+                let chunks = match split {
+                    Split::Lines => line_chunks(&mapped, *chunk_bytes),
+                    Split::None => vec![Chunk {
+                        offset: 0,
+                        len: mapped.len() as u64,
+                    }],
+                };
+                Ok(Items::Chunks {
+                    path: path.clone(),
+                    chunks,
+                })
+            }
+            InputSpec::Glob { pattern } => {
+                let entries = glob::glob(pattern).map_err(|error| Error::GlobInvalid {
+                    pattern: pattern.clone(),
+                    message: error.to_string(),
+                })?;
+                let mut files = Vec::new();
+                for entry in entries {
+                    let path = entry.map_err(|error| Error::InputUnreadable {
+                        path: error.path().to_path_buf(),
+                        source: std::io::Error::new(
+                            error.error().kind(),
+                            error.error().to_string(),
+                        ),
+                    })?;
+                    if path.is_file() {
+                        files.push(path);
+                    }
+                }
+                if files.is_empty() {
+                    return Err(Error::GlobNoMatch {
+                        pattern: pattern.clone(),
+                    });
+                }
+                files.sort();
+                Ok(Items::Files(files))
+            }
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        match self {
+            Items::Range { start, end, chunk } => range_item_count(*start, *end, *chunk),
+            Items::Chunks { chunks, .. } => chunks.len() as u64,
+            Items::Files(files) => files.len() as u64,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What every worker is told about the input at start-up.
+    pub fn input_plan(&self) -> InputPlan {
+        match self {
+            Items::Range { start, end, chunk } => InputPlan::Range {
+                start: *start,
+                end: *end,
+                chunk: *chunk,
+            },
+            Items::Chunks { path, .. } => InputPlan::File { path: path.clone() },
+            Items::Files(_) => InputPlan::Files,
+        }
+    }
+
+    /// Largest batch for this kind of input: descriptors must keep messages small.
+    pub fn batch_cap(&self) -> u64 {
+        match self {
+            Items::Range { .. } => 1 << 20,
+            Items::Chunks { .. } => 4096,
+            Items::Files(_) => 1024,
+        }
+    }
+
+    /// The batch of items `first .. first + len`.
+    pub fn batch(&self, id: u64, first: u64, len: u64) -> Batch {
+        let span = first as usize..(first + len) as usize;
+        let items = match self {
+            Items::Range { .. } => BatchItems::Range { count: len },
+            Items::Chunks { chunks, .. } => BatchItems::Chunks(chunks[span].to_vec()),
+            Items::Files(files) => BatchItems::Files(files[span].to_vec()),
+        };
+        Batch { id, first, items }
+    }
+
+    /// The input of item `index`, for its record.
+    pub fn describe(&self, index: u64) -> InputDesc {
+        match self {
+            Items::Range { start, end, chunk } => {
+                let lo = start + index * chunk;
+                InputDesc::Range {
+                    start: lo,
+                    end: lo.saturating_add(*chunk).min(*end),
+                }
+            }
+            Items::Chunks { chunks, .. } => {
+                let chunk = chunks[index as usize];
+                InputDesc::Chunk {
+                    offset: chunk.offset,
+                    len: chunk.len,
+                }
+            }
+            Items::Files(files) => InputDesc::File {
+                path: files[index as usize].clone(),
+            },
+        }
+    }
+}
+
+/// Splits `data` into chunks of about `chunk_bytes`, each ending just after a newline (or at the end).
+pub fn line_chunks(data: &[u8], chunk_bytes: u64) -> Vec<Chunk> {
+    let size = data.len();
+    let step = usize::try_from(chunk_bytes).unwrap_or(usize::MAX).max(1);
+    let mut chunks = Vec::new();
+    let mut offset = 0;
+    while offset < size {
+        let target = offset.saturating_add(step);
+        let end = if target >= size {
+            size
+        } else {
+            memchr::memchr(b'\n', &data[target - 1..]).map_or(size, |at| target + at)
+        };
+        chunks.push(Chunk {
+            offset: offset as u64,
+            len: (end - offset) as u64,
+        });
+        offset = end;
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_line_aligned_and_cover_the_file() {
+        let data = b"aaa\nbb\ncccccc\nd\n\ne";
+        for step in 1..=data.len() as u64 + 2 {
+            let chunks = line_chunks(data, step);
+            let mut offset = 0;
+            for chunk in &chunks {
+                assert_eq!(chunk.offset, offset, "step {step}");
+                assert!(chunk.len >= 1);
+                offset += chunk.len;
+                let end = offset as usize;
+                assert!(
+                    end == data.len() || data[end - 1] == b'\n',
+                    "step {step}: chunk ends mid-line"
+                );
+            }
+            assert_eq!(offset as usize, data.len(), "step {step}");
+        }
+        assert_eq!(
+            line_chunks(data, 4),
+            vec![
+                Chunk { offset: 0, len: 4 },
+                Chunk { offset: 4, len: 10 },
+                Chunk { offset: 14, len: 2 },
+                Chunk { offset: 16, len: 3 },
+            ]
+        );
+        assert!(line_chunks(b"", 4).is_empty());
+    }
+}

@@ -1,0 +1,344 @@
+//! Starting worker processes and bridging their channels into the dispatcher's event stream.
+//!
+//! Every worker is started by one long-lived launcher thread (the worker's `PR_SET_PDEATHSIG` fires when the
+//! *thread* that forked it exits, so short-lived threads must never spawn). The launcher execs the current
+//! binary in worker mode with the name of a fresh `IpcOneShotServer`, opens a pidfd for it, and starts three
+//! threads that live as long as the worker:
+//!
+//! - the **reader** accepts the worker's connection, starts the writer, then turns every message into an
+//!   [`Event`];
+//! - the **waiter** blocks in `wait4` on this pid only, so the worker is reaped the moment it dies, and reports
+//!   its status, resource usage and stderr tail. If the worker died before connecting, it unblocks the reader's
+//!   `accept()` (which has no timeout) by connecting to the server itself;
+//! - the **stderr drain** keeps the last few KiB of the worker's stderr, so a chatty worker never blocks.
+//!
+//! The pool owns no job state: the dispatcher decides what each worker does; this module only moves messages.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::thread;
+use std::time::Duration;
+
+use ipc_channel::IpcError;
+use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
+use serde::Serialize;
+use shared::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker};
+use tokio::sync::mpsc;
+
+use crate::linux::{ExitInfo, Pidfd, wait4};
+
+/// First argument that makes the `supervisor` binary run as a worker.
+pub const WORKER_ARG: &str = "__worker";
+
+/// Bytes of a worker's stderr kept for failure reports.
+const STDERR_TAIL_BYTES: usize = 8 << 10;
+
+/// Identifies one worker process for the whole run (a replacement gets a new id).
+pub type WorkerId = u64;
+
+/// What the pool tells the dispatcher.
+#[derive(Debug)]
+pub enum Event {
+    /// The process exists; `pidfd` is how the dispatcher signals it.
+    Spawned {
+        id: WorkerId,
+        pid: u32,
+        pidfd: Pidfd,
+    },
+    /// The process could not be started at all.
+    SpawnFailed { id: WorkerId, error: String },
+    /// The worker said hello with a matching protocol version; `to_worker` feeds its writer thread.
+    Connected {
+        id: WorkerId,
+        to_worker: WorkerSender,
+    },
+    /// A message from a connected worker.
+    Message { id: WorkerId, message: FromWorker },
+    /// The channel ended: `error` is `None` for a plain disconnect (the worker exited or closed it) and says
+    /// what was wrong otherwise (undecodable message, wrong protocol version, bad handshake).
+    ChannelClosed { id: WorkerId, error: Option<String> },
+    /// The process was reaped.
+    Exited {
+        id: WorkerId,
+        info: ExitInfo,
+        stderr_tail: String,
+    },
+}
+
+/// Sends messages to one worker through its writer thread (ipc-channel's `send` may block, so it never runs on
+/// the dispatcher). Dropping it closes the worker's channel, which makes a healthy worker exit.
+#[derive(Debug, Clone)]
+pub struct WorkerSender(std_mpsc::Sender<ToWorker>);
+
+impl WorkerSender {
+    /// Queues `message`; returns false when the writer has stopped (the worker is gone).
+    pub fn send(&self, message: ToWorker) -> bool {
+        self.0.send(message).is_ok()
+    }
+}
+
+/// Counts messages and encoded bytes crossing the channels, in both directions.
+#[derive(Debug, Default)]
+pub struct IpcCounter {
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl IpcCounter {
+    fn count<T: Serialize>(&self, message: &T) {
+        let size = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default())
+            .unwrap_or(0) as u64;
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+    }
+}
+
+/// Handle on the launcher thread. Dropping it stops the thread once pending launches are done.
+#[derive(Debug)]
+pub struct Launcher {
+    requests: std_mpsc::Sender<WorkerId>,
+}
+
+impl Launcher {
+    /// Starts the launcher thread; all events of all workers go to `events`.
+    pub fn start(
+        events: mpsc::Sender<Event>,
+        counter: Arc<IpcCounter>,
+    ) -> std::io::Result<Launcher> {
+        let exe = std::env::current_exe()?;
+        let (requests, receiver) = std_mpsc::channel::<WorkerId>();
+        thread::Builder::new()
+            .name("launcher".into())
+            .spawn(move || {
+                for id in receiver {
+                    let event = match launch(&exe, id, &events, &counter) {
+                        Ok(event) | Err(event) => event,
+                    };
+                    if events.blocking_send(event).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Launcher { requests })
+    }
+
+    /// Asks for a new worker; its events arrive on the event channel, starting with `Spawned` or `SpawnFailed`.
+    pub fn launch(&self, id: WorkerId) {
+        // The launcher thread only stops when this handle is dropped, so the send cannot fail while we hold it.
+        let _ = self.requests.send(id);
+    }
+}
+
+fn launch(
+    exe: &std::path::Path,
+    id: WorkerId,
+    events: &mpsc::Sender<Event>,
+    counter: &Arc<IpcCounter>,
+) -> Result<Event, Event> {
+    let failed = |what: &str, error: std::io::Error| Event::SpawnFailed {
+        id,
+        error: format!("{what}: {error}"),
+    };
+    let (server, name) =
+        IpcOneShotServer::<FromWorker>::new().map_err(|e| failed("cannot create channel", e))?;
+    let mut child = Command::new(exe)
+        .arg(WORKER_ARG)
+        .arg(&name)
+        .env(
+            child::worker::PARENT_PID_ENV,
+            std::process::id().to_string(),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(&format!("cannot start {}", exe.display()), e))?;
+    let pid = child.id();
+    // Nothing reaps the child before the waiter thread starts below, so the pid still names it here.
+    let pidfd = match Pidfd::open(pid as i32) {
+        Ok(pidfd) => pidfd,
+        Err(error) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed("pidfd_open", error));
+        }
+    };
+
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let (eof_sender, eof) = std_mpsc::channel::<()>();
+    if let Some(mut stderr) = child.stderr.take() {
+        let tail = Arc::clone(&tail);
+        spawn_thread("worker-stderr", move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
+                if let Ok(mut tail) = tail.lock() {
+                    tail.push(&buffer[..n]);
+                }
+            }
+            let _ = eof_sender.send(());
+        });
+    }
+
+    {
+        let events = events.clone();
+        let name = name.clone();
+        spawn_thread("worker-waiter", move || {
+            let info = match wait4(pid as i32) {
+                Ok(info) => info,
+                // Only possible if something else reaped our child; report it as a kill so the item is not lost.
+                Err(_) => ExitInfo {
+                    status: crate::linux::ExitStatus::Signal(libc::SIGKILL),
+                    cpu: Duration::ZERO,
+                    max_rss: 0,
+                },
+            };
+            // The worker is dead: unblock accept() in case it never connected. Fails harmlessly otherwise.
+            if let Ok(sender) = IpcSender::<FromWorker>::connect(name) {
+                let _ = sender.send(FromWorker::NeverConnected);
+            }
+            // Give the drain a moment to read the last bytes (a grandchild may hold stderr open forever).
+            let _ = eof.recv_timeout(Duration::from_millis(200));
+            let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
+            let _ = events.blocking_send(Event::Exited {
+                id,
+                info,
+                stderr_tail,
+            });
+        });
+    }
+
+    {
+        let events = events.clone();
+        let counter = Arc::clone(counter);
+        spawn_thread("worker-reader", move || {
+            read_loop(id, server, &events, &counter)
+        });
+    }
+    Ok(Event::Spawned { id, pid, pidfd })
+}
+
+fn read_loop(
+    id: WorkerId,
+    server: IpcOneShotServer<FromWorker>,
+    events: &mpsc::Sender<Event>,
+    counter: &Arc<IpcCounter>,
+) {
+    let closed = |error: Option<String>| {
+        let _ = events.blocking_send(Event::ChannelClosed { id, error });
+    };
+    let (receiver, first) = match server.accept() {
+        Ok(accepted) => accepted,
+        Err(error) => return closed(Some(format!("handshake failed: {error}"))),
+    };
+    match first {
+        FromWorker::Hello {
+            version, to_worker, ..
+        } if version == PROTOCOL_VERSION => {
+            let (sender, queue) = std_mpsc::channel::<ToWorker>();
+            let counter = Arc::clone(counter);
+            spawn_thread("worker-writer", move || {
+                for message in queue {
+                    counter.count(&message);
+                    if to_worker.send(message).is_err() {
+                        return;
+                    }
+                }
+            });
+            if events
+                .blocking_send(Event::Connected {
+                    id,
+                    to_worker: WorkerSender(sender),
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        FromWorker::Hello { version, .. } => {
+            return closed(Some(format!(
+                "worker speaks protocol version {version}, the supervisor {PROTOCOL_VERSION}"
+            )));
+        }
+        FromWorker::NeverConnected => return closed(None),
+        other => {
+            return closed(Some(format!(
+                "expected Hello as first message, got {}",
+                message_name(&other)
+            )));
+        }
+    }
+    loop {
+        match receiver.recv() {
+            Ok(message) => {
+                counter.count(&message);
+                if events
+                    .blocking_send(Event::Message { id, message })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(IpcError::Disconnected) => return closed(None),
+            Err(error) => return closed(Some(format!("undecodable message: {error}"))),
+        }
+    }
+}
+
+/// A short name of a message kind, for protocol errors.
+pub fn message_name(message: &FromWorker) -> &'static str {
+    match message {
+        FromWorker::Hello { .. } => "Hello",
+        FromWorker::Ready => "Ready",
+        FromWorker::InitFailed { .. } => "InitFailed",
+        FromWorker::Results { .. } => "Results",
+        FromWorker::NeverConnected => "NeverConnected",
+    }
+}
+
+fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) {
+    // Failing to start a thread means the process is out of resources; the worker is then lost and reported as
+    // such when its channel or exit is never seen — there is no better recovery here.
+    let _ = thread::Builder::new().name(name.to_string()).spawn(body);
+}
+
+/// The last [`STDERR_TAIL_BYTES`] of a stream.
+#[derive(Default)]
+struct Tail {
+    bytes: Vec<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        if self.bytes.len() > STDERR_TAIL_BYTES {
+            let excess = self.bytes.len() - STDERR_TAIL_BYTES;
+            self.bytes.drain(..excess);
+        }
+    }
+
+    /// The last ten lines, lossily decoded.
+    fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let lines: Vec<&str> = text.trim_end().lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tail;
+
+    #[test]
+    fn tail_keeps_the_last_lines_of_a_bounded_buffer() {
+        let mut tail = Tail::default();
+        for i in 0..5000 {
+            tail.push(format!("line {i}\n").as_bytes());
+        }
+        assert!(tail.bytes.len() <= super::STDERR_TAIL_BYTES);
+        let text = tail.text();
+        assert_eq!(text.lines().count(), 10);
+        assert!(text.ends_with("line 4999"), "{text}");
+    }
+}

@@ -1,0 +1,289 @@
+//! What the user sees: progress while the job runs (a bar on a terminal, plain lines otherwise, on stderr) and
+//! the summary at the end (human text or one JSON object, on stdout).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use shared::item::Value;
+
+use crate::dispatch::RunOutcome;
+use crate::results::Failure;
+
+/// Interval between plain progress lines when stderr is not a terminal.
+const LINE_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub struct Progress {
+    mode: Mode,
+    total: u64,
+    started: Instant,
+    last_line: Instant,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Bar(ProgressBar),
+    Lines,
+    Quiet,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, plain lines otherwise, nothing when `quiet`.
+    pub fn new(total: u64, quiet: bool) -> Progress {
+        let mode = if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            let bar =
+                ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(8));
+            let style = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} items ({per_sec}, eta {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            Mode::Bar(bar)
+        } else {
+            Mode::Lines
+        };
+        let now = Instant::now();
+        Progress {
+            mode,
+            total,
+            started: now,
+            last_line: now,
+        }
+    }
+
+    pub fn update(&mut self, done: u64, failed: u64) {
+        match &self.mode {
+            Mode::Bar(bar) => {
+                bar.set_position(done);
+                if failed > 0 {
+                    bar.set_message(format!("{failed} failed"));
+                }
+            }
+            Mode::Lines if self.last_line.elapsed() >= LINE_INTERVAL => {
+                self.last_line = Instant::now();
+                let percent = if self.total == 0 {
+                    100.0
+                } else {
+                    done as f64 * 100.0 / self.total as f64
+                };
+                let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                eprintln!(
+                    "progress: {done}/{} items ({percent:.0}%), {failed} failed, {rate:.0} items/s",
+                    self.total
+                );
+            }
+            Mode::Lines | Mode::Quiet => {}
+        }
+    }
+
+    /// A line that must not be garbled by the bar.
+    pub fn message(&self, text: &str) {
+        match &self.mode {
+            Mode::Bar(bar) => bar.println(text),
+            Mode::Lines | Mode::Quiet => eprintln!("{text}"),
+        }
+    }
+
+    pub fn finish(&mut self, done: u64, failed: u64) {
+        if let Mode::Bar(bar) = &self.mode {
+            bar.set_position(done);
+            let _ = failed;
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The summary, as printed by `--json`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub job: String,
+    pub items: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Items without a record because the run was stopped.
+    pub not_run: u64,
+    pub workers: usize,
+    pub workers_started: u64,
+    /// Distinct worker processes that returned results.
+    pub worker_pids: Vec<u32>,
+    pub wall_s: f64,
+    pub items_per_s: f64,
+    pub first_result_s: Option<f64>,
+    /// Encoded bytes of every message after the handshake, both directions.
+    pub ipc_bytes: u64,
+    pub ipc_messages: u64,
+    pub batches: u64,
+    pub reduce: String,
+    #[serde(serialize_with = "optional_value")]
+    pub reduced: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reduce_error: Option<String>,
+    pub results: Option<PathBuf>,
+    pub worker_cpu_s: f64,
+    pub worker_max_rss_bytes: u64,
+    pub stopped_by: Option<&'static str>,
+    /// The first failures (at most 20).
+    pub failures: Vec<FailedItem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailedItem {
+    pub item: u64,
+    #[serde(flatten)]
+    pub failure: Failure,
+}
+
+fn optional_value<S: serde::Serializer>(
+    value: &Option<Value>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => value.json().serialize(serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl Summary {
+    pub fn new(job: String, results: Option<PathBuf>, outcome: RunOutcome) -> Summary {
+        let wall_s = outcome.wall.as_secs_f64();
+        let done = outcome.ok + outcome.failed;
+        Summary {
+            job,
+            items: outcome.items,
+            ok: outcome.ok,
+            failed: outcome.failed,
+            not_run: outcome.items - done,
+            workers: outcome.workers,
+            workers_started: outcome.workers_started,
+            worker_pids: outcome.worker_pids,
+            wall_s,
+            items_per_s: done as f64 / wall_s.max(1e-9),
+            first_result_s: outcome.first_result.map(|d| d.as_secs_f64()),
+            ipc_bytes: outcome.ipc_bytes,
+            ipc_messages: outcome.ipc_messages,
+            batches: outcome.batches,
+            reduce: outcome.reducer.kind().to_string(),
+            reduced: outcome.reducer.value(),
+            reduce_error: outcome.reducer.problem.clone(),
+            results,
+            worker_cpu_s: outcome.worker_cpu.as_secs_f64(),
+            worker_max_rss_bytes: outcome.worker_max_rss,
+            stopped_by: outcome.stopped_by.map(|signal| signal.name()),
+            failures: outcome
+                .failures
+                .into_iter()
+                .map(|(item, failure)| FailedItem { item, failure })
+                .collect(),
+        }
+    }
+
+    pub fn print_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        serde_json::to_writer(&mut *out, self)?;
+        writeln!(out)
+    }
+
+    pub fn print_human(&self, out: &mut impl Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "{}: {} items, {} ok, {} failed{} in {:.2}s ({:.0} items/s) on {} workers",
+            self.job,
+            self.items,
+            self.ok,
+            self.failed,
+            if self.not_run > 0 {
+                format!(", {} not run", self.not_run)
+            } else {
+                String::new()
+            },
+            self.wall_s,
+            self.items_per_s,
+            self.workers,
+        )?;
+        if let Some(signal) = self.stopped_by {
+            writeln!(
+                out,
+                "stopped by {signal}: {} items were not run",
+                self.not_run
+            )?;
+        }
+        match (&self.reduced, &self.reduce_error) {
+            (_, Some(problem)) => writeln!(out, "reduced ({}): none, {problem}", self.reduce)?,
+            (Some(value), None) => {
+                let text = serde_json::to_string(&value.json()).unwrap_or_default();
+                writeln!(out, "reduced ({}): {text}", self.reduce)?;
+            }
+            (None, None) => {}
+        }
+        if let Some(path) = &self.results {
+            writeln!(out, "results: {}", path.display())?;
+        }
+        writeln!(
+            out,
+            "ipc: {} in {} messages ({} batches); workers: {} started, {:.2}s CPU, peak RSS {}",
+            human_bytes(self.ipc_bytes),
+            self.ipc_messages,
+            self.batches,
+            self.workers_started,
+            self.worker_cpu_s,
+            human_bytes(self.worker_max_rss_bytes),
+        )?;
+        if !self.failures.is_empty() {
+            writeln!(
+                out,
+                "failed items{}:",
+                if self.failed > self.failures.len() as u64 {
+                    " (first 20)"
+                } else {
+                    ""
+                }
+            )?;
+            for failed in &self.failures {
+                let f = &failed.failure;
+                let detail = f
+                    .signal
+                    .clone()
+                    .or(f.code.map(|c| format!("code {c}")))
+                    .map_or(String::new(), |d| format!(" {d}"));
+                writeln!(
+                    out,
+                    "  item {}: {}{detail}: {}",
+                    failed.item, f.kind, f.message
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `1.5 MiB`, `312 B`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(312), "312 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+}

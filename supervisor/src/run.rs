@@ -1,0 +1,123 @@
+//! The `run`, `check` and `tasks` commands: from parsed arguments to an exit code.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use shared::exit;
+use shared::job::{BatchSize, JobSpec, WorkerCount};
+
+use crate::cli::RunArgs;
+use crate::dispatch::{self, DispatchConfig};
+use crate::error::Error;
+use crate::plan::{self, Items};
+use crate::report::{Progress, Summary};
+use crate::results::{Reducer, ResultsWriter};
+
+/// Loads a job file and applies the command-line overrides of `run`.
+fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
+    let mut spec = JobSpec::load(job)?;
+    if let Some(args) = args {
+        if let Some(workers) = args.workers {
+            spec.workers.count = WorkerCount::Fixed(workers as usize);
+        }
+        if let Some(batch) = args.batch {
+            spec.workers.batch = BatchSize::Fixed(batch);
+        }
+        if let Some(results) = &args.results {
+            spec.output.results =
+                Some(
+                    std::path::absolute(results).map_err(|source| Error::Results {
+                        path: results.clone(),
+                        source,
+                    })?,
+                );
+        }
+    }
+    plan::check_task(&spec)?;
+    Ok(spec)
+}
+
+pub async fn run(args: RunArgs) -> Result<i32, Error> {
+    let spec = load(&args.job, Some(&args))?;
+    let items = Arc::new(Items::list(&spec.input).await?);
+    let writer = match &spec.output.results {
+        Some(path) => Some(ResultsWriter::create(path.clone(), spec.output.order).await?),
+        None => None,
+    };
+    let config = DispatchConfig {
+        workers: spec.workers.count.resolve(),
+        task: spec.task.builtin.clone(),
+        args_json: spec.task.args.to_string(),
+        batch: match spec.workers.batch {
+            BatchSize::Auto => None,
+            BatchSize::Fixed(n) => Some(n),
+        },
+    };
+    let progress = Progress::new(items.len(), args.quiet);
+    let outcome = dispatch::run(
+        items,
+        config,
+        Reducer::new(spec.output.reduce),
+        writer,
+        progress,
+    )
+    .await?;
+    let code = match outcome.stopped_by {
+        Some(signal) => signal.exit_code(),
+        None if outcome.failed > 0 => exit::ITEMS_FAILED,
+        None => exit::OK,
+    };
+    let summary = Summary::new(spec.name.clone(), spec.output.results.clone(), outcome);
+    let mut out = std::io::stdout().lock();
+    let printed = if args.json {
+        summary.print_json(&mut out)
+    } else {
+        summary.print_human(&mut out)
+    };
+    // A closed stdout (e.g. piped into `head`) must not turn a finished job into a failure.
+    let _ = printed.and_then(|()| out.flush());
+    Ok(code)
+}
+
+pub async fn check(job: &Path) -> Result<i32, Error> {
+    let spec = load(job, None)?;
+    let items = Items::list(&spec.input).await?;
+    println!(
+        "{}: ok — {} items of {}, task `{}`, {} workers, results {}",
+        spec.path.display(),
+        items.len(),
+        plan::input_kind(&spec.input).describe(),
+        spec.task.builtin,
+        spec.workers.count.resolve(),
+        spec.output
+            .results
+            .as_ref()
+            .map_or("none".to_string(), |p| p.display().to_string()),
+    );
+    Ok(exit::OK)
+}
+
+pub fn tasks() -> i32 {
+    let mut out = String::new();
+    for info in child::task::builtins() {
+        let inputs: Vec<&str> = info.inputs.iter().map(|kind| kind.describe()).collect();
+        out.push_str(&format!(
+            "{}\n    {}\n    input: {}\n",
+            info.name,
+            info.summary,
+            inputs.join(", ")
+        ));
+        if info.args.is_empty() {
+            out.push_str("    args: none\n");
+        }
+        for arg in info.args {
+            out.push_str(&format!(
+                "    args.{} ({}, default {}): {}\n",
+                arg.name, arg.kind, arg.default, arg.help
+            ));
+        }
+    }
+    print!("{out}");
+    exit::OK
+}
