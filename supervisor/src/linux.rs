@@ -109,6 +109,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::zombie_processes,
+        reason = "the children are reaped by wait4, which clippy does not know"
+    )]
     fn wait4_reports_signal_and_code_and_pidfd_survives_reaping() {
         let child = std::process::Command::new("sleep")
             .arg("30")
