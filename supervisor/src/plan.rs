@@ -270,8 +270,8 @@ mod tests {
             vec![
                 Chunk { offset: 0, len: 4 },
                 Chunk { offset: 4, len: 10 },
-                Chunk { offset: 14, len: 2 },
-                Chunk { offset: 16, len: 3 },
+                // 18 bytes: from byte 14 the rest fits in one chunk.
+                Chunk { offset: 14, len: 4 },
             ]
         );
         assert!(line_chunks(b"", 4).is_empty());
