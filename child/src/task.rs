@@ -89,8 +89,7 @@ pub fn lookup(name: &str) -> Option<&'static TaskInfo> {
 /// Deserializes a task's `args` into its typed form (which should deny unknown fields), with a message that
 /// names the task.
 pub fn parse_args<T: DeserializeOwned>(task: &str, args: &serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(args.clone())
-        .map_err(|error| format!("bad args for task `{task}`: {error}"))
+    serde_json::from_value(args.clone()).map_err(|error| format!("bad args for task `{task}`: {error}"))
 }
 
 /// The bytes of an item, or an error naming the task that needs them.
@@ -105,8 +104,6 @@ pub fn bytes_of<'a>(task: &str, item: &Item<'a>) -> Result<&'a [u8], String> {
 pub fn range_of(task: &str, item: &Item<'_>) -> Result<(u64, u64), String> {
     match item.input {
         ItemInput::Range { lo, hi } => Ok((lo, hi)),
-        ItemInput::Bytes { .. } => {
-            Err(format!("task `{task}` needs a range input, got file bytes"))
-        }
+        ItemInput::Bytes { .. } => Err(format!("task `{task}` needs a range input, got file bytes")),
     }
 }

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use ipc_channel::IpcError;
 use ipc_channel::ipc::{self, IpcSender};
 use shared::item::{Batch, BatchItems, InputPlan};
+use shared::progress::ProgressWriter;
+use shared::protocol::WorkerLimits;
 use shared::protocol::{
-    FromWorker, Outcome, PROTOCOL_VERSION, RESULT_FLUSH_INTERVAL_MS, TaskError, TaskErrorKind,
-    ToWorker,
+    FromWorker, Outcome, PROTOCOL_VERSION, RESULT_FLUSH_INTERVAL_MS, TaskError, TaskErrorKind, ToWorker,
 };
-use shared::region::MappedFile;
+use shared::region::{MappedFile, SharedPage};
+use std::path::Path;
 
 use crate::task::{Item, ItemInput, Task, lookup};
 
@@ -40,16 +42,13 @@ impl std::fmt::Display for WorkerError {
 pub fn run(server_name: &str) -> Result<(), WorkerError> {
     die_with_parent()?;
     ignore_interrupts();
+    crate::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
     install_panic_capture();
 
-    let to_supervisor =
-        IpcSender::<FromWorker>::connect(server_name.to_string()).map_err(|error| {
-            WorkerError(format!(
-                "cannot connect to supervisor at {server_name}: {error}"
-            ))
-        })?;
-    let (to_worker, from_supervisor) = ipc::channel::<ToWorker>()
-        .map_err(|error| WorkerError(format!("cannot create channel: {error}")))?;
+    let to_supervisor = IpcSender::<FromWorker>::connect(server_name.to_string())
+        .map_err(|error| WorkerError(format!("cannot connect to supervisor at {server_name}: {error}")))?;
+    let (to_worker, from_supervisor) =
+        ipc::channel::<ToWorker>().map_err(|error| WorkerError(format!("cannot create channel: {error}")))?;
     send(
         &to_supervisor,
         FromWorker::Hello {
@@ -64,7 +63,9 @@ pub fn run(server_name: &str) -> Result<(), WorkerError> {
             task,
             args_json,
             input,
-        }) => match Worker::new(&task, &args_json, input) {
+            limits,
+            progress,
+        }) => match Worker::new(&task, &args_json, input, &limits, progress.as_deref()) {
             Ok(worker) => worker,
             Err(message) => {
                 send(
@@ -77,9 +78,7 @@ pub fn run(server_name: &str) -> Result<(), WorkerError> {
             }
         },
         Ok(other) => {
-            return Err(WorkerError(format!(
-                "expected Init as first message, got {other:?}"
-            )));
+            return Err(WorkerError(format!("expected Init as first message, got {other:?}")));
         }
         Err(IpcError::Disconnected) => return Ok(()),
         Err(error) => return Err(WorkerError(format!("cannot receive Init: {error}"))),
@@ -91,14 +90,10 @@ pub fn run(server_name: &str) -> Result<(), WorkerError> {
             Ok(ToWorker::Batch(batch)) => worker.run_batch(&batch, &to_supervisor)?,
             Ok(ToWorker::Shutdown) | Err(IpcError::Disconnected) => return Ok(()),
             Ok(other @ ToWorker::Init { .. }) => {
-                return Err(WorkerError(format!(
-                    "unexpected message after Init: {other:?}"
-                )));
+                return Err(WorkerError(format!("unexpected message after Init: {other:?}")));
             }
             Err(error) => {
-                return Err(WorkerError(format!(
-                    "cannot receive from supervisor: {error}"
-                )));
+                return Err(WorkerError(format!("cannot receive from supervisor: {error}")));
             }
         }
     }
@@ -115,15 +110,7 @@ fn die_with_parent() -> Result<(), WorkerError> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
-        let rc = unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
+        let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
         if rc != 0 {
             return Err(WorkerError(format!(
                 "prctl(PR_SET_PDEATHSIG): {}",
@@ -176,22 +163,44 @@ struct Worker {
     plan: InputPlan,
     /// The `file` input, mapped once for the worker's life.
     mapped: Option<MappedFile>,
+    progress: Option<ProgressWriter>,
+    cpu_seconds_per_item: Option<u64>,
 }
 
 impl Worker {
-    fn new(task_name: &str, args_json: &str, plan: InputPlan) -> Result<Worker, String> {
+    fn new(
+        task_name: &str,
+        args_json: &str,
+        plan: InputPlan,
+        limits: &WorkerLimits,
+        progress: Option<&Path>,
+    ) -> Result<Worker, String> {
+        crate::limits::apply(limits).map_err(|error| format!("cannot apply resource limits: {error}"))?;
+        let progress = match progress {
+            Some(path) => {
+                Some(ProgressWriter::new(SharedPage::open(path).map_err(|error| {
+                    format!("cannot map progress page {}: {error}", path.display())
+                })?))
+            }
+            None => None,
+        };
         let info = lookup(task_name).ok_or_else(|| format!("unknown task `{task_name}`"))?;
-        let args: serde_json::Value = serde_json::from_str(args_json)
-            .map_err(|error| format!("task args are not JSON: {error}"))?;
+        let args: serde_json::Value =
+            serde_json::from_str(args_json).map_err(|error| format!("task args are not JSON: {error}"))?;
         let task = (info.build)(&args)?;
-        let mapped =
-            match &plan {
-                InputPlan::File { path } => Some(MappedFile::open(path).map_err(|error| {
-                    format!("cannot map input file {}: {error}", path.display())
-                })?),
-                InputPlan::Range { .. } | InputPlan::Files => None,
-            };
-        Ok(Worker { task, plan, mapped })
+        let mapped = match &plan {
+            InputPlan::File { path } => Some(
+                MappedFile::open(path).map_err(|error| format!("cannot map input file {}: {error}", path.display()))?,
+            ),
+            InputPlan::Range { .. } | InputPlan::Files => None,
+        };
+        Ok(Worker {
+            task,
+            plan,
+            mapped,
+            progress,
+            cpu_seconds_per_item: limits.cpu_seconds_per_item,
+        })
     }
 
     fn run_batch(&mut self, batch: &Batch, out: &IpcSender<FromWorker>) -> Result<(), WorkerError> {
@@ -231,6 +240,21 @@ impl Worker {
 
     fn run_item(&mut self, batch: &Batch, k: u64) -> Outcome {
         let index = batch.first + k;
+        if let Some(seconds) = self.cpu_seconds_per_item {
+            // Failing to arm the limit leaves the item without one; the wall-clock timeout still applies.
+            let _ = crate::limits::arm_cpu_limit(seconds);
+        }
+        if let Some(progress) = &self.progress {
+            progress.begin(batch.id, index);
+        }
+        let outcome = self.run_item_inner(batch, k, index);
+        if let Some(progress) = &self.progress {
+            progress.end(batch.id, index);
+        }
+        outcome
+    }
+
+    fn run_item_inner(&mut self, batch: &Batch, k: u64, index: u64) -> Outcome {
         let started = Instant::now();
         let result = match self.prepare(batch, k) {
             Err(message) => Err(TaskError {
@@ -289,9 +313,7 @@ impl Worker {
                 let chunk = chunks[k as usize];
                 let size = self.mapped.as_ref().map_or(0, |m| m.len() as u64);
                 match chunk.offset.checked_add(chunk.len) {
-                    Some(end) if end <= size => {
-                        Ok(Prepared::Chunk(chunk.offset as usize, chunk.len as usize))
-                    }
+                    Some(end) if end <= size => Ok(Prepared::Chunk(chunk.offset as usize, chunk.len as usize)),
                     _ => Err(format!(
                         "chunk {}+{} is outside the mapped input ({size} bytes): was the file truncated?",
                         chunk.offset, chunk.len

@@ -182,15 +182,8 @@ mod tests {
 
     #[test]
     fn values_round_trip_through_postcard() {
-        let value = Value::List(vec![
-            Value::UInt(u128::MAX),
-            Value::Float(1.5),
-            Value::Bool(true),
-        ]);
+        let value = Value::List(vec![Value::UInt(u128::MAX), Value::Float(1.5), Value::Bool(true)]);
         let bytes = postcard::to_stdvec(&value).expect("encodes");
-        assert_eq!(
-            postcard::from_bytes::<Value>(&bytes).expect("decodes"),
-            value
-        );
+        assert_eq!(postcard::from_bytes::<Value>(&bytes).expect("decodes"), value);
     }
 }

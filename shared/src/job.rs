@@ -17,10 +17,18 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::units::parse_size;
+use std::time::Duration;
+
+use crate::units::{parse_duration, parse_size};
 
 /// Largest accepted `[workers] count`.
 pub const MAX_WORKERS: usize = 1024;
+/// Default `[supervise] max_restarts`.
+pub const DEFAULT_MAX_RESTARTS: u32 = 20;
+/// Default `[supervise] within`.
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(10);
+/// Default `[supervise] grace`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// Default `[input] chunk_bytes` for file inputs.
 pub const DEFAULT_CHUNK_BYTES: u64 = 4 << 20;
 
@@ -54,6 +62,7 @@ pub struct JobSpec {
     pub input: InputSpec,
     pub task: TaskSpec,
     pub workers: WorkersSpec,
+    pub supervise: SuperviseSpec,
     pub output: OutputSpec,
     source: String,
 }
@@ -92,6 +101,12 @@ pub struct TaskSpec {
     /// `args` converted to JSON (an empty object when omitted).
     pub args: serde_json::Value,
     pub args_span: Range<usize>,
+    /// `timeout`: wall time one item may take before its worker is killed and the item fails with `timeout`.
+    pub timeout: Option<Duration>,
+    /// `retries`: further runs of a failed item (on a fresh worker when its worker died), default 0.
+    pub retries: u32,
+    /// `retry_backoff`: wait before the first retry, doubled for each further one; default 0.
+    pub retry_backoff: Duration,
 }
 
 /// `[workers]`.
@@ -99,6 +114,98 @@ pub struct TaskSpec {
 pub struct WorkersSpec {
     pub count: WorkerCount,
     pub batch: BatchSize,
+    pub start: StartMethod,
+    /// `memory_limit`: the most heap (RLIMIT_DATA) one worker may allocate; exceeding it fails the item with
+    /// `memory`. Read-only mapped input does not count.
+    pub memory_limit: Option<u64>,
+    /// `cpu_limit`: the most CPU time one item may use (RLIMIT_CPU, whole seconds, rounded up).
+    pub cpu_limit: Option<Duration>,
+    /// `max_tasks`: a worker is replaced after running this many items.
+    pub max_tasks: Option<u64>,
+    /// `core_dumps`: allow workers to dump core (off by default).
+    pub core_dumps: bool,
+}
+
+/// `[workers] start`: how worker processes are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMethod {
+    /// Exec the supervisor binary in worker mode for each worker.
+    Spawn,
+    /// Fork each worker from a single-threaded helper process started before the async runtime.
+    Forkserver,
+}
+
+/// `[supervise]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuperviseSpec {
+    /// `max_restarts` within `within`: more worker deaths than this in the window stop the job.
+    pub max_restarts: u32,
+    pub within: Duration,
+    pub halt: Halt,
+    /// `grace`: time workers get to finish after a stop request, before SIGKILL.
+    pub grace: Duration,
+}
+
+/// `[supervise] halt`: when failures stop the job (GNU parallel's `--halt`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Halt {
+    pub threshold: HaltThreshold,
+    /// `now,` prefix: kill work in progress instead of letting it finish.
+    pub now: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HaltThreshold {
+    Never,
+    /// Stop once this many items failed (`first-failure` is 1).
+    Count(u64),
+    /// Stop once this percentage of all items failed.
+    Percent(f64),
+}
+
+impl Halt {
+    pub const NEVER: Halt = Halt {
+        threshold: HaltThreshold::Never,
+        now: false,
+    };
+
+    /// Parses `never`, `first-failure`, `fail=N`, `fail=P%`, each optionally prefixed by `now,` or `soon,`.
+    pub fn parse(text: &str) -> Result<Halt, String> {
+        let expected =
+            "expected \"never\", \"first-failure\", \"fail=N\" or \"fail=P%\" (optionally prefixed by \"now,\")";
+        let (now, rest) = match text.split_once(',') {
+            Some(("now", rest)) => (true, rest),
+            Some(("soon", rest)) => (false, rest),
+            Some(_) => return Err(format!("`halt = \"{text}\"`: {expected}")),
+            None => (false, text),
+        };
+        let threshold = match rest {
+            "never" => HaltThreshold::Never,
+            "first-failure" => HaltThreshold::Count(1),
+            _ => match rest.strip_prefix("fail=") {
+                Some(percent) if percent.ends_with('%') => match percent[..percent.len() - 1].parse::<f64>() {
+                    Ok(p) if p > 0.0 && p <= 100.0 => HaltThreshold::Percent(p),
+                    _ => return Err(format!("`halt = \"{text}\"`: the percentage must be in (0, 100]")),
+                },
+                Some(count) => match count.parse::<u64>() {
+                    Ok(n) if n >= 1 => HaltThreshold::Count(n),
+                    _ => return Err(format!("`halt = \"{text}\"`: {expected}")),
+                },
+                None => return Err(format!("`halt = \"{text}\"`: {expected}")),
+            },
+        };
+        Ok(Halt { threshold, now })
+    }
+
+    /// Whether `failed` failures out of `total` items reach the threshold.
+    pub fn reached(&self, failed: u64, total: u64) -> bool {
+        match self.threshold {
+            HaltThreshold::Never => false,
+            HaltThreshold::Count(n) => failed >= n,
+            HaltThreshold::Percent(p) => failed > 0 && failed as f64 * 100.0 >= p * total as f64,
+        }
+    }
 }
 
 /// `[workers] count`.
@@ -178,6 +285,7 @@ struct RawJob {
     input: Spanned<RawInput>,
     task: RawTask,
     workers: Option<RawWorkers>,
+    supervise: Option<RawSupervise>,
     output: Option<RawOutput>,
 }
 
@@ -204,13 +312,30 @@ struct RawRange {
 struct RawTask {
     builtin: Spanned<String>,
     args: Option<Spanned<toml::Table>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<u32>,
+    retry_backoff: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawWorkers {
     count: Option<Spanned<toml::Value>>,
     batch: Option<Spanned<toml::Value>>,
+    start: Option<StartMethod>,
+    memory_limit: Option<Spanned<toml::Value>>,
+    cpu_limit: Option<Spanned<String>>,
+    max_tasks: Option<Spanned<u64>>,
+    core_dumps: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSupervise {
+    max_restarts: Option<u32>,
+    within: Option<Spanned<String>>,
+    halt: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -269,17 +394,12 @@ impl JobSpec {
             };
             return Err(fail(
                 input_span,
-                format!(
-                    "[input] needs exactly one source: `range`, `file` or `glob` (found: {found})"
-                ),
+                format!("[input] needs exactly one source: `range`, `file` or `glob` (found: {found})"),
             ));
         }
         if input.file.is_none() {
             if let Some(split) = &input.split {
-                return Err(fail(
-                    split.span(),
-                    "`split` applies only to a `file` input".into(),
-                ));
+                return Err(fail(split.span(), "`split` applies only to a `file` input".into()));
             }
             if let Some(chunk_bytes) = &input.chunk_bytes {
                 return Err(fail(
@@ -318,10 +438,7 @@ impl JobSpec {
                 None => DEFAULT_CHUNK_BYTES,
                 Some(value) => match size_value(value.get_ref()) {
                     Ok(0) => {
-                        return Err(fail(
-                            value.span(),
-                            "`chunk_bytes` must be at least 1 byte".into(),
-                        ));
+                        return Err(fail(value.span(), "`chunk_bytes` must be at least 1 byte".into()));
                     }
                     Ok(bytes) => bytes,
                     Err(message) => {
@@ -370,45 +487,42 @@ impl JobSpec {
             unreachable!("exactly one input source was checked above")
         };
 
+        let duration = |value: Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, JobError> {
+            value
+                .map(|value| {
+                    parse_duration(value.get_ref()).map_err(|message| fail(value.span(), format!("`{key}`: {message}")))
+                })
+                .transpose()
+        };
+        let timeout = duration(raw.task.timeout, "timeout")?;
+        let retry_backoff = duration(raw.task.retry_backoff, "retry_backoff")?.unwrap_or(Duration::ZERO);
         let task = TaskSpec {
+            timeout,
+            retries: raw.task.retries.unwrap_or(0),
+            retry_backoff,
             builtin: raw.task.builtin.get_ref().clone(),
             builtin_span: raw.task.builtin.span(),
-            args_span: raw
-                .task
-                .args
-                .as_ref()
-                .map_or(raw.task.builtin.span(), Spanned::span),
+            args_span: raw.task.args.as_ref().map_or(raw.task.builtin.span(), Spanned::span),
             args: match raw.task.args {
                 None => serde_json::Value::Object(Default::default()),
                 Some(args) => {
                     let span = args.span();
-                    serde_json::to_value(args.into_inner()).map_err(|error| {
-                        fail(
-                            span,
-                            format!("`args` cannot be represented as JSON: {error}"),
-                        )
-                    })?
+                    serde_json::to_value(args.into_inner())
+                        .map_err(|error| fail(span, format!("`args` cannot be represented as JSON: {error}")))?
                 }
             },
         };
 
-        let raw_workers = raw.workers.unwrap_or(RawWorkers {
-            count: None,
-            batch: None,
-        });
+        let raw_workers = raw.workers.unwrap_or_default();
         let count = match raw_workers.count {
             None => WorkerCount::Auto,
             Some(value) => match value.get_ref() {
                 toml::Value::String(s) if s == "auto" => WorkerCount::Auto,
-                toml::Value::Integer(n) if (1..=MAX_WORKERS as i64).contains(n) => {
-                    WorkerCount::Fixed(*n as usize)
-                }
+                toml::Value::Integer(n) if (1..=MAX_WORKERS as i64).contains(n) => WorkerCount::Fixed(*n as usize),
                 other => {
                     return Err(fail(
                         value.span(),
-                        format!(
-                            "`count` is {other}: expected \"auto\" or an integer from 1 to {MAX_WORKERS}"
-                        ),
+                        format!("`count` is {other}: expected \"auto\" or an integer from 1 to {MAX_WORKERS}"),
                     ));
                 }
             },
@@ -421,12 +535,44 @@ impl JobSpec {
                 other => {
                     return Err(fail(
                         value.span(),
-                        format!(
-                            "`batch` is {other}: expected \"auto\" or an integer of at least 1"
-                        ),
+                        format!("`batch` is {other}: expected \"auto\" or an integer of at least 1"),
                     ));
                 }
             },
+        };
+
+        let memory_limit = match raw_workers.memory_limit {
+            None => None,
+            Some(value) => match size_value(value.get_ref()) {
+                Ok(bytes) if bytes >= 1 << 20 => Some(bytes),
+                Ok(_) => return Err(fail(value.span(), "`memory_limit` must be at least 1MiB".into())),
+                Err(message) => return Err(fail(value.span(), format!("`memory_limit`: {message}"))),
+            },
+        };
+        let max_tasks = match raw_workers.max_tasks {
+            Some(n) if *n.get_ref() == 0 => return Err(fail(n.span(), "`max_tasks` must be at least 1".into())),
+            other => other.map(Spanned::into_inner),
+        };
+        let workers = WorkersSpec {
+            count,
+            batch,
+            start: raw_workers.start.unwrap_or(StartMethod::Spawn),
+            memory_limit,
+            cpu_limit: duration(raw_workers.cpu_limit, "cpu_limit")?,
+            max_tasks,
+            core_dumps: raw_workers.core_dumps.unwrap_or(false),
+        };
+
+        let raw_supervise = raw.supervise.unwrap_or_default();
+        let halt = match raw_supervise.halt {
+            None => Halt::NEVER,
+            Some(text) => Halt::parse(text.get_ref()).map_err(|message| fail(text.span(), message))?,
+        };
+        let supervise = SuperviseSpec {
+            max_restarts: raw_supervise.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
+            within: duration(raw_supervise.within, "within")?.unwrap_or(DEFAULT_RESTART_WINDOW),
+            halt,
+            grace: duration(raw_supervise.grace, "grace")?.unwrap_or(DEFAULT_GRACE),
         };
 
         let raw_output = raw.output.unwrap_or(RawOutput {
@@ -441,17 +587,16 @@ impl JobSpec {
         };
 
         let name = raw.name.unwrap_or_else(|| {
-            path.file_stem().map_or_else(
-                || "job".to_string(),
-                |stem| stem.to_string_lossy().into_owned(),
-            )
+            path.file_stem()
+                .map_or_else(|| "job".to_string(), |stem| stem.to_string_lossy().into_owned())
         });
         Ok(JobSpec {
             path: path.to_path_buf(),
             name,
             input,
             task,
-            workers: WorkersSpec { count, batch },
+            workers,
+            supervise,
             output,
             source,
         })
@@ -466,13 +611,9 @@ impl JobSpec {
 /// A size given as an integer number of bytes or a string with a unit.
 fn size_value(value: &toml::Value) -> Result<u64, String> {
     match value {
-        toml::Value::Integer(n) => {
-            u64::try_from(*n).map_err(|_| format!("{n} is negative: expected a size"))
-        }
+        toml::Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative: expected a size")),
         toml::Value::String(s) => parse_size(s),
-        other => Err(format!(
-            "{other} is not a size: expected e.g. \"4MiB\" or 65536"
-        )),
+        other => Err(format!("{other} is not a size: expected e.g. \"4MiB\" or 65536")),
     }
 }
 
@@ -497,14 +638,9 @@ fn located(path: &Path, source: &str, span: Range<usize>, message: &str) -> JobE
     let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
     let line = source[..start].matches('\n').count() + 1;
     let column = source[line_start..start].chars().count() + 1;
-    let line_end = source[start..]
-        .find('\n')
-        .map_or(source.len(), |i| start + i);
+    let line_end = source[start..].find('\n').map_or(source.len(), |i| start + i);
     let text = &source[line_start..line_end];
-    let width = source[start..span.end.clamp(start, line_end)]
-        .chars()
-        .count()
-        .max(1);
+    let width = source[start..span.end.clamp(start, line_end)].chars().count().max(1);
     let snippet = format!(
         "{line:>4} | {text}\n     | {}{}",
         " ".repeat(column - 1),
@@ -530,10 +666,7 @@ mod tests {
     fn error_of(text: &str) -> (usize, usize, String) {
         match parse(text) {
             Err(JobError::Invalid {
-                line,
-                column,
-                message,
-                ..
+                line, column, message, ..
             }) => (line, column, message),
             other => panic!("expected an invalid-job error, got {other:?}"),
         }
@@ -541,10 +674,8 @@ mod tests {
 
     #[test]
     fn minimal_range_job_gets_defaults() {
-        let spec = parse(
-            "[input]\nrange = { start = 0, end = 100, chunk = 7 }\n[task]\nbuiltin = \"noop\"\n",
-        )
-        .expect("valid");
+        let spec =
+            parse("[input]\nrange = { start = 0, end = 100, chunk = 7 }\n[task]\nbuiltin = \"noop\"\n").expect("valid");
         assert_eq!(spec.name, "job");
         assert_eq!(
             spec.input,
@@ -554,11 +685,29 @@ mod tests {
                 chunk: 7
             }
         );
+        assert_eq!(spec.workers.count, WorkerCount::Auto);
+        assert_eq!(spec.workers.batch, BatchSize::Auto);
+        assert_eq!(spec.workers.start, StartMethod::Spawn);
         assert_eq!(
-            spec.workers,
-            WorkersSpec {
-                count: WorkerCount::Auto,
-                batch: BatchSize::Auto
+            (
+                spec.workers.memory_limit,
+                spec.workers.cpu_limit,
+                spec.workers.max_tasks
+            ),
+            (None, None, None)
+        );
+        assert!(!spec.workers.core_dumps);
+        assert_eq!(
+            (spec.task.timeout, spec.task.retries, spec.task.retry_backoff),
+            (None, 0, Duration::ZERO)
+        );
+        assert_eq!(
+            spec.supervise,
+            SuperviseSpec {
+                max_restarts: 20,
+                within: Duration::from_secs(10),
+                halt: Halt::NEVER,
+                grace: Duration::from_secs(5)
             }
         );
         assert_eq!(
@@ -586,10 +735,7 @@ mod tests {
                 pattern: "/jobs/img/*.jpg".into()
             }
         );
-        assert_eq!(
-            spec.output.results,
-            Some(PathBuf::from("/jobs/out/r.jsonl"))
-        );
+        assert_eq!(spec.output.results, Some(PathBuf::from("/jobs/out/r.jsonl")));
         assert_eq!(spec.output.order, Order::Completion);
         assert_eq!(spec.workers.count, WorkerCount::Fixed(3));
         assert_eq!(spec.workers.batch, BatchSize::Fixed(16));
@@ -597,19 +743,80 @@ mod tests {
     }
 
     #[test]
-    fn unknown_key_is_located() {
-        let (line, column, message) = error_of(
-            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ncolour = 3\n",
+    fn supervision_keys_parse() {
+        let spec = parse(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ntimeout = \"1.5s\"\nretries = 2\n\
+             retry_backoff = \"100ms\"\n[workers]\nstart = \"forkserver\"\nmemory_limit = \"256MiB\"\ncpu_limit = \"2s\"\n\
+             max_tasks = 50\ncore_dumps = true\n[supervise]\nmax_restarts = 3\nwithin = \"1m\"\nhalt = \"now,fail=5%\"\ngrace = \"2s\"\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.task.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            (spec.task.retries, spec.task.retry_backoff),
+            (2, Duration::from_millis(100))
         );
+        assert_eq!(spec.workers.start, StartMethod::Forkserver);
+        assert_eq!(spec.workers.memory_limit, Some(256 << 20));
+        assert_eq!(spec.workers.cpu_limit, Some(Duration::from_secs(2)));
+        assert_eq!(spec.workers.max_tasks, Some(50));
+        assert!(spec.workers.core_dumps);
+        assert_eq!(spec.supervise.max_restarts, 3);
+        assert_eq!(spec.supervise.within, Duration::from_secs(60));
+        assert_eq!(
+            spec.supervise.halt,
+            Halt {
+                threshold: HaltThreshold::Percent(5.0),
+                now: true
+            }
+        );
+        assert_eq!(spec.supervise.grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn halt_policies() {
+        assert_eq!(Halt::parse("never"), Ok(Halt::NEVER));
+        let first = Halt::parse("first-failure").expect("valid");
+        assert!(!first.reached(0, 10) && first.reached(1, 10) && !first.now);
+        let three = Halt::parse("soon,fail=3").expect("valid");
+        assert!(!three.reached(2, 10) && three.reached(3, 10));
+        let percent = Halt::parse("fail=10%").expect("valid");
+        assert!(!percent.reached(9, 100) && percent.reached(10, 100));
+        assert!(Halt::parse("fail=0").is_err());
+        assert!(Halt::parse("fail=150%").is_err());
+        assert!(Halt::parse("later,fail=1").is_err());
+        assert!(Halt::parse("sometimes").is_err());
+    }
+
+    #[test]
+    fn bad_durations_and_limits_are_located() {
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ntimeout = \"30\"\n");
+        assert_eq!(line, 5);
+        assert!(message.contains("`timeout`: duration `30` has no unit"), "{message}");
+        let (line, _, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[workers]\nmemory_limit = \"12\"\n",
+        );
+        assert_eq!(line, 6);
+        assert!(message.contains("at least 1MiB"), "{message}");
+        let (line, _, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[supervise]\nhalt = \"often\"\n",
+        );
+        assert_eq!(line, 6);
+        assert!(message.contains("first-failure"), "{message}");
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let (line, column, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ncolour = 3\n");
         assert_eq!((line, column), (5, 1));
         assert!(message.contains("unknown field `colour`"), "{message}");
     }
 
     #[test]
     fn two_sources_are_rejected() {
-        let (line, _, message) = error_of(
-            "[input]\nrange = { start = 0, end = 1 }\nglob = \"*\"\n[task]\nbuiltin = \"noop\"\n",
-        );
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\nglob = \"*\"\n[task]\nbuiltin = \"noop\"\n");
         assert_eq!(line, 1);
         assert!(message.contains("found: range, glob"), "{message}");
     }
@@ -620,10 +827,7 @@ mod tests {
             "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[workers]\ncount = \"many\"\n",
         );
         assert_eq!(line, 6);
-        assert!(
-            message.contains("expected \"auto\" or an integer"),
-            "{message}"
-        );
+        assert!(message.contains("expected \"auto\" or an integer"), "{message}");
 
         let (line, _, message) = error_of(
             "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[output]\norder = \"random\"\n",
@@ -634,29 +838,24 @@ mod tests {
             "{message}"
         );
 
-        let (line, _, message) =
-            error_of("[input]\nrange = { start = 9, end = 1 }\n[task]\nbuiltin = \"noop\"\n");
+        let (line, _, message) = error_of("[input]\nrange = { start = 9, end = 1 }\n[task]\nbuiltin = \"noop\"\n");
         assert_eq!(line, 2);
         assert!(message.contains("below its start"), "{message}");
 
-        let (_, _, message) =
-            error_of("[input]\nrange = { start = -1, end = 1 }\n[task]\nbuiltin = \"noop\"\n");
+        let (_, _, message) = error_of("[input]\nrange = { start = -1, end = 1 }\n[task]\nbuiltin = \"noop\"\n");
         assert!(message.contains("-1"), "{message}");
     }
 
     #[test]
     fn missing_input_file_is_named() {
-        let (line, column, message) =
-            error_of("[input]\nfile = \"no-such.log\"\n[task]\nbuiltin = \"line-count\"\n");
+        let (line, column, message) = error_of("[input]\nfile = \"no-such.log\"\n[task]\nbuiltin = \"line-count\"\n");
         assert_eq!((line, column), (2, 8));
         assert!(message.contains("/jobs/no-such.log"), "{message}");
     }
 
     #[test]
     fn snippet_points_at_the_column() {
-        match parse(
-            "[input]\nrange = { start = 0, end = 1, chunk = 0 }\n[task]\nbuiltin = \"noop\"\n",
-        ) {
+        match parse("[input]\nrange = { start = 0, end = 1, chunk = 0 }\n[task]\nbuiltin = \"noop\"\n") {
             Err(error @ JobError::Invalid { .. }) => {
                 let text = error.to_string();
                 assert!(

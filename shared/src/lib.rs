@@ -5,13 +5,15 @@
 //! - [`job`]: the job file schema — a raw serde mirror of the TOML, then a validated, resolved [`job::JobSpec`].
 //! - [`protocol`]: the messages exchanged over ipc-channel ([`protocol::ToWorker`], [`protocol::FromWorker`]).
 //! - [`item`]: item descriptors (what crosses the channel instead of bulk bytes) and result [`item::Value`]s.
-//! - [`region`]: read-only memory-mapped files, the one place that holds `unsafe` for mapping.
+//! - [`region`]: read-only memory-mapped files and shared pages, the one place that holds `unsafe` for mapping.
+//! - [`progress`]: the per-worker progress slot in a shared page: which item is running, since when.
 //! - [`units`]: human sizes (`4MiB`) and durations (`30s`).
 //! - [`exit`]: the process exit codes the CLI documents.
 
 pub mod exit;
 pub mod item;
 pub mod job;
+pub mod progress;
 pub mod protocol;
 pub mod region;
 pub mod units;

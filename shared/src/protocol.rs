@@ -15,6 +15,8 @@
 //! A worker that dies is noticed by the channel disconnecting and by `wait4`; the protocol itself has no
 //! heartbeat.
 
+use std::path::PathBuf;
+
 use ipc_channel::ipc::IpcSender;
 use serde::{Deserialize, Serialize};
 
@@ -36,11 +38,26 @@ pub enum ToWorker {
         /// The task's `[task] args` as JSON text (validated by the supervisor before any worker starts).
         args_json: String,
         input: InputPlan,
+        limits: WorkerLimits,
+        /// Where to map the progress slot (see [`crate::progress`]); `None` runs without one.
+        progress: Option<PathBuf>,
     },
     /// Process these items.
     Batch(Batch),
     /// Finish and exit 0.
     Shutdown,
+}
+
+/// Resource limits a worker applies to itself on `Init` (not in a `pre_exec` hook, which would force the slow
+/// fork path for every spawn).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerLimits {
+    /// RLIMIT_DATA in bytes: heap and other private writable memory. Mapped input does not count.
+    pub memory_bytes: Option<u64>,
+    /// CPU seconds one item may use (RLIMIT_CPU is re-armed before each item; SIGXCPU when exceeded).
+    pub cpu_seconds_per_item: Option<u64>,
+    /// Keep RLIMIT_CORE as inherited instead of 0.
+    pub core_dumps: bool,
 }
 
 /// Worker → supervisor.

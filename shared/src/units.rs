@@ -39,9 +39,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             .checked_mul(multiplier)
             .ok_or_else(|| format!("size `{text}` is too large"));
     }
-    let value: f64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a size: expected a number such as `4MiB` or `65536`")
-    })?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: expected a number such as `4MiB` or `65536`"))?;
     let bytes = value * multiplier as f64;
     if !bytes.is_finite() || bytes >= u64::MAX as f64 {
         return Err(format!("size `{text}` is too large"));
@@ -75,8 +75,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a duration: expected e.g. `30s` or `250ms`"))?;
-    Duration::try_from_secs_f64(value * seconds_per_unit)
-        .map_err(|_| format!("duration `{text}` is out of range"))
+    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| format!("duration `{text}` is out of range"))
 }
 
 #[cfg(test)]

@@ -47,8 +47,7 @@ impl BatchSizer {
             // Nothing measured yet: one item tells us the cost quickly.
             return 1;
         };
-        let wanted =
-            (TARGET_BATCH.as_nanos() as f64 / item_nanos.max(MIN_ITEM_NANOS)).max(1.0) as u64;
+        let wanted = (TARGET_BATCH.as_nanos() as f64 / item_nanos.max(MIN_ITEM_NANOS)).max(1.0) as u64;
         let fair_share = remaining.div_ceil(workers.max(1) as u64 * 4);
         wanted.min(fair_share).min(self.cap).clamp(1, remaining)
     }

@@ -6,14 +6,20 @@
 //! ## An item's way
 //! Items are handed out in input order, in batches sized by [`BatchSizer`], at most [`PREFETCH`] batches queued
 //! per worker so that a worker never waits for its next batch. A worker answers each batch with consecutive
-//! results; a batch is done when every item is answered.
+//! results; a batch is done when every item is answered. Every item ends with exactly one record.
 //!
 //! ## When a worker dies
-//! The worker is reaped by the pool and replaced. Its queued batches had not started: they go back to the
-//! front of the queue, uncharged. The items of the batch it was running that it had not answered are
-//! *suspects*: each is run again alone, on a worker holding nothing else, so that a death there is exactly
-//! attributable. Only an item whose worker dies while running it alone is recorded `failed` (kind `signal`,
-//! `exit` or `protocol`, with the worker's stderr tail); co-batched items end `ok`.
+//! The worker is reaped by the pool and replaced. Before each item a worker stamps its progress slot (a shared
+//! page, see `shared::progress`), so the dispatcher knows which item it was running when it died: that item
+//! fails (kind `signal`, `exit`, `memory`, `timeout`…, with the worker's stderr tail) or is retried; the other
+//! unanswered items of its batches go back to the front of the queue, uncharged. When the slot cannot be
+//! trusted (the worker broke the protocol, or died between items), the unanswered items of the batch it was
+//! running become *suspects*, each re-run alone, so that a death is still exactly attributable.
+//!
+//! ## Limits and policies
+//! `timeout` is enforced from the progress slot on a timer; `retries` re-run a failed item alone after a
+//! backoff; `max_tasks` recycles a worker; more than `max_restarts` deaths `within` the window stop the job;
+//! `halt` stops it after enough failures.
 //!
 //! ## Stopping
 //! When every item has a record, workers are told to shut down. On the first SIGINT/SIGTERM nothing more is
@@ -26,13 +32,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use shared::item::Value;
-use shared::protocol::{FromWorker, Outcome, TaskErrorKind, ToWorker};
+use shared::job::SuperviseSpec;
+use shared::progress::{ProgressReader, monotonic_ns};
+use shared::protocol::{FromWorker, Outcome, TaskErrorKind, ToWorker, WorkerLimits};
+use shared::region::SharedPage;
 use tokio::sync::mpsc;
 use tokio::time::{Instant as TokioInstant, sleep_until};
 
 use crate::batching::BatchSizer;
 use crate::error::Error;
-use crate::linux::{ExitInfo, ExitStatus, Pidfd, signal_name};
+use crate::failure::{Death, crash_failure, describe_exit};
+use crate::linux::{ExitInfo, Pidfd};
 use crate::plan::Items;
 use crate::pool::{Event, IpcCounter, Launcher, WorkerId, WorkerSender, message_name};
 use crate::report::Progress;
@@ -41,9 +51,6 @@ use crate::signal::{Escalation, StopAction, StopSignal};
 
 /// Batches queued per worker: one running, one waiting.
 pub const PREFETCH: usize = 2;
-
-/// Time workers get to finish after a stop request or at the end, before they are killed.
-pub const GRACE: Duration = Duration::from_secs(5);
 
 /// Workers in a row that fail before becoming ready before the job is abandoned.
 const MAX_START_FAILURES: u32 = 3;
@@ -58,6 +65,52 @@ pub struct DispatchConfig {
     pub task: String,
     pub args_json: String,
     pub batch: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub retry_backoff: Duration,
+    pub limits: WorkerLimits,
+    pub max_tasks: Option<u64>,
+    pub supervise: SuperviseSpec,
+}
+
+/// Why a run stopped before every item had a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Signal(StopSignal),
+    /// The `halt` policy was reached after this many failures.
+    Halt {
+        failed: u64,
+    },
+    /// Workers died more than `max_restarts` times within `within`.
+    RestartIntensity {
+        deaths: usize,
+        within: Duration,
+    },
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Signal(signal) => write!(f, "stopped by {}", signal.name()),
+            StopReason::Halt { failed } => write!(f, "halted after {failed} failed items ([supervise] halt)"),
+            StopReason::RestartIntensity { deaths, within } => write!(
+                f,
+                "stopped: workers died {deaths} times within {} — more than [supervise] max_restarts allows; \
+                 fix the crashing items or raise max_restarts",
+                crate::failure::human_duration(*within)
+            ),
+        }
+    }
+}
+
+/// Resource usage of one worker process.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerStats {
+    pub pid: u32,
+    /// Items it answered.
+    pub items: u64,
+    pub cpu_s: f64,
+    pub max_rss_bytes: u64,
 }
 
 /// How the run went, for the summary.
@@ -79,12 +132,12 @@ pub struct RunOutcome {
     pub reducer: Reducer,
     /// The first few failures, in the order they happened.
     pub failures: Vec<(u64, Failure)>,
-    pub stopped_by: Option<StopSignal>,
-    /// CPU time (user + system) of all workers.
-    pub worker_cpu: Duration,
-    /// Largest peak RSS of any one worker, in bytes.
-    pub worker_max_rss: u64,
+    pub stopped: Option<StopReason>,
+    /// Every worker process that exited, in exit order.
+    pub worker_stats: Vec<WorkerStats>,
     pub batches: u64,
+    /// Runs charged to items beyond their first.
+    pub retries: u64,
 }
 
 /// One worker's lifecycle. `Busy` is `Ready` with batches queued.
@@ -95,7 +148,7 @@ enum WorkerState {
     /// Hello received, `Init` sent.
     Initializing,
     Ready,
-    /// Told to shut down (or being killed); waiting for its exit.
+    /// Told to shut down (or being killed); its exit is expected.
     Stopping,
 }
 
@@ -105,17 +158,36 @@ struct Worker {
     pid: u32,
     pidfd: Option<Pidfd>,
     sender: Option<WorkerSender>,
+    progress: Option<ProgressReader>,
     /// Batch ids in the order the worker will run them.
     batches: VecDeque<u64>,
     /// Set when the worker broke the protocol; it has been killed and this becomes the items' cause.
     protocol_error: Option<String>,
-    answered: bool,
+    /// Set when the dispatcher killed it for running this item past the timeout.
+    timed_out: Option<u64>,
+    /// Items handed to it (for `max_tasks`).
+    assigned: u64,
+    answered: u64,
+    /// The reader thread has delivered everything the worker sent.
+    channel_closed: bool,
+    /// The process was reaped; handled once the channel is closed too, so that no late result is missed.
+    exit: Option<(ExitInfo, String)>,
 }
 
 impl Worker {
     fn kill(&self) {
         if let Some(pidfd) = &self.pidfd {
             let _ = pidfd.signal(libc::SIGKILL);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.state = WorkerState::Stopping;
+        match self.sender.take() {
+            Some(sender) => {
+                sender.send(ToWorker::Shutdown);
+            }
+            None => self.kill(),
         }
     }
 }
@@ -127,7 +199,7 @@ struct InFlight {
     /// Next item expected from the worker.
     next: u64,
     end: u64,
-    /// A suspect run alone: a death now is this item's fault.
+    /// A single item run alone: a death while it runs is its fault.
     isolated: bool,
     dispatched: Instant,
     task_micros: u64,
@@ -145,13 +217,20 @@ struct Dispatcher {
     workers: BTreeMap<WorkerId, Worker>,
     next_worker_id: WorkerId,
     start_failures: u32,
+    /// When unexpected worker deaths happened, within the restart window.
+    deaths: VecDeque<Instant>,
+    worker_stats: Vec<WorkerStats>,
 
     /// Next item never handed out.
     next_item: u64,
-    /// Spans `(first, len)` to hand out again before new items (batches of a dead worker that never started).
+    /// Spans `(first, len)` to hand out again before new items (work of a dead worker it never finished).
     requeued: VecDeque<(u64, u64)>,
-    /// Items to run alone.
+    /// Items to run alone to find which one kills its worker.
     suspects: VecDeque<u64>,
+    /// Failed items waiting for a retry, with when they may run.
+    retry_at: Vec<(Instant, u64)>,
+    /// Causes of the failed attempts of items that are being retried.
+    attempt_errors: HashMap<u64, Vec<Failure>>,
     batches: HashMap<u64, InFlight>,
     next_batch_id: u64,
     sizer: BatchSizer,
@@ -159,6 +238,7 @@ struct Dispatcher {
     recorded: u64,
     ok: u64,
     failed: u64,
+    retries: u64,
     reducer: Reducer,
     failures: Vec<(u64, Failure)>,
     pending_records: Vec<Record>,
@@ -166,11 +246,9 @@ struct Dispatcher {
     progress: Progress,
     pids_with_results: Vec<u32>,
     first_result: Option<Duration>,
-    worker_cpu: Duration,
-    worker_max_rss: u64,
 
     escalation: Escalation,
-    stopped_by: Option<StopSignal>,
+    stopped: Option<StopReason>,
     finishing: bool,
     kill_deadline: Option<TokioInstant>,
     fatal: Option<Error>,
@@ -186,20 +264,18 @@ pub async fn run(
 ) -> Result<RunOutcome, Error> {
     let (events_sender, mut events) = mpsc::channel(1024);
     let counter = Arc::new(IpcCounter::default());
-    let launcher = Launcher::start(events_sender, Arc::clone(&counter)).map_err(|error| {
-        Error::WorkersCannotStart {
-            reason: format!("cannot start the launcher: {error}"),
-        }
+    let launcher = Launcher::start(events_sender, Arc::clone(&counter)).map_err(|error| Error::WorkersCannotStart {
+        reason: format!("cannot start the launcher: {error}"),
     })?;
     let mut signals = crate::signal::listen().map_err(|error| Error::Internal {
         message: format!("cannot listen for signals: {error}"),
     })?;
     let total = items.len();
-    let target_workers = config
-        .workers
-        .min(usize::try_from(total).unwrap_or(usize::MAX))
-        .max(1);
+    let target_workers = config.workers.min(usize::try_from(total).unwrap_or(usize::MAX)).max(1);
     let sizer = BatchSizer::new(config.batch, items.batch_cap());
+    let timeout_check = config
+        .timeout
+        .map(|t| (t / 10).clamp(Duration::from_millis(10), Duration::from_secs(1)));
     let mut dispatcher = Dispatcher {
         items,
         config,
@@ -211,15 +287,20 @@ pub async fn run(
         workers: BTreeMap::new(),
         next_worker_id: 0,
         start_failures: 0,
+        deaths: VecDeque::new(),
+        worker_stats: Vec::new(),
         next_item: 0,
         requeued: VecDeque::new(),
         suspects: VecDeque::new(),
+        retry_at: Vec::new(),
+        attempt_errors: HashMap::new(),
         batches: HashMap::new(),
         next_batch_id: 0,
         sizer,
         recorded: 0,
         ok: 0,
         failed: 0,
+        retries: 0,
         reducer,
         failures: Vec::new(),
         pending_records: Vec::new(),
@@ -227,10 +308,8 @@ pub async fn run(
         progress,
         pids_with_results: Vec::new(),
         first_result: None,
-        worker_cpu: Duration::ZERO,
-        worker_max_rss: 0,
         escalation: Escalation::default(),
-        stopped_by: None,
+        stopped: None,
         finishing: false,
         kill_deadline: None,
         fatal: None,
@@ -239,7 +318,9 @@ pub async fn run(
     dispatcher.check_complete();
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut timeout_tick = tokio::time::interval(timeout_check.unwrap_or(Duration::from_secs(3600)));
     while !dispatcher.workers.is_empty() {
+        let retry_wake = dispatcher.next_retry().map(TokioInstant::from_std);
         tokio::select! {
             event = events.recv() => match event {
                 Some(event) => dispatcher.handle(event),
@@ -247,6 +328,10 @@ pub async fn run(
             },
             Some(signal) = signals.recv() => dispatcher.on_signal(signal),
             _ = tick.tick() => dispatcher.progress.update(dispatcher.recorded, dispatcher.failed),
+            _ = timeout_tick.tick(), if timeout_check.is_some() => dispatcher.check_timeouts(),
+            _ = sleep_until(retry_wake.unwrap_or_else(TokioInstant::now)), if retry_wake.is_some() => {
+                dispatcher.fill_all();
+            }
             _ = sleep_until(dispatcher.kill_deadline.unwrap_or_else(TokioInstant::now)), if dispatcher.kill_deadline.is_some() => {
                 dispatcher.kill_deadline = None;
                 dispatcher.kill_all();
@@ -256,9 +341,7 @@ pub async fn run(
         dispatcher.check_complete();
     }
     dispatcher.flush_records().await;
-    dispatcher
-        .progress
-        .finish(dispatcher.recorded, dispatcher.failed);
+    dispatcher.progress.finish(dispatcher.recorded, dispatcher.failed);
     dispatcher.into_outcome().await
 }
 
@@ -295,22 +378,37 @@ impl Dispatcher {
                     task: self.config.task.clone(),
                     args_json: self.config.args_json.clone(),
                     input: self.items.input_plan(),
+                    limits: self.config.limits,
+                    progress: worker.progress.as_ref().map(ProgressReader::path),
                 });
                 worker.sender = Some(to_worker);
                 worker.state = WorkerState::Initializing;
             }
             Event::Message { id, message } => self.on_message(id, message),
+            // A worker's exit is handled when both its exit status and the end of its channel have arrived: they
+            // come from different threads, and results sent just before death must be counted first.
             Event::ChannelClosed { id, error } => {
-                if let (Some(error), Some(worker)) = (error, self.workers.get_mut(&id)) {
+                let Some(worker) = self.workers.get_mut(&id) else {
+                    return;
+                };
+                if let Some(error) = error {
                     worker.protocol_error.get_or_insert(error);
                     worker.kill();
                 }
+                worker.channel_closed = true;
+                if worker.exit.is_some() {
+                    self.on_exit(id);
+                }
             }
-            Event::Exited {
-                id,
-                info,
-                stderr_tail,
-            } => self.on_exit(id, info, stderr_tail),
+            Event::Exited { id, info, stderr_tail } => {
+                let Some(worker) = self.workers.get_mut(&id) else {
+                    return;
+                };
+                worker.exit = Some((info, stderr_tail));
+                if worker.channel_closed {
+                    self.on_exit(id);
+                }
+            }
         }
     }
 
@@ -327,23 +425,14 @@ impl Dispatcher {
             FromWorker::InitFailed { message } => {
                 self.abandon(Error::WorkersCannotStart { reason: message });
             }
-            FromWorker::Results {
-                batch,
-                first,
-                outcomes,
-            } => self.on_results(id, batch, first, outcomes),
-            other => {
-                self.protocol_violation(id, format!("unexpected {} message", message_name(&other)))
-            }
+            FromWorker::Results { batch, first, outcomes } => self.on_results(id, batch, first, outcomes),
+            other => self.protocol_violation(id, format!("sent an unexpected {} message", message_name(&other))),
         }
     }
 
     fn on_results(&mut self, id: WorkerId, batch_id: u64, first: u64, outcomes: Vec<Outcome>) {
         let count = outcomes.len() as u64;
-        let head = self
-            .workers
-            .get(&id)
-            .and_then(|worker| worker.batches.front().copied());
+        let head = self.workers.get(&id).and_then(|worker| worker.batches.front().copied());
         let valid = self.batches.get(&batch_id).is_some_and(|flight| {
             head == Some(batch_id)
                 && flight.worker == id
@@ -377,15 +466,15 @@ impl Dispatcher {
                         code: None,
                         stderr: None,
                     };
-                    self.record(item, Status::Failed, None, Some(failure), pid, elapsed_ms);
+                    self.item_failed(item, failure, pid, elapsed_ms);
                 }
             }
         }
-        if let Some(worker) = self.workers.get_mut(&id)
-            && !worker.answered
-        {
-            worker.answered = true;
-            self.pids_with_results.push(pid);
+        if let Some(worker) = self.workers.get_mut(&id) {
+            if worker.answered == 0 {
+                self.pids_with_results.push(pid);
+            }
+            worker.answered += count;
         }
         let Some(flight) = self.batches.get_mut(&batch_id) else {
             return;
@@ -400,24 +489,28 @@ impl Dispatcher {
                 worker.batches.pop_front();
             }
             self.fill(id);
+            self.recycle_if_spent(id);
         }
     }
 
-    fn on_exit(&mut self, id: WorkerId, info: ExitInfo, stderr_tail: String) {
-        let Some(worker) = self.workers.remove(&id) else {
+    fn on_exit(&mut self, id: WorkerId) {
+        let Some(mut worker) = self.workers.remove(&id) else {
             return;
         };
-        self.worker_cpu += info.cpu;
-        self.worker_max_rss = self.worker_max_rss.max(info.max_rss);
-        let never_ready = matches!(
-            worker.state,
-            WorkerState::Starting | WorkerState::Initializing
-        );
-        if never_ready && !self.is_stopping() {
-            let tail = if stderr_tail.is_empty() {
-                String::new()
-            } else {
-                format!("; stderr: {stderr_tail}")
+        let Some((info, stderr_tail)) = worker.exit.take() else {
+            return;
+        };
+        self.worker_stats.push(WorkerStats {
+            pid: worker.pid,
+            items: worker.answered,
+            cpu_s: info.cpu.as_secs_f64(),
+            max_rss_bytes: info.max_rss,
+        });
+        let stopping = self.is_stopping();
+        if matches!(worker.state, WorkerState::Starting | WorkerState::Initializing) && !stopping {
+            let tail = match crate::failure::last_lines(&stderr_tail) {
+                lines if lines.is_empty() => String::new(),
+                lines => format!("; stderr: {lines}"),
             };
             self.start_failed(format!(
                 "worker {} {} before it was ready{tail}",
@@ -425,74 +518,149 @@ impl Dispatcher {
                 describe_exit(info.status)
             ));
         }
-        let mut queued = worker.batches.into_iter();
-        if let Some(head) = queued.next()
-            && let Some(flight) = self.batches.remove(&head)
-            && self.stopped_by.is_none()
+        if worker.state != WorkerState::Stopping && !stopping {
+            self.count_death();
+        }
+
+        let mut queued = worker
+            .batches
+            .into_iter()
+            .filter_map(|batch| self.batches.remove(&batch).map(|f| (batch, f)));
+        let head = queued.next();
+        // Batches queued behind the one it was running never started.
+        let mut unstarted: Vec<(u64, u64)> = queued
+            .map(|(_, flight)| (flight.next, flight.end - flight.next))
+            .collect();
+        if self.stopped.is_none()
+            && let Some((head_id, flight)) = head
         {
-            if flight.isolated {
-                let failure = crash_failure(info.status, worker.protocol_error, &stderr_tail);
-                let elapsed_ms = flight.dispatched.elapsed().as_secs_f64() * 1000.0;
-                self.record(
-                    flight.first,
-                    Status::Failed,
-                    None,
-                    Some(failure),
-                    worker.pid,
-                    elapsed_ms,
-                );
-            } else {
-                self.suspects.extend(flight.next..flight.end);
+            let snapshot = worker.progress.as_ref().and_then(ProgressReader::read);
+            let running = snapshot.filter(|s| {
+                s.running
+                    && s.batch == head_id
+                    && (flight.next..flight.end).contains(&s.item)
+                    && worker.protocol_error.is_none()
+            });
+            let culprit = worker
+                .timed_out
+                .or(running.map(|s| s.item))
+                .or(flight.isolated.then_some(flight.first))
+                .filter(|item| (flight.next..flight.end).contains(item));
+            match culprit {
+                Some(item) => {
+                    let death = Death {
+                        status: info.status,
+                        timed_out: worker.timed_out.and(self.config.timeout),
+                        protocol_error: worker.protocol_error.as_deref(),
+                        stderr_tail: &stderr_tail,
+                    };
+                    let elapsed_ms = match running {
+                        Some(s) => monotonic_ns().saturating_sub(s.started_ns) as f64 / 1e6,
+                        None => flight.dispatched.elapsed().as_secs_f64() * 1000.0,
+                    };
+                    self.item_failed(item, crash_failure(death), worker.pid, elapsed_ms);
+                    // Items before the culprit finished but their results were not sent yet; items after it never
+                    // started. Both run again, uncharged.
+                    unstarted.insert(0, (item + 1, flight.end - item - 1));
+                    unstarted.insert(0, (flight.next, item - flight.next));
+                }
+                None => self.suspects.extend(flight.next..flight.end),
             }
         }
-        // Batches queued behind the one it was running never started: back to the front of the line, in order.
-        let never_started: Vec<(u64, u64)> = queued
-            .filter_map(|batch| self.batches.remove(&batch))
-            .map(|flight| (flight.next, flight.end - flight.next))
-            .collect();
-        if self.stopped_by.is_none() {
-            for span in never_started.into_iter().rev() {
-                self.requeued.push_front(span);
+        if self.stopped.is_none() {
+            for (first, len) in unstarted.into_iter().rev().filter(|(_, len)| *len > 0) {
+                self.requeued.push_front((first, len));
             }
         }
         self.replenish();
-        let ready: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for id in ready {
+        self.fill_all();
+    }
+
+    /// Records a worker death that nobody asked for, and stops the job if they come too fast.
+    fn count_death(&mut self) {
+        let now = Instant::now();
+        let SuperviseSpec {
+            max_restarts, within, ..
+        } = self.config.supervise;
+        self.deaths.push_back(now);
+        while self.deaths.front().is_some_and(|&at| now.duration_since(at) > within) {
+            self.deaths.pop_front();
+        }
+        if self.deaths.len() > max_restarts as usize {
+            self.stop(StopReason::RestartIntensity {
+                deaths: self.deaths.len(),
+                within,
+            });
+        }
+    }
+
+    /// Kills workers whose current item has run past the timeout.
+    fn check_timeouts(&mut self) {
+        let Some(timeout) = self.config.timeout else { return };
+        let now = monotonic_ns();
+        let limit = timeout.as_nanos() as u64;
+        for worker in self.workers.values_mut() {
+            if worker.state != WorkerState::Ready || worker.timed_out.is_some() || worker.batches.is_empty() {
+                continue;
+            }
+            let Some(snapshot) = worker.progress.as_ref().and_then(ProgressReader::read) else {
+                continue;
+            };
+            if snapshot.running && now.saturating_sub(snapshot.started_ns) > limit {
+                worker.timed_out = Some(snapshot.item);
+                worker.kill();
+            }
+        }
+    }
+
+    fn fill_all(&mut self) {
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
             self.fill(id);
         }
     }
 
-    /// Hands `id` work until it holds [`PREFETCH`] batches (or one suspect), if it is ready and work is left.
+    /// Hands `id` work until it holds [`PREFETCH`] batches (or one item run alone), if it is ready and work is
+    /// left.
     fn fill(&mut self, id: WorkerId) {
         if self.is_stopping() {
             return;
         }
         loop {
-            let Some(worker) = self.workers.get(&id) else {
-                return;
-            };
+            let Some(worker) = self.workers.get(&id) else { return };
             if worker.state != WorkerState::Ready || worker.batches.len() >= PREFETCH {
                 return;
             }
-            let holds_suspect = worker
+            let quota = self
+                .config
+                .max_tasks
+                .map_or(u64::MAX, |max| max.saturating_sub(worker.assigned));
+            let holds_single = worker
                 .batches
                 .iter()
                 .any(|b| self.batches.get(b).is_some_and(|f| f.isolated));
-            if holds_suspect {
+            if quota == 0 || holds_single {
                 return;
             }
-            let (first, len, isolated) = if !self.suspects.is_empty() {
-                if !worker.batches.is_empty() {
+            let idle = worker.batches.is_empty();
+            let now = Instant::now();
+            let ready_retry = self.retry_at.iter().position(|(at, _)| *at <= now);
+            let (first, len, isolated) = if !self.suspects.is_empty() || ready_retry.is_some() {
+                // A single item runs on a worker that holds nothing else, so that its death is attributable.
+                if !idle {
                     return;
                 }
-                let Some(item) = self.suspects.pop_front() else {
-                    return;
+                let item = match self.suspects.pop_front() {
+                    Some(item) => item,
+                    None => match ready_retry {
+                        Some(index) => self.retry_at.swap_remove(index).1,
+                        None => return,
+                    },
                 };
                 (item, 1, true)
             } else {
-                let remaining = self.total - self.next_item
-                    + self.requeued.iter().map(|(_, len)| len).sum::<u64>();
-                let size = self.sizer.next_size(remaining, self.target_workers);
+                let remaining = self.total - self.next_item + self.requeued.iter().map(|(_, len)| len).sum::<u64>();
+                let size = self.sizer.next_size(remaining, self.target_workers).min(quota);
                 if let Some((first, len)) = self.requeued.front_mut() {
                     let take = size.min(*len);
                     let span = (*first, take, false);
@@ -514,6 +682,18 @@ impl Dispatcher {
         }
     }
 
+    /// Replaces a worker that has run its `max_tasks` items, once it has answered them.
+    fn recycle_if_spent(&mut self, id: WorkerId) {
+        let Some(max) = self.config.max_tasks else { return };
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if worker.state == WorkerState::Ready && worker.assigned >= max && worker.batches.is_empty() {
+            worker.stop();
+            self.replenish();
+        }
+    }
+
     fn send_batch(&mut self, id: WorkerId, first: u64, len: u64, isolated: bool) {
         let batch_id = self.next_batch_id;
         self.next_batch_id += 1;
@@ -526,6 +706,7 @@ impl Dispatcher {
             sender.send(ToWorker::Batch(batch));
         }
         worker.batches.push_back(batch_id);
+        worker.assigned += len;
         let flight = InFlight {
             worker: id,
             first,
@@ -543,26 +724,38 @@ impl Dispatcher {
         if self.is_stopping() {
             return;
         }
-        let work_left =
-            self.next_item < self.total || !self.requeued.is_empty() || !self.suspects.is_empty();
+        let work_left = self.next_item < self.total
+            || !self.requeued.is_empty()
+            || !self.suspects.is_empty()
+            || !self.retry_at.is_empty();
         if !work_left {
             return;
         }
-        while self.workers.len() < self.target_workers {
+        while self
+            .workers
+            .values()
+            .filter(|w| w.state != WorkerState::Stopping)
+            .count()
+            < self.target_workers
+        {
             let id = self.next_worker_id;
             self.next_worker_id += 1;
-            self.workers.insert(
-                id,
-                Worker {
-                    state: WorkerState::Starting,
-                    pid: 0,
-                    pidfd: None,
-                    sender: None,
-                    batches: VecDeque::new(),
-                    protocol_error: None,
-                    answered: false,
-                },
-            );
+            let worker = Worker {
+                state: WorkerState::Starting,
+                pid: 0,
+                pidfd: None,
+                sender: None,
+                // Without a progress slot, attribution falls back to re-running suspects alone.
+                progress: SharedPage::create().ok().map(ProgressReader::new),
+                batches: VecDeque::new(),
+                protocol_error: None,
+                timed_out: None,
+                assigned: 0,
+                answered: 0,
+                channel_closed: false,
+                exit: None,
+            };
+            self.workers.insert(id, worker);
             self.launcher.launch(id);
         }
     }
@@ -579,7 +772,6 @@ impl Dispatcher {
             worker
                 .protocol_error
                 .get_or_insert(format!("worker {} {message}", worker.pid));
-            worker.state = WorkerState::Stopping;
             worker.kill();
         }
     }
@@ -595,15 +787,32 @@ impl Dispatcher {
     fn on_signal(&mut self, signal: StopSignal) {
         match self.escalation.on_signal(signal) {
             StopAction::Graceful(signal) => {
-                self.stopped_by = Some(signal);
                 self.progress.message(&format!(
-                    "{} received: finishing work in progress (up to {}s); again to kill now",
+                    "{} received: finishing work in progress (up to {}); again to kill now",
                     signal.name(),
-                    GRACE.as_secs()
+                    crate::failure::human_duration(self.config.supervise.grace)
                 ));
-                self.shut_down_workers();
+                self.stop(StopReason::Signal(signal));
             }
             StopAction::Kill => self.kill_all(),
+        }
+    }
+
+    /// Stops handing out work. A signal or a `soon` halt lets workers finish what they hold (a signal within the
+    /// grace period); a `now` halt and a restart storm kill them.
+    fn stop(&mut self, reason: StopReason) {
+        if self.stopped.is_some() {
+            return;
+        }
+        self.stopped = Some(reason);
+        match reason {
+            StopReason::Signal(_) => {
+                self.shut_down_workers();
+                self.kill_deadline
+                    .get_or_insert(TokioInstant::now() + self.config.supervise.grace);
+            }
+            StopReason::Halt { .. } if !self.config.supervise.halt.now => self.shut_down_workers(),
+            StopReason::Halt { .. } | StopReason::RestartIntensity { .. } => self.kill_all(),
         }
     }
 
@@ -612,21 +821,15 @@ impl Dispatcher {
         if !self.finishing && self.recorded == self.total {
             self.finishing = true;
             self.shut_down_workers();
+            self.kill_deadline
+                .get_or_insert(TokioInstant::now() + self.config.supervise.grace);
         }
     }
 
     fn shut_down_workers(&mut self) {
         for worker in self.workers.values_mut() {
-            match worker.sender.take() {
-                Some(sender) => {
-                    sender.send(ToWorker::Shutdown);
-                }
-                None => worker.kill(),
-            }
-            worker.state = WorkerState::Stopping;
+            worker.stop();
         }
-        self.kill_deadline
-            .get_or_insert(TokioInstant::now() + GRACE);
     }
 
     fn kill_all(&mut self) {
@@ -638,20 +841,57 @@ impl Dispatcher {
     }
 
     fn is_stopping(&self) -> bool {
-        self.finishing || self.stopped_by.is_some() || self.fatal.is_some()
+        self.finishing || self.stopped.is_some() || self.fatal.is_some()
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        if self.is_stopping() {
+            return None;
+        }
+        self.retry_at.iter().map(|(at, _)| *at).min()
     }
 
     fn record_ok(&mut self, item: u64, value: Value, pid: u32, elapsed_ms: f64) {
         self.reducer.add(&value);
-        self.record(item, Status::Ok, Some(value), None, pid, elapsed_ms);
+        let attempt_errors = self.attempt_errors.remove(&item).unwrap_or_default();
+        self.record(item, Status::Ok, Some(value), None, attempt_errors, pid, elapsed_ms);
     }
 
+    /// An attempt of `item` failed: retry it if it has retries left, record it failed otherwise.
+    fn item_failed(&mut self, item: u64, failure: Failure, pid: u32, elapsed_ms: f64) {
+        let errors = self.attempt_errors.entry(item).or_default();
+        errors.push(failure.clone());
+        let attempts = errors.len() as u32;
+        if attempts <= self.config.retries && !self.is_stopping() {
+            let backoff = self.config.retry_backoff.saturating_mul(1 << (attempts - 1).min(16));
+            self.retry_at.push((Instant::now() + backoff, item));
+            self.retries += 1;
+            self.replenish();
+            return;
+        }
+        let mut attempt_errors = self.attempt_errors.remove(&item).unwrap_or_default();
+        if attempt_errors.len() == 1 {
+            // One attempt: `error` says it all.
+            attempt_errors.clear();
+        }
+        let failure = Some(failure);
+        self.record(item, Status::Failed, None, failure, attempt_errors, pid, elapsed_ms);
+        if self.config.supervise.halt.reached(self.failed, self.total) {
+            self.stop(StopReason::Halt { failed: self.failed });
+        }
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a record is built from all of these in one place"
+    )]
     fn record(
         &mut self,
         item: u64,
         status: Status,
         value: Option<Value>,
         error: Option<Failure>,
+        attempt_errors: Vec<Failure>,
         pid: u32,
         elapsed_ms: f64,
     ) {
@@ -665,20 +905,25 @@ impl Dispatcher {
         {
             self.failures.push((item, failure.clone()));
         }
-        self.first_result
-            .get_or_insert_with(|| self.started.elapsed());
+        self.first_result.get_or_insert_with(|| self.started.elapsed());
         if self.writer.is_some() {
             let input = self.items.describe(item);
-            self.pending_records.push(Record {
+            let attempts = match status {
+                Status::Ok => attempt_errors.len() as u32 + 1,
+                Status::Failed => (attempt_errors.len() as u32).max(1),
+            };
+            let record = Record {
                 item,
                 status,
                 value,
                 error,
-                attempts: 1,
+                attempts,
+                attempt_errors,
                 pid,
                 elapsed_ms,
                 input,
-            });
+            };
+            self.pending_records.push(record);
         }
     }
 
@@ -721,50 +966,10 @@ impl Dispatcher {
             ipc_messages: self.counter.messages.load(Ordering::Relaxed),
             reducer: self.reducer,
             failures: self.failures,
-            stopped_by: self.stopped_by,
-            worker_cpu: self.worker_cpu,
-            worker_max_rss: self.worker_max_rss,
+            stopped: self.stopped,
+            worker_stats: self.worker_stats,
             batches: self.next_batch_id,
+            retries: self.retries,
         })
-    }
-}
-
-/// The failure of an item whose worker died while running it alone.
-fn crash_failure(status: ExitStatus, protocol_error: Option<String>, stderr_tail: &str) -> Failure {
-    let stderr = (!stderr_tail.is_empty()).then(|| stderr_tail.to_string());
-    if let Some(message) = protocol_error {
-        return Failure {
-            kind: FailureKind::Protocol,
-            message,
-            signal: None,
-            code: None,
-            stderr,
-        };
-    }
-    match status {
-        ExitStatus::Signal(signal) => {
-            let name = signal_name(signal);
-            Failure {
-                kind: FailureKind::Signal,
-                message: format!("worker killed by {name} while running this item"),
-                signal: Some(name),
-                code: None,
-                stderr,
-            }
-        }
-        ExitStatus::Code(code) => Failure {
-            kind: FailureKind::Exit,
-            message: format!("worker exited with code {code} while running this item"),
-            signal: None,
-            code: Some(code),
-            stderr,
-        },
-    }
-}
-
-fn describe_exit(status: ExitStatus) -> String {
-    match status {
-        ExitStatus::Signal(signal) => format!("was killed by {}", signal_name(signal)),
-        ExitStatus::Code(code) => format!("exited with code {code}"),
     }
 }

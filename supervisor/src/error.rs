@@ -35,13 +35,10 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Job(_)
-            | Error::GlobNoMatch { .. }
-            | Error::GlobInvalid { .. }
-            | Error::InputUnreadable { .. } => exit::USAGE,
-            Error::Results { .. } | Error::WorkersCannotStart { .. } | Error::Internal { .. } => {
-                exit::INTERNAL
+            Error::Job(_) | Error::GlobNoMatch { .. } | Error::GlobInvalid { .. } | Error::InputUnreadable { .. } => {
+                exit::USAGE
             }
+            Error::Results { .. } | Error::WorkersCannotStart { .. } | Error::Internal { .. } => exit::INTERNAL,
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod batching;
 pub mod cli;
 pub mod dispatch;
 pub mod error;
+pub mod failure;
 pub mod linux;
 pub mod plan;
 pub mod pool;
@@ -53,11 +54,7 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
-            return if error.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            return if error.use_stderr() { exit::USAGE } else { exit::OK };
         }
     };
     let result = match cli.command {

@@ -28,13 +28,9 @@ pub fn input_kind(input: &InputSpec) -> InputKind {
     match input {
         InputSpec::Range { .. } => InputKind::Range,
         InputSpec::File {
-            split: Split::Lines,
-            ..
+            split: Split::Lines, ..
         } => InputKind::Chunks,
-        InputSpec::File {
-            split: Split::None, ..
-        }
-        | InputSpec::Glob { .. } => InputKind::WholeFiles,
+        InputSpec::File { split: Split::None, .. } | InputSpec::Glob { .. } => InputKind::WholeFiles,
     }
 }
 
@@ -42,10 +38,7 @@ pub fn input_kind(input: &InputSpec) -> InputKind {
 pub fn check_task(spec: &JobSpec) -> Result<&'static TaskInfo, Error> {
     let task = &spec.task;
     let Some(info) = child::task::lookup(&task.builtin) else {
-        let names: Vec<&str> = child::task::builtins()
-            .iter()
-            .map(|info| info.name)
-            .collect();
+        let names: Vec<&str> = child::task::builtins().iter().map(|info| info.name).collect();
         return Err(spec
             .error_at(
                 task.builtin_span.clone(),
@@ -132,10 +125,7 @@ impl Items {
                 for entry in entries {
                     let path = entry.map_err(|error| Error::InputUnreadable {
                         path: error.path().to_path_buf(),
-                        source: std::io::Error::new(
-                            error.error().kind(),
-                            error.error().to_string(),
-                        ),
+                        source: std::io::Error::new(error.error().kind(), error.error().to_string()),
                     })?;
                     if path.is_file() {
                         files.push(path);

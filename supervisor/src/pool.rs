@@ -42,18 +42,11 @@ pub type WorkerId = u64;
 #[derive(Debug)]
 pub enum Event {
     /// The process exists; `pidfd` is how the dispatcher signals it.
-    Spawned {
-        id: WorkerId,
-        pid: u32,
-        pidfd: Pidfd,
-    },
+    Spawned { id: WorkerId, pid: u32, pidfd: Pidfd },
     /// The process could not be started at all.
     SpawnFailed { id: WorkerId, error: String },
     /// The worker said hello with a matching protocol version; `to_worker` feeds its writer thread.
-    Connected {
-        id: WorkerId,
-        to_worker: WorkerSender,
-    },
+    Connected { id: WorkerId, to_worker: WorkerSender },
     /// A message from a connected worker.
     Message { id: WorkerId, message: FromWorker },
     /// The channel ended: `error` is `None` for a plain disconnect (the worker exited or closed it) and says
@@ -88,8 +81,7 @@ pub struct IpcCounter {
 
 impl IpcCounter {
     fn count<T: Serialize>(&self, message: &T) {
-        let size = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default())
-            .unwrap_or(0) as u64;
+        let size = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default()).unwrap_or(0) as u64;
         self.messages.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(size, Ordering::Relaxed);
     }
@@ -103,24 +95,19 @@ pub struct Launcher {
 
 impl Launcher {
     /// Starts the launcher thread; all events of all workers go to `events`.
-    pub fn start(
-        events: mpsc::Sender<Event>,
-        counter: Arc<IpcCounter>,
-    ) -> std::io::Result<Launcher> {
+    pub fn start(events: mpsc::Sender<Event>, counter: Arc<IpcCounter>) -> std::io::Result<Launcher> {
         let exe = std::env::current_exe()?;
         let (requests, receiver) = std_mpsc::channel::<WorkerId>();
-        thread::Builder::new()
-            .name("launcher".into())
-            .spawn(move || {
-                for id in receiver {
-                    let event = match launch(&exe, id, &events, &counter) {
-                        Ok(event) | Err(event) => event,
-                    };
-                    if events.blocking_send(event).is_err() {
-                        return;
-                    }
+        thread::Builder::new().name("launcher".into()).spawn(move || {
+            for id in receiver {
+                let event = match launch(&exe, id, &events, &counter) {
+                    Ok(event) | Err(event) => event,
+                };
+                if events.blocking_send(event).is_err() {
+                    return;
                 }
-            })?;
+            }
+        })?;
         Ok(Launcher { requests })
     }
 
@@ -141,15 +128,11 @@ fn launch(
         id,
         error: format!("{what}: {error}"),
     };
-    let (server, name) =
-        IpcOneShotServer::<FromWorker>::new().map_err(|e| failed("cannot create channel", e))?;
+    let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|e| failed("cannot create channel", e))?;
     let mut child = Command::new(exe)
         .arg(WORKER_ARG)
         .arg(&name)
-        .env(
-            child::worker::PARENT_PID_ENV,
-            std::process::id().to_string(),
-        )
+        .env(child::worker::PARENT_PID_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -201,20 +184,14 @@ fn launch(
             // Give the drain a moment to read the last bytes (a grandchild may hold stderr open forever).
             let _ = eof.recv_timeout(Duration::from_millis(200));
             let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
-            let _ = events.blocking_send(Event::Exited {
-                id,
-                info,
-                stderr_tail,
-            });
+            let _ = events.blocking_send(Event::Exited { id, info, stderr_tail });
         });
     }
 
     {
         let events = events.clone();
         let counter = Arc::clone(counter);
-        spawn_thread("worker-reader", move || {
-            read_loop(id, server, &events, &counter)
-        });
+        spawn_thread("worker-reader", move || read_loop(id, server, &events, &counter));
     }
     Ok(Event::Spawned { id, pid, pidfd })
 }
@@ -233,9 +210,7 @@ fn read_loop(
         Err(error) => return closed(Some(format!("handshake failed: {error}"))),
     };
     match first {
-        FromWorker::Hello {
-            version, to_worker, ..
-        } if version == PROTOCOL_VERSION => {
+        FromWorker::Hello { version, to_worker, .. } if version == PROTOCOL_VERSION => {
             let (sender, queue) = std_mpsc::channel::<ToWorker>();
             let counter = Arc::clone(counter);
             spawn_thread("worker-writer", move || {
@@ -273,10 +248,7 @@ fn read_loop(
         match receiver.recv() {
             Ok(message) => {
                 counter.count(&message);
-                if events
-                    .blocking_send(Event::Message { id, message })
-                    .is_err()
-                {
+                if events.blocking_send(Event::Message { id, message }).is_err() {
                     return;
                 }
             }
@@ -318,11 +290,8 @@ impl Tail {
         }
     }
 
-    /// The last ten lines, lossily decoded.
     fn text(&self) -> String {
-        let text = String::from_utf8_lossy(&self.bytes);
-        let lines: Vec<&str> = text.trim_end().lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
+        String::from_utf8_lossy(&self.bytes).into_owned()
     }
 }
 
@@ -331,14 +300,14 @@ mod tests {
     use super::Tail;
 
     #[test]
-    fn tail_keeps_the_last_lines_of_a_bounded_buffer() {
+    fn tail_keeps_the_end_of_a_bounded_buffer() {
         let mut tail = Tail::default();
         for i in 0..5000 {
             tail.push(format!("line {i}\n").as_bytes());
         }
         assert!(tail.bytes.len() <= super::STDERR_TAIL_BYTES);
         let text = tail.text();
-        assert_eq!(text.lines().count(), 10);
-        assert!(text.ends_with("line 4999"), "{text}");
+        assert!(text.ends_with("line 4999\n"), "{text}");
+        assert!(!text.contains("line 100\n"), "{text}");
     }
 }

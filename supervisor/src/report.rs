@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use shared::item::Value;
 
-use crate::dispatch::RunOutcome;
+use crate::dispatch::{RunOutcome, StopReason, WorkerStats};
 use crate::results::Failure;
 
 /// Interval between plain progress lines when stderr is not a terminal.
@@ -36,8 +36,7 @@ impl Progress {
         let mode = if quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
-            let bar =
-                ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(8));
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(8));
             let style = ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} items ({per_sec}, eta {eta}) {msg}",
             )
@@ -124,9 +123,18 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reduce_error: Option<String>,
     pub results: Option<PathBuf>,
+    /// CPU time (user + system) of all workers.
     pub worker_cpu_s: f64,
+    /// Largest peak RSS of any one worker.
     pub worker_max_rss_bytes: u64,
+    /// Per worker process: pid, items answered, CPU seconds, peak RSS.
+    pub worker_stats: Vec<WorkerStats>,
+    /// Runs of items beyond their first (`[task] retries`).
+    pub retries: u64,
+    /// The signal that stopped the run, if one did.
     pub stopped_by: Option<&'static str>,
+    /// Why the run stopped early, in words, if it did.
+    pub stopped: Option<String>,
     /// The first failures (at most 20).
     pub failures: Vec<FailedItem>,
 }
@@ -138,10 +146,7 @@ pub struct FailedItem {
     pub failure: Failure,
 }
 
-fn optional_value<S: serde::Serializer>(
-    value: &Option<Value>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+fn optional_value<S: serde::Serializer>(value: &Option<Value>, serializer: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(value) => value.json().serialize(serializer),
         None => serializer.serialize_none(),
@@ -171,9 +176,15 @@ impl Summary {
             reduced: outcome.reducer.value(),
             reduce_error: outcome.reducer.problem.clone(),
             results,
-            worker_cpu_s: outcome.worker_cpu.as_secs_f64(),
-            worker_max_rss_bytes: outcome.worker_max_rss,
-            stopped_by: outcome.stopped_by.map(|signal| signal.name()),
+            worker_cpu_s: outcome.worker_stats.iter().map(|w| w.cpu_s).sum(),
+            worker_max_rss_bytes: outcome.worker_stats.iter().map(|w| w.max_rss_bytes).max().unwrap_or(0),
+            worker_stats: outcome.worker_stats,
+            retries: outcome.retries,
+            stopped_by: match outcome.stopped {
+                Some(StopReason::Signal(signal)) => Some(signal.name()),
+                _ => None,
+            },
+            stopped: outcome.stopped.map(|reason| reason.to_string()),
             failures: outcome
                 .failures
                 .into_iter()
@@ -204,12 +215,11 @@ impl Summary {
             self.items_per_s,
             self.workers,
         )?;
-        if let Some(signal) = self.stopped_by {
-            writeln!(
-                out,
-                "stopped by {signal}: {} items were not run",
-                self.not_run
-            )?;
+        if let Some(reason) = &self.stopped {
+            writeln!(out, "{reason}: {} items were not run", self.not_run)?;
+        }
+        if self.retries > 0 {
+            writeln!(out, "retries: {}", self.retries)?;
         }
         match (&self.reduced, &self.reduce_error) {
             (_, Some(problem)) => writeln!(out, "reduced ({}): none, {problem}", self.reduce)?,
@@ -249,11 +259,7 @@ impl Summary {
                     .clone()
                     .or(f.code.map(|c| format!("code {c}")))
                     .map_or(String::new(), |d| format!(" {d}"));
-                writeln!(
-                    out,
-                    "  item {}: {}{detail}: {}",
-                    failed.item, f.kind, f.message
-                )?;
+                writeln!(out, "  item {}: {}{detail}: {}", failed.item, f.kind, f.message)?;
             }
         }
         Ok(())

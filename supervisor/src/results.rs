@@ -22,15 +22,15 @@ pub struct Record {
     /// 0-based index in input order.
     pub item: u64,
     pub status: Status,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "value_as_json"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "value_as_json")]
     pub value: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
     /// Runs of this item that were charged to it (co-batched re-runs after another item's crash are not).
     pub attempts: u32,
+    /// The cause of each failed attempt, in order (for a failed item the last one is `error`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempt_errors: Vec<Failure>,
     /// The worker that ran it (for a crash: the worker that died).
     pub pid: u32,
     /// Time in the task, in milliseconds (for a crash: from dispatch to the worker's death).
@@ -71,6 +71,10 @@ pub enum FailureKind {
     Exit,
     /// The task panicked.
     Panic,
+    /// The item ran past `[task] timeout` (or its `cpu_limit`).
+    Timeout,
+    /// The worker ran out of memory under `[workers] memory_limit`.
+    Memory,
     /// The worker broke the protocol while running this item.
     Protocol,
     /// The task returned an error.
@@ -83,6 +87,8 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Signal => "signal",
             FailureKind::Exit => "exit",
             FailureKind::Panic => "panic",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Memory => "memory",
             FailureKind::Protocol => "protocol",
             FailureKind::Error => "error",
         };
@@ -99,10 +105,7 @@ pub enum InputDesc {
     File { path: PathBuf },
 }
 
-fn value_as_json<S: serde::Serializer>(
-    value: &Option<Value>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+fn value_as_json<S: serde::Serializer>(value: &Option<Value>, serializer: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(value) => value.json().serialize(serializer),
         None => serializer.serialize_none(),
@@ -127,12 +130,10 @@ impl ResultsWriter {
                     source,
                 })?;
         }
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|source| Error::Results {
-                path: path.clone(),
-                source,
-            })?;
+        let file = tokio::fs::File::create(&path).await.map_err(|source| Error::Results {
+            path: path.clone(),
+            source,
+        })?;
         let (sender, receiver) = mpsc::channel(256);
         let task = tokio::spawn(write_records(file, path, order, receiver));
         Ok(ResultsWriter { sender, task })
@@ -251,11 +252,7 @@ impl Reducer {
             Value::Float(f) => Acc::Float(*f),
             Value::Text(s) if self.kind != Reduce::Sum => Acc::Text(s.clone()),
             other => {
-                self.problem = Some(format!(
-                    "cannot {} a value like {}",
-                    self.kind,
-                    short_json(other)
-                ));
+                self.problem = Some(format!("cannot {} a value like {}", self.kind, short_json(other)));
                 return;
             }
         };
@@ -358,10 +355,7 @@ mod tests {
             reduce(Reduce::Sum, &[Value::UInt(5), Value::Int(-7)]),
             Some(Value::Int(-2))
         );
-        assert_eq!(
-            reduce(Reduce::Sum, &[Value::UInt(u128::MAX), Value::UInt(1)]),
-            None
-        );
+        assert_eq!(reduce(Reduce::Sum, &[Value::UInt(u128::MAX), Value::UInt(1)]), None);
         assert_eq!(reduce(Reduce::Sum, &[Value::Text("a".into())]), None);
     }
 
@@ -375,10 +369,7 @@ mod tests {
         assert_eq!(reduce(Reduce::None, &values), None);
         assert_eq!(reduce(Reduce::Max, &[]), None);
         let words = [Value::Text("pear".into()), Value::Text("apple".into())];
-        assert_eq!(
-            reduce(Reduce::Min, &words),
-            Some(Value::Text("apple".into()))
-        );
+        assert_eq!(reduce(Reduce::Min, &words), Some(Value::Text("apple".into())));
     }
 
     #[test]
@@ -389,6 +380,7 @@ mod tests {
             value: Some(Value::UInt(9)),
             error: None,
             attempts: 1,
+            attempt_errors: Vec::new(),
             pid: 42,
             elapsed_ms: 0.5,
             input: InputDesc::Range { start: 30, end: 40 },
@@ -407,9 +399,7 @@ mod tests {
                 code: None,
                 stderr: None,
             }),
-            input: InputDesc::File {
-                path: "/a b".into(),
-            },
+            input: InputDesc::File { path: "/a b".into() },
             ..ok
         };
         assert_eq!(

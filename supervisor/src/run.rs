@@ -8,11 +8,12 @@ use shared::exit;
 use shared::job::{BatchSize, JobSpec, WorkerCount};
 
 use crate::cli::RunArgs;
-use crate::dispatch::{self, DispatchConfig};
+use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
 use crate::plan::{self, Items};
 use crate::report::{Progress, Summary};
 use crate::results::{Reducer, ResultsWriter};
+use shared::protocol::WorkerLimits;
 
 /// Loads a job file and applies the command-line overrides of `run`.
 fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
@@ -25,13 +26,10 @@ fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
             spec.workers.batch = BatchSize::Fixed(batch);
         }
         if let Some(results) = &args.results {
-            spec.output.results =
-                Some(
-                    std::path::absolute(results).map_err(|source| Error::Results {
-                        path: results.clone(),
-                        source,
-                    })?,
-                );
+            spec.output.results = Some(std::path::absolute(results).map_err(|source| Error::Results {
+                path: results.clone(),
+                source,
+            })?);
         }
     }
     plan::check_task(&spec)?;
@@ -53,18 +51,22 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
             BatchSize::Auto => None,
             BatchSize::Fixed(n) => Some(n),
         },
+        timeout: spec.task.timeout,
+        retries: spec.task.retries,
+        retry_backoff: spec.task.retry_backoff,
+        limits: WorkerLimits {
+            memory_bytes: spec.workers.memory_limit,
+            cpu_seconds_per_item: spec.workers.cpu_limit.map(|limit| limit.as_secs_f64().ceil() as u64),
+            core_dumps: spec.workers.core_dumps,
+        },
+        max_tasks: spec.workers.max_tasks,
+        supervise: spec.supervise.clone(),
     };
     let progress = Progress::new(items.len(), args.quiet);
-    let outcome = dispatch::run(
-        items,
-        config,
-        Reducer::new(spec.output.reduce),
-        writer,
-        progress,
-    )
-    .await?;
-    let code = match outcome.stopped_by {
-        Some(signal) => signal.exit_code(),
+    let outcome = dispatch::run(items, config, Reducer::new(spec.output.reduce), writer, progress).await?;
+    let code = match outcome.stopped {
+        Some(StopReason::Signal(signal)) => signal.exit_code(),
+        Some(_) => exit::ITEMS_FAILED,
         None if outcome.failed > 0 => exit::ITEMS_FAILED,
         None => exit::OK,
     };

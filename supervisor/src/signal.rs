@@ -88,14 +88,8 @@ mod tests {
             escalation.on_signal(StopSignal::Terminate),
             StopAction::Graceful(StopSignal::Terminate)
         );
-        assert_eq!(
-            escalation.on_signal(StopSignal::Interrupt),
-            StopAction::Kill
-        );
-        assert_eq!(
-            escalation.on_signal(StopSignal::Interrupt),
-            StopAction::Kill
-        );
+        assert_eq!(escalation.on_signal(StopSignal::Interrupt), StopAction::Kill);
+        assert_eq!(escalation.on_signal(StopSignal::Interrupt), StopAction::Kill);
         assert_eq!(StopSignal::Interrupt.exit_code(), 130);
         assert_eq!(StopSignal::Terminate.exit_code(), 143);
     }

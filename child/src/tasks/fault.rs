@@ -84,6 +84,7 @@ struct FaultArgs {
     error: Vec<u64>,
     exit_code: Option<i32>,
     oom_cap: Option<String>,
+    once_dir: Option<std::path::PathBuf>,
 }
 
 struct Fault {
@@ -96,6 +97,16 @@ impl Task for Fault {
     fn run(&mut self, item: Item<'_>) -> Result<Value, String> {
         let index = item.index;
         let a = &self.args;
+        if let Some(dir) = &a.once_dir {
+            // create_new fails when the marker exists: this item already misbehaved once, so it behaves now.
+            let marker = dir.join(format!("fault-{index}"));
+            let listed = [&a.segfault, &a.abort, &a.panic, &a.exit, &a.hang, &a.oom, &a.error]
+                .iter()
+                .any(|list| list.contains(&index));
+            if listed && std::fs::File::create_new(&marker).is_err() {
+                return Ok(Value::UInt(u128::from(index)));
+            }
+        }
         if a.segfault.contains(&index) {
             let address = std::hint::black_box(std::ptr::null_mut::<u8>());
             // SAFETY: not safe, on purpose: this is the injected crash. The write faults on the unmapped zero
@@ -145,8 +156,7 @@ pub(super) fn build(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
     let args: FaultArgs = parse_args("fault", args)?;
     let oom_cap = match &args.oom_cap {
         None => 2 << 30,
-        Some(text) => parse_size(text)
-            .map_err(|error| format!("bad args for task `fault`: `oom_cap`: {error}"))?,
+        Some(text) => parse_size(text).map_err(|error| format!("bad args for task `fault`: `oom_cap`: {error}"))?,
     };
     let exit_code = args.exit_code.unwrap_or(3);
     Ok(Box::new(Fault {

@@ -10,9 +10,9 @@ struct SumSquares;
 impl Task for SumSquares {
     fn run(&mut self, item: Item<'_>) -> Result<Value, String> {
         let (lo, hi) = range_of("sum-squares", &item)?;
-        sum_squares(lo, hi).map(Value::UInt).ok_or_else(|| {
-            format!("Σ i² over [{lo}, {hi}) overflows 128 bits: use a smaller chunk")
-        })
+        sum_squares(lo, hi)
+            .map(Value::UInt)
+            .ok_or_else(|| format!("Σ i² over [{lo}, {hi}) overflows 128 bits: use a smaller chunk"))
     }
 }
 
@@ -26,9 +26,7 @@ pub(crate) fn sum_squares(lo: u64, hi: u64) -> Option<u128> {
     Some(sum)
 }
 
-pub(super) fn build_sum_squares(
-    args: &serde_json::Value,
-) -> Result<Box<dyn crate::task::Task>, String> {
+pub(super) fn build_sum_squares(args: &serde_json::Value) -> Result<Box<dyn crate::task::Task>, String> {
     no_args("sum-squares", args)?;
     Ok(Box::new(SumSquares))
 }
@@ -50,8 +48,7 @@ impl CountPrimes {
             return Ok(());
         }
         let limit = limit.max(self.sieved_to.saturating_mul(2)).max(1 << 12);
-        let size =
-            usize::try_from(limit + 1).map_err(|_| "range too large to sieve".to_string())?;
+        let size = usize::try_from(limit + 1).map_err(|_| "range too large to sieve".to_string())?;
         let mut composite = vec![false; size];
         let mut base = Vec::new();
         for n in 2..size {
@@ -76,9 +73,7 @@ impl CountPrimes {
         }
         let root = (hi - 1).isqrt();
         if root > 1 << 32 {
-            return Err(format!(
-                "range [{lo}, {hi}) needs base primes up to {root}: too large"
-            ));
+            return Err(format!("range [{lo}, {hi}) needs base primes up to {root}: too large"));
         }
         self.ensure_base(root)?;
         let mut total = 0;
@@ -88,11 +83,7 @@ impl CountPrimes {
             let block_hi = block_lo.saturating_add(BLOCK).min(hi);
             let width = (block_hi - block_lo) as usize;
             is_composite[..width].fill(false);
-            for &p in self
-                .base
-                .iter()
-                .take_while(|&&p| p.saturating_mul(p) < block_hi)
-            {
+            for &p in self.base.iter().take_while(|&&p| p.saturating_mul(p) < block_hi) {
                 let first = (p * p).max(block_lo.div_ceil(p) * p);
                 let mut multiple = first;
                 while multiple < block_hi {
@@ -114,9 +105,7 @@ impl Task for CountPrimes {
     }
 }
 
-pub(super) fn build_count_primes(
-    args: &serde_json::Value,
-) -> Result<Box<dyn crate::task::Task>, String> {
+pub(super) fn build_count_primes(args: &serde_json::Value) -> Result<Box<dyn crate::task::Task>, String> {
     no_args("count-primes", args)?;
     Ok(Box::new(CountPrimes::default()))
 }
@@ -126,10 +115,7 @@ mod tests {
     use super::*;
 
     fn is_prime_by_trial_division(n: u64) -> bool {
-        n >= 2
-            && (2..)
-                .take_while(|d| d * d <= n)
-                .all(|d| !n.is_multiple_of(d))
+        n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
     }
 
     #[test]

@@ -99,9 +99,7 @@ fn count_matching_lines(regex: &Regex, data: &[u8]) -> usize {
     if data.is_empty() {
         return 0;
     }
-    data.split(|&b| b == b'\n')
-        .filter(|line| regex.is_match(line))
-        .count()
+    data.split(|&b| b == b'\n').filter(|line| regex.is_match(line)).count()
 }
 
 pub(super) fn build_grep(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
@@ -109,9 +107,7 @@ pub(super) fn build_grep(args: &serde_json::Value) -> Result<Box<dyn Task>, Stri
     let regex = RegexBuilder::new(&args.pattern)
         .case_insensitive(args.ignore_case)
         .build()
-        .map_err(|error| {
-            format!("bad args for task `grep`: `pattern` is not a valid regex: {error}")
-        })?;
+        .map_err(|error| format!("bad args for task `grep`: `pattern` is not a valid regex: {error}"))?;
     Ok(Box::new(Grep { regex }))
 }
 

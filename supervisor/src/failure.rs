@@ -1,0 +1,162 @@
+//! Turning how a worker died into the failure of the item it was running.
+//!
+//! The kind says what the user should look at: `timeout` (the supervisor killed it for taking too long, or the
+//! kernel did for exceeding `cpu_limit`), `memory` (an allocation failed under `memory_limit`: Rust aborts
+//! with "memory allocation of N bytes failed"), `protocol` (it sent something it should not have), `signal`
+//! and `exit` for everything else.
+
+use std::time::Duration;
+
+use crate::linux::{ExitStatus, signal_name};
+use crate::results::{Failure, FailureKind};
+
+/// Everything known about a worker's death that bears on the item it was running.
+#[derive(Debug, Clone, Copy)]
+pub struct Death<'a> {
+    pub status: ExitStatus,
+    /// The supervisor killed the worker because the item exceeded this timeout.
+    pub timed_out: Option<Duration>,
+    pub protocol_error: Option<&'a str>,
+    pub stderr_tail: &'a str,
+}
+
+/// What a Rust worker prints before aborting when an allocation fails.
+const ALLOCATION_FAILED: &str = "memory allocation of";
+
+/// Lines of stderr kept in a failure record.
+const STDERR_LINES: usize = 10;
+
+/// The last [`STDERR_LINES`] lines of `text`.
+pub fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n")
+}
+
+pub fn crash_failure(death: Death<'_>) -> Failure {
+    let stderr = (!death.stderr_tail.trim().is_empty()).then(|| last_lines(death.stderr_tail));
+    let signal = match death.status {
+        ExitStatus::Signal(signal) => Some(signal_name(signal)),
+        ExitStatus::Code(_) => None,
+    };
+    let code = match death.status {
+        ExitStatus::Code(code) => Some(code),
+        ExitStatus::Signal(_) => None,
+    };
+    let failure = |kind, message: String| Failure {
+        kind,
+        message,
+        signal: signal.clone(),
+        code,
+        stderr: stderr.clone(),
+    };
+    if let Some(timeout) = death.timed_out {
+        return failure(
+            FailureKind::Timeout,
+            format!(
+                "item ran longer than the {} timeout; its worker was killed",
+                human_duration(timeout)
+            ),
+        );
+    }
+    if let Some(message) = death.protocol_error {
+        return failure(FailureKind::Protocol, message.to_string());
+    }
+    match death.status {
+        ExitStatus::Signal(libc::SIGXCPU) => failure(
+            FailureKind::Timeout,
+            "item exceeded the cpu_limit (killed by SIGXCPU)".to_string(),
+        ),
+        ExitStatus::Signal(libc::SIGABRT) if death.stderr_tail.contains(ALLOCATION_FAILED) => failure(
+            FailureKind::Memory,
+            "worker ran out of memory (an allocation failed under memory_limit) while running this item".to_string(),
+        ),
+        ExitStatus::Signal(number) => failure(
+            FailureKind::Signal,
+            format!("worker killed by {} while running this item", signal_name(number)),
+        ),
+        ExitStatus::Code(code) => failure(
+            FailureKind::Exit,
+            format!("worker exited with code {code} while running this item"),
+        ),
+    }
+}
+
+/// How a worker ended, for messages: "was killed by SIGSEGV", "exited with code 3".
+pub fn describe_exit(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Signal(signal) => format!("was killed by {}", signal_name(signal)),
+        ExitStatus::Code(code) => format!("exited with code {code}"),
+    }
+}
+
+/// `1.5s`, `250ms`, `2m`.
+pub fn human_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis < 1000 {
+        format!("{millis}ms")
+    } else if millis % 60_000 == 0 {
+        format!("{}m", millis / 60_000)
+    } else {
+        format!("{}s", duration.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn death(status: ExitStatus) -> Death<'static> {
+        Death {
+            status,
+            timed_out: None,
+            protocol_error: None,
+            stderr_tail: "",
+        }
+    }
+
+    #[test]
+    fn kinds() {
+        let segv = crash_failure(death(ExitStatus::Signal(libc::SIGSEGV)));
+        assert_eq!(
+            (segv.kind, segv.signal.as_deref()),
+            (FailureKind::Signal, Some("SIGSEGV"))
+        );
+        let exit = crash_failure(death(ExitStatus::Code(3)));
+        assert_eq!((exit.kind, exit.code), (FailureKind::Exit, Some(3)));
+        let xcpu = crash_failure(death(ExitStatus::Signal(libc::SIGXCPU)));
+        assert_eq!(xcpu.kind, FailureKind::Timeout);
+        let plain_abort = crash_failure(death(ExitStatus::Signal(libc::SIGABRT)));
+        assert_eq!(plain_abort.kind, FailureKind::Signal);
+        let oom = crash_failure(Death {
+            stderr_tail: "memory allocation of 16777216 bytes failed",
+            ..death(ExitStatus::Signal(libc::SIGABRT))
+        });
+        assert_eq!((oom.kind, oom.stderr.is_some()), (FailureKind::Memory, true));
+        // The message may be followed by a long backtrace: it is found anywhere in the tail.
+        let long_tail = format!("memory allocation of 8 bytes failed\n{}", "  frame\n".repeat(40));
+        let oom = crash_failure(Death {
+            stderr_tail: &long_tail,
+            ..death(ExitStatus::Signal(libc::SIGABRT))
+        });
+        assert_eq!(oom.kind, FailureKind::Memory);
+        assert_eq!(oom.stderr.as_deref().map(|s| s.lines().count()), Some(10));
+        let timeout = crash_failure(Death {
+            timed_out: Some(Duration::from_millis(1500)),
+            ..death(ExitStatus::Signal(libc::SIGKILL))
+        });
+        assert_eq!(timeout.kind, FailureKind::Timeout);
+        assert!(timeout.message.contains("1.5s"), "{}", timeout.message);
+        let protocol = crash_failure(Death {
+            protocol_error: Some("garbage"),
+            ..death(ExitStatus::Signal(9))
+        });
+        assert_eq!(protocol.kind, FailureKind::Protocol);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(human_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(human_duration(Duration::from_secs(120)), "2m");
+    }
+}
