@@ -94,7 +94,7 @@ impl ProgressReader {
                 running: words[RUNNING].load(Ordering::Relaxed) == 1,
             };
             fence(Ordering::Acquire);
-            if before % 2 == 0 && words[SEQ].load(Ordering::Relaxed) == before {
+            if before.is_multiple_of(2) && words[SEQ].load(Ordering::Relaxed) == before {
                 return Some(snapshot);
             }
             std::hint::spin_loop();
