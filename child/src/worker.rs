@@ -23,8 +23,7 @@ use std::path::Path;
 
 use crate::task::{Item, ItemInput, Task, lookup};
 
-/// Environment variable through which the supervisor passes its pid, so that a worker whose parent is already
-/// gone when it starts exits instead of running orphaned.
+/// Environment variable through which the supervisor passes its pid to an exec'ed worker (see [`run`]).
 pub const PARENT_PID_ENV: &str = "SUPERVISOR_PARENT_PID";
 
 /// Why a worker stopped abnormally (its exit code is then non-zero; the message goes to stderr).
@@ -39,8 +38,11 @@ impl std::fmt::Display for WorkerError {
 
 /// Runs a worker connected to the bootstrap server `server_name`. Returns when told to shut down or when the
 /// supervisor disconnects.
-pub fn run(server_name: &str) -> Result<(), WorkerError> {
-    die_with_parent()?;
+///
+/// `parent` is the pid that must be this process's parent (the supervisor, or the fork server that forked it):
+/// if it is already gone, the worker exits at once instead of running orphaned.
+pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
+    die_with_parent(parent)?;
     ignore_interrupts();
     crate::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
     install_panic_capture();
@@ -106,7 +108,7 @@ fn send(to: &IpcSender<FromWorker>, message: FromWorker) -> Result<(), WorkerErr
 
 /// Asks the kernel to SIGKILL this worker when the supervisor dies, then checks that the supervisor is still
 /// the parent (it may have died before the request was made).
-fn die_with_parent() -> Result<(), WorkerError> {
+fn die_with_parent(expected: Option<i32>) -> Result<(), WorkerError> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
@@ -118,10 +120,10 @@ fn die_with_parent() -> Result<(), WorkerError> {
             )));
         }
     }
-    if let Ok(expected) = std::env::var(PARENT_PID_ENV) {
+    if let Some(expected) = expected {
         // SAFETY: getppid has no preconditions.
         let parent = unsafe { libc::getppid() };
-        if expected.parse::<i32>().ok() != Some(parent) {
+        if expected != parent {
             return Err(WorkerError(format!(
                 "supervisor (pid {expected}) is gone before the worker started"
             )));
@@ -156,6 +158,14 @@ fn install_panic_capture() {
             *last = Some(text);
         }
     }));
+}
+
+/// Runs one item in this process, as a worker would, and returns its outcome: `supervisor replay` uses this to
+/// reproduce an item's behaviour in the foreground (a crash then happens here, under a debugger if wanted).
+/// Panics are printed by the default hook and reported as the item's failure.
+pub fn run_one(task_name: &str, args_json: &str, plan: InputPlan, batch: &Batch) -> Result<Outcome, String> {
+    let mut worker = Worker::new(task_name, args_json, plan, &WorkerLimits::default(), None)?;
+    Ok(worker.run_item(batch, 0))
 }
 
 struct Worker {

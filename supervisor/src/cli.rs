@@ -26,6 +26,14 @@ pub enum Command {
     },
     /// List the builtin tasks with the inputs and arguments they take.
     Tasks,
+    /// Run one item in the foreground, in this process, to reproduce a failure (e.g. under a debugger).
+    Replay {
+        /// The job file.
+        job: PathBuf,
+        /// Index of the item to run (as in the `item` field of results).
+        #[arg(long)]
+        item: u64,
+    },
 }
 
 #[derive(Debug, Args)]

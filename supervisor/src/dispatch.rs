@@ -44,7 +44,7 @@ use crate::error::Error;
 use crate::failure::{Death, crash_failure, describe_exit};
 use crate::linux::{ExitInfo, Pidfd};
 use crate::plan::Items;
-use crate::pool::{Event, IpcCounter, Launcher, WorkerId, WorkerSender, message_name};
+use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, WorkerSender, message_name};
 use crate::report::Progress;
 use crate::results::{Failure, FailureKind, Record, Reducer, ResultsWriter, Status};
 use crate::signal::{Escalation, StopAction, StopSignal};
@@ -257,6 +257,7 @@ struct Dispatcher {
 /// Runs the job to completion (or until stopped) and returns how it went.
 pub async fn run(
     items: Arc<Items>,
+    starter: Starter,
     config: DispatchConfig,
     reducer: Reducer,
     writer: Option<ResultsWriter>,
@@ -264,9 +265,10 @@ pub async fn run(
 ) -> Result<RunOutcome, Error> {
     let (events_sender, mut events) = mpsc::channel(1024);
     let counter = Arc::new(IpcCounter::default());
-    let launcher = Launcher::start(events_sender, Arc::clone(&counter)).map_err(|error| Error::WorkersCannotStart {
-        reason: format!("cannot start the launcher: {error}"),
-    })?;
+    let launcher =
+        Launcher::start(events_sender, Arc::clone(&counter), starter).map_err(|error| Error::WorkersCannotStart {
+            reason: format!("cannot start the launcher: {error}"),
+        })?;
     let mut signals = crate::signal::listen().map_err(|error| Error::Internal {
         message: format!("cannot listen for signals: {error}"),
     })?;

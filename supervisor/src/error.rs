@@ -27,6 +27,8 @@ pub enum Error {
     },
     #[error("workers cannot start: {reason}")]
     WorkersCannotStart { reason: String },
+    #[error("item {item} is out of range: the job has {items} items")]
+    ItemOutOfRange { item: u64, items: u64 },
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -35,9 +37,11 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Job(_) | Error::GlobNoMatch { .. } | Error::GlobInvalid { .. } | Error::InputUnreadable { .. } => {
-                exit::USAGE
-            }
+            Error::Job(_)
+            | Error::GlobNoMatch { .. }
+            | Error::GlobInvalid { .. }
+            | Error::InputUnreadable { .. }
+            | Error::ItemOutOfRange { .. } => exit::USAGE,
             Error::Results { .. } | Error::WorkersCannotStart { .. } | Error::Internal { .. } => exit::INTERNAL,
         }
     }

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod dispatch;
 pub mod error;
 pub mod failure;
+pub mod forkserver;
 pub mod linux;
 pub mod plan;
 pub mod pool;
@@ -60,7 +61,15 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Tasks => return run::tasks(),
         Command::Check { job } => block_on(async move { run::check(&job).await }),
-        Command::Run(args) => block_on(run::run(args)),
+        // The job is loaded and the fork server (if any) started before the runtime: the fork server must be
+        // forked while this process is single-threaded.
+        Command::Run(args) => run::load(&args.job, Some(&args))
+            .and_then(|spec| Ok((run::starter(&spec)?, spec)))
+            .and_then(|(starter, spec)| block_on(run::run(spec, args, starter))),
+        Command::Replay { job, item } => run::load(&job, None).and_then(|spec| {
+            let items = block_on_value(plan::Items::list(&spec.input))??;
+            run::replay(&spec, &items, item)
+        }),
     };
     match result {
         Ok(code) => code,
@@ -77,13 +86,18 @@ pub fn main() -> i32 {
 }
 
 fn block_on(future: impl Future<Output = Result<i32, Error>>) -> Result<i32, Error> {
-    tokio::runtime::Builder::new_multi_thread()
+    block_on_value(future)?
+}
+
+/// Runs `future` on a fresh runtime, which is gone when this returns.
+fn block_on_value<T>(future: impl Future<Output = T>) -> Result<T, Error> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|error| Error::Internal {
             message: format!("cannot start the async runtime: {error}"),
         })?
-        .block_on(future)
+        .block_on(future))
 }
 
 fn worker_main(server_name: Option<std::ffi::OsString>) -> i32 {
@@ -91,7 +105,10 @@ fn worker_main(server_name: Option<std::ffi::OsString>) -> i32 {
         eprintln!("worker: expected the supervisor's channel name as argument");
         return exit::USAGE;
     };
-    match child::worker::run(&name) {
+    let parent = std::env::var(child::worker::PARENT_PID_ENV)
+        .ok()
+        .and_then(|pid| pid.parse().ok());
+    match child::worker::run(&name, parent) {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("worker: {error}");

@@ -1,9 +1,12 @@
 //! Linux process primitives the pool needs and std/nix do not wrap: pidfds (signals that cannot hit a recycled
-//! pid), `wait4` with resource usage, and signal names.
+//! pid), `wait4` with resource usage, signal names, and the socket and fork calls of the fork server
+//! (`SOCK_SEQPACKET` pairs, passing a file descriptor with `SCM_RIGHTS`, `fork`, `close_range`).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// A pidfd: a handle on one process that stays valid (and never names another process) after it is reaped.
 #[derive(Debug)]
@@ -22,6 +25,10 @@ impl Pidfd {
     }
 
     /// Sends `signal` to the process; a process that already exited is not an error.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
     pub fn signal(&self, signal: i32) -> io::Result<()> {
         // SAFETY: pidfd_send_signal with a null siginfo and no flags; the fd is owned by self.
         let rc = unsafe {
@@ -45,7 +52,7 @@ impl Pidfd {
 }
 
 /// How a child process ended, with its resource usage.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ExitInfo {
     pub status: ExitStatus,
     /// User + system CPU time.
@@ -54,7 +61,7 @@ pub struct ExitInfo {
     pub max_rss: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
@@ -97,6 +104,172 @@ pub fn signal_name(signal: i32) -> String {
         .unwrap_or_else(|_| format!("signal {signal}"))
 }
 
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A connected pair of close-on-exec `SOCK_SEQPACKET` sockets (message boundaries are kept).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the valid two-element array.
+    check(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } as libc::c_long)?;
+    // SAFETY: both fds were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into the valid two-element array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
+    // SAFETY: both fds were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends one message, with `fd` attached (`SCM_RIGHTS`) if given.
+pub fn send_message(socket: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // Room for one control message carrying one fd, aligned as cmsghdr requires.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain old data; all-zero is valid (no name, no control).
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = space;
+        // SAFETY: msg_control points at `control`, which is larger than `space` and aligned; CMSG_FIRSTHDR returns
+        // a pointer into it, and the fd is written within the message's data area.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&header);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+        }
+    }
+    loop {
+        // SAFETY: header points at live buffers for the duration of the call.
+        match check(unsafe { libc::sendmsg(socket.as_raw_fd(), &header, libc::MSG_NOSIGNAL) } as libc::c_long) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+            Ok(_) => return Ok(()),
+        }
+    }
+}
+
+/// Receives one message into `buffer`: its length (0 at end of stream) and the fd attached to it, if any.
+pub fn recv_message(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = size_of_val(&control);
+    let len = loop {
+        // SAFETY: header points at live, writable buffers; MSG_CMSG_CLOEXEC makes a received fd close-on-exec.
+        match check(unsafe { libc::recvmsg(socket.as_raw_fd(), &mut header, libc::MSG_CMSG_CLOEXEC) } as libc::c_long) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+            Ok(len) => break len as usize,
+        }
+    };
+    let mut received = None;
+    // SAFETY: the kernel filled `control` and set msg_controllen; CMSG_FIRSTHDR/NXTHDR stay within it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                received = Some(OwnedFd::from_raw_fd(fd));
+            }
+            cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+        }
+    }
+    Ok((len, received))
+}
+
+/// Waits until one of `fds` is readable (or hung up); returns which, in order.
+pub fn poll_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: polled is a valid array of pollfd of the given length.
+        match check(unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) } as libc::c_long) {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+            Ok(_) => return Ok(polled.iter().map(|p| p.revents != 0).collect()),
+        }
+    }
+}
+
+/// The two sides of a `fork`.
+#[derive(Debug)]
+pub enum Forked {
+    Parent { child: i32 },
+    Child,
+}
+
+/// Forks this process.
+///
+/// # Safety
+/// The calling process must be single-threaded (in a multi-threaded process the child may deadlock on a lock
+/// another thread held at the time of the fork).
+pub unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded.
+    match check(unsafe { libc::fork() } as libc::c_long)? {
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent { child: pid as i32 }),
+    }
+}
+
+/// In a freshly forked child: makes `stderr` its fd 2 and /dev/null its fds 0 and 1, and closes every other fd.
+pub fn redirect_and_close_others(stderr: BorrowedFd<'_>) -> io::Result<()> {
+    let null = std::fs::File::options().read(true).write(true).open("/dev/null")?;
+    for (from, to) in [(null.as_fd(), 0), (null.as_fd(), 1), (stderr, 2)] {
+        // SAFETY: dup2 onto the standard fds, which this process owns.
+        check(unsafe { libc::dup2(from.as_raw_fd(), to) } as libc::c_long)?;
+    }
+    // SAFETY: closes fds 3 and up; nothing in this fresh child uses them (their owners were in the parent).
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if closed < 0 {
+        for fd in 3..4096 {
+            // SAFETY: as above; closing an fd that is not open is harmless (EBADF).
+            unsafe { libc::close(fd) };
+        }
+    }
+    // The fds `null` and `stderr` refer to are closed by close_range; do not close them again.
+    std::mem::forget(null);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +305,23 @@ mod tests {
             .expect("spawn sh");
         let info = wait4(child.id() as i32).expect("wait4");
         assert_eq!(info.status, ExitStatus::Code(7));
+    }
+
+    #[test]
+    fn messages_carry_a_file_descriptor() {
+        let (a, b) = seqpacket_pair().expect("pair");
+        let (read, write) = pipe().expect("pipe");
+        send_message(a.as_fd(), b"hello", Some(read.as_fd())).expect("send");
+        drop(read);
+        let mut buffer = [0u8; 64];
+        let (len, fd) = recv_message(b.as_fd(), &mut buffer).expect("recv");
+        assert_eq!(&buffer[..len], b"hello");
+        let mut received = std::fs::File::from(fd.expect("an fd came along"));
+        std::io::Write::write_all(&mut std::fs::File::from(write), b"through the pipe").expect("write");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut received, &mut text).expect("read");
+        assert_eq!(text, "through the pipe");
+        drop(a);
+        assert_eq!(recv_message(b.as_fd(), &mut buffer).expect("eof").0, 0);
     }
 }

@@ -14,7 +14,9 @@
 //!
 //! The pool owns no job state: the dispatcher decides what each worker does; this module only moves messages.
 
+use std::fs::File;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
@@ -27,7 +29,32 @@ use serde::Serialize;
 use shared::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker};
 use tokio::sync::mpsc;
 
+use crate::forkserver::ForkServer;
 use crate::linux::{ExitInfo, Pidfd, wait4};
+
+/// How worker processes are created.
+#[derive(Debug, Clone)]
+pub enum Starter {
+    /// Exec this binary in worker mode.
+    Spawn,
+    /// Ask the fork server.
+    Fork(Arc<ForkServer>),
+}
+
+/// A worker process that exists, with the means to drain its stderr and to learn its exit.
+struct Started {
+    pid: u32,
+    stderr: File,
+    wait: Box<dyn FnOnce() -> ExitInfo + Send>,
+}
+
+/// Reported when the exit status cannot be read (only possible if something else reaped our child): a kill, so
+/// that the items it held are not lost.
+const UNKNOWN_EXIT: ExitInfo = ExitInfo {
+    status: crate::linux::ExitStatus::Signal(libc::SIGKILL),
+    cpu: Duration::ZERO,
+    max_rss: 0,
+};
 
 /// First argument that makes the `supervisor` binary run as a worker.
 pub const WORKER_ARG: &str = "__worker";
@@ -95,12 +122,12 @@ pub struct Launcher {
 
 impl Launcher {
     /// Starts the launcher thread; all events of all workers go to `events`.
-    pub fn start(events: mpsc::Sender<Event>, counter: Arc<IpcCounter>) -> std::io::Result<Launcher> {
+    pub fn start(events: mpsc::Sender<Event>, counter: Arc<IpcCounter>, starter: Starter) -> std::io::Result<Launcher> {
         let exe = std::env::current_exe()?;
         let (requests, receiver) = std_mpsc::channel::<WorkerId>();
         thread::Builder::new().name("launcher".into()).spawn(move || {
             for id in receiver {
-                let event = match launch(&exe, id, &events, &counter) {
+                let event = match launch(&exe, &starter, id, &events, &counter) {
                     Ok(event) | Err(event) => event,
                 };
                 if events.blocking_send(event).is_err() {
@@ -118,8 +145,48 @@ impl Launcher {
     }
 }
 
+/// Starts one worker process connecting to the bootstrap server `name`.
+fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::io::Result<Started> {
+    match starter {
+        Starter::Spawn => {
+            let mut child = Command::new(exe)
+                .arg(WORKER_ARG)
+                .arg(name)
+                .env(child::worker::PARENT_PID_ENV, std::process::id().to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|error| {
+                    std::io::Error::new(error.kind(), format!("cannot start {}: {error}", exe.display()))
+                })?;
+            let pid = child.id();
+            let stderr = match child.stderr.take() {
+                Some(stderr) => File::from(OwnedFd::from(stderr)),
+                None => File::open("/dev/null")?,
+            };
+            // Only the waiter reaps this pid; never waitpid(-1), which would steal other children's statuses.
+            Ok(Started {
+                pid,
+                stderr,
+                wait: Box::new(move || wait4(pid as i32).unwrap_or(UNKNOWN_EXIT)),
+            })
+        }
+        Starter::Fork(server) => {
+            let (pid, stderr) = server.fork_worker(name)?;
+            let server = Arc::clone(server);
+            Ok(Started {
+                pid,
+                stderr: File::from(stderr),
+                wait: Box::new(move || server.wait(pid)),
+            })
+        }
+    }
+}
+
 fn launch(
     exe: &std::path::Path,
+    starter: &Starter,
     id: WorkerId,
     events: &mpsc::Sender<Event>,
     counter: &Arc<IpcCounter>,
@@ -129,29 +196,22 @@ fn launch(
         error: format!("{what}: {error}"),
     };
     let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|e| failed("cannot create channel", e))?;
-    let mut child = Command::new(exe)
-        .arg(WORKER_ARG)
-        .arg(&name)
-        .env(child::worker::PARENT_PID_ENV, std::process::id().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(&format!("cannot start {}", exe.display()), e))?;
-    let pid = child.id();
-    // Nothing reaps the child before the waiter thread starts below, so the pid still names it here.
+    let Started { pid, mut stderr, wait } =
+        start_process(exe, starter, &name).map_err(|e| failed("cannot start worker", e))?;
+    // Nothing reaps the worker before the waiter thread starts below, so the pid still names it here.
     let pidfd = match Pidfd::open(pid as i32) {
         Ok(pidfd) => pidfd,
         Err(error) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            // SAFETY: kill takes a pid and a signal; this pid is our unreaped worker.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = wait();
             return Err(failed("pidfd_open", error));
         }
     };
 
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (eof_sender, eof) = std_mpsc::channel::<()>();
-    if let Some(mut stderr) = child.stderr.take() {
+    {
         let tail = Arc::clone(&tail);
         spawn_thread("worker-stderr", move || {
             let mut buffer = [0u8; 4096];
@@ -168,15 +228,7 @@ fn launch(
         let events = events.clone();
         let name = name.clone();
         spawn_thread("worker-waiter", move || {
-            let info = match wait4(pid as i32) {
-                Ok(info) => info,
-                // Only possible if something else reaped our child; report it as a kill so the item is not lost.
-                Err(_) => ExitInfo {
-                    status: crate::linux::ExitStatus::Signal(libc::SIGKILL),
-                    cpu: Duration::ZERO,
-                    max_rss: 0,
-                },
-            };
+            let info = wait();
             // The worker is dead: unblock accept() in case it never connected. Fails harmlessly otherwise.
             if let Ok(sender) = IpcSender::<FromWorker>::connect(name) {
                 let _ = sender.send(FromWorker::NeverConnected);

@@ -1,22 +1,24 @@
-//! The `run`, `check` and `tasks` commands: from parsed arguments to an exit code.
+//! The commands: from parsed arguments to an exit code.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use shared::exit;
-use shared::job::{BatchSize, JobSpec, WorkerCount};
+use shared::job::{BatchSize, JobSpec, StartMethod, WorkerCount};
+use shared::protocol::{TaskErrorKind, WorkerLimits};
 
 use crate::cli::RunArgs;
 use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
+use crate::forkserver::ForkServer;
 use crate::plan::{self, Items};
+use crate::pool::Starter;
 use crate::report::{Progress, Summary};
 use crate::results::{Reducer, ResultsWriter};
-use shared::protocol::WorkerLimits;
 
-/// Loads a job file and applies the command-line overrides of `run`.
-fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
+/// Loads a job file, applies the command-line overrides of `run`, and checks its task.
+pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
     let mut spec = JobSpec::load(job)?;
     if let Some(args) = args {
         if let Some(workers) = args.workers {
@@ -36,8 +38,22 @@ fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
     Ok(spec)
 }
 
-pub async fn run(args: RunArgs) -> Result<i32, Error> {
-    let spec = load(&args.job, Some(&args))?;
+/// Prepares how workers will be started. For `forkserver` this forks the fork server, so it must run while
+/// the process is still single-threaded: before the async runtime exists.
+pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
+    match spec.workers.start {
+        StartMethod::Spawn => Ok(Starter::Spawn),
+        StartMethod::Forkserver => {
+            // SAFETY: called from `main` before the runtime or any other thread is started.
+            let server = unsafe { ForkServer::start() }.map_err(|error| Error::WorkersCannotStart {
+                reason: format!("cannot start the fork server: {error}"),
+            })?;
+            Ok(Starter::Fork(Arc::new(server)))
+        }
+    }
+}
+
+pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, Error> {
     let items = Arc::new(Items::list(&spec.input).await?);
     let writer = match &spec.output.results {
         Some(path) => Some(ResultsWriter::create(path.clone(), spec.output.order).await?),
@@ -63,7 +79,8 @@ pub async fn run(args: RunArgs) -> Result<i32, Error> {
         supervise: spec.supervise.clone(),
     };
     let progress = Progress::new(items.len(), args.quiet);
-    let outcome = dispatch::run(items, config, Reducer::new(spec.output.reduce), writer, progress).await?;
+    let reducer = Reducer::new(spec.output.reduce);
+    let outcome = dispatch::run(items, starter, config, reducer, writer, progress).await?;
     let code = match outcome.stopped {
         Some(StopReason::Signal(signal)) => signal.exit_code(),
         Some(_) => exit::ITEMS_FAILED,
@@ -98,6 +115,46 @@ pub async fn check(job: &Path) -> Result<i32, Error> {
             .map_or("none".to_string(), |p| p.display().to_string()),
     );
     Ok(exit::OK)
+}
+
+/// Runs item `item` of the job in this process, in the foreground: a crash happens right here, where a
+/// debugger can catch it (`gdb --args supervisor replay job.toml --item 17`).
+pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
+    if item >= items.len() {
+        return Err(Error::ItemOutOfRange {
+            item,
+            items: items.len(),
+        });
+    }
+    let batch = items.batch(0, item, 1);
+    let outcome = child::worker::run_one(
+        &spec.task.builtin,
+        &spec.task.args.to_string(),
+        items.input_plan(),
+        &batch,
+    )
+    .map_err(|reason| Error::WorkersCannotStart { reason })?;
+    let elapsed_ms = outcome.elapsed_us as f64 / 1000.0;
+    let input = serde_json::to_value(items.describe(item)).unwrap_or_default();
+    let (line, code) = match &outcome.result {
+        Ok(value) => (
+            serde_json::json!({"item": item, "status": "ok", "value": value.json(), "elapsed_ms": elapsed_ms, "input": input}),
+            exit::OK,
+        ),
+        Err(error) => {
+            let kind = match error.kind {
+                TaskErrorKind::Error => "error",
+                TaskErrorKind::Panic => "panic",
+            };
+            let error = serde_json::json!({"kind": kind, "message": error.message});
+            (
+                serde_json::json!({"item": item, "status": "failed", "error": error, "elapsed_ms": elapsed_ms, "input": input}),
+                exit::ITEMS_FAILED,
+            )
+        }
+    };
+    println!("{line}");
+    Ok(code)
 }
 
 pub fn tasks() -> i32 {
