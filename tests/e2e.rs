@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use common::{
     Background, Record, children_of, complete_lines, field_u64, generated_text, is_running,
-    primes_below_table, raw_number, read_records, run, sum_of_squares, tool, wait_until, wc,
-    wc_of_bytes, worker_pids, workers_claiming, write_file,
+    kill_survivors, primes_below_table, raw_number, read_records, run, sum_of_squares, tool,
+    wait_until, wc, wc_of_bytes, worker_pids, workers_claiming, write_file,
 };
 
 /// Workers per run: the machine has two cores, and two workers are what the tests must see doing work.
@@ -34,10 +34,11 @@ fn path_str(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
 }
 
-/// `run JOB --json --workers 2 --quiet`, expecting `code`.
-fn run_json(dir: &Path, job: &Path, code: i32) -> common::Ran {
+/// `run JOB --json --workers 2 --quiet`, expecting `code`. Runs from `/`, not the job's folder, so that every
+/// relative path in the job file must resolve against the job's folder.
+fn run_json(job: &Path, code: i32) -> common::Ran {
     run(
-        dir,
+        Path::new("/"),
         [
             "run",
             path_str(job),
@@ -78,7 +79,7 @@ fn sum_squares_total_beyond_u64_matches_the_closed_form() {
              [output]\nresults = \"squares.jsonl\"\nreduce = \"sum\"\n"
         ),
     );
-    let ran = run_json(dir.path(), &job, 0);
+    let ran = run_json(&job, 0);
 
     let expected = sum_of_squares(0, end);
     assert!(
@@ -86,12 +87,7 @@ fn sum_squares_total_beyond_u64_matches_the_closed_form() {
         "the test must exercise a total beyond u64"
     );
     // Compared as text: a float or a wrapped 64-bit value would both differ.
-    assert_eq!(
-        raw_number(&ran.stdout(), "reduced"),
-        expected.to_string(),
-        "{}",
-        ran.context()
-    );
+    assert_eq!(raw_number(&ran.stdout(), "reduced"), expected.to_string());
     let summary = ran.summary();
     let items = end.div_ceil(chunk) as usize;
     assert_eq!(field_u64(&summary, "items"), items as u64);
@@ -131,7 +127,7 @@ fn sum_squares_items_beyond_u64_are_exact_including_a_short_last_chunk() {
              [output]\nresults = \"big.jsonl\"\nreduce = \"sum\"\n"
         ),
     );
-    let ran = run_json(dir.path(), &job, 0);
+    let ran = run_json(&job, 0);
     assert_eq!(
         raw_number(&ran.stdout(), "reduced"),
         sum_of_squares(start, end).to_string()
@@ -173,7 +169,7 @@ fn count_primes_match_a_serial_sieve_per_item_and_in_total() {
              [output]\nresults = \"primes.jsonl\"\nreduce = \"sum\"\n"
         ),
     );
-    let ran = run_json(dir.path(), &job, 0);
+    let ran = run_json(&job, 0);
     let below = primes_below_table(end as usize);
     let primes = |lo: u64, hi: u64| u128::from(below[hi as usize] - below[lo as usize]);
 
@@ -213,15 +209,10 @@ fn reduce_min_max_and_count_agree_with_a_serial_sieve() {
                  [task]\nbuiltin = \"count-primes\"\n[output]\nreduce = \"{reduce}\"\n"
             ),
         );
-        let ran = run_json(dir.path(), &job, 0);
+        let ran = run_json(&job, 0);
         let summary = ran.summary();
-        assert_eq!(summary["reduce"], reduce, "{}", ran.context());
-        assert_eq!(
-            summary["reduced"].as_u64(),
-            value,
-            "reduce = {reduce}\n{}",
-            ran.context()
-        );
+        assert_eq!(summary["reduce"], reduce);
+        assert_eq!(summary["reduced"].as_u64(), value, "reduce = {reduce}");
     }
 }
 
@@ -234,14 +225,30 @@ fn empty_range_runs_no_items_and_exits_0() {
         "[input]\nrange = { start = 5, end = 5 }\n[task]\nbuiltin = \"sum-squares\"\n\
          [output]\nresults = \"empty.jsonl\"\nreduce = \"sum\"\n",
     );
-    let ran = run_json(dir.path(), &job, 0);
+    let ran = run_json(&job, 0);
     let summary = ran.summary();
     for key in ["items", "ok", "failed", "not_run"] {
-        assert_eq!(field_u64(&summary, key), 0, "{key}\n{}", ran.context());
+        assert_eq!(field_u64(&summary, key), 0, "{key}");
     }
     // The sum of no items is 0.
     assert_eq!(raw_number(&ran.stdout(), "reduced"), "0");
     assert!(read_records::<serde_json::Value>(&dir.path().join("empty.jsonl")).is_empty());
+}
+
+#[test]
+fn empty_file_runs_no_items_and_exits_0() {
+    let dir = temp_dir();
+    write_file(dir.path(), "empty.txt", "");
+    let job = write_file(
+        dir.path(),
+        "empty-file.toml",
+        "[input]\nfile = \"empty.txt\"\n[task]\nbuiltin = \"line-count\"\n\
+         [output]\nresults = \"empty-file.jsonl\"\nreduce = \"sum\"\n",
+    );
+    let ran = run_json(&job, 0);
+    assert_eq!(field_u64(&ran.summary(), "items"), 0);
+    assert_eq!(raw_number(&ran.stdout(), "reduced"), "0");
+    assert!(read_records::<u128>(&dir.path().join("empty-file.jsonl")).is_empty());
 }
 
 // -------------------------------------------------------------------------------------------------------------
@@ -249,8 +256,13 @@ fn empty_range_runs_no_items_and_exits_0() {
 
 /// Runs `builtin` (with `args`) over `file` in 64 KiB chunks; checks that the records are items `0..n` in input
 /// order whose `offset/len` tile the file exactly, each chunk ending just after a newline or at the end of the
-/// file. Returns the records and the stdout of the run.
-fn run_chunked(dir: &Path, file: &Path, builtin: &str, args: &str) -> (Vec<Record<u128>>, String) {
+/// file. Returns the records and the run.
+fn run_chunked(
+    dir: &Path,
+    file: &Path,
+    builtin: &str,
+    args: &str,
+) -> (Vec<Record<u128>>, common::Ran) {
     let job = write_file(
         dir,
         &format!("{builtin}.toml"),
@@ -261,7 +273,7 @@ fn run_chunked(dir: &Path, file: &Path, builtin: &str, args: &str) -> (Vec<Recor
             file.file_name().and_then(OsStr::to_str).expect("file name")
         ),
     );
-    let ran = run_json(dir, &job, 0);
+    let ran = run_json(&job, 0);
     let records = read_records::<u128>(&dir.join(format!("{builtin}.jsonl")));
     let data = std::fs::read(file).expect("read input");
     let n = records.len();
@@ -292,7 +304,7 @@ fn run_chunked(dir: &Path, file: &Path, builtin: &str, args: &str) -> (Vec<Recor
         data.len() as u64,
         "chunks must cover the whole file"
     );
-    (records, ran.stdout())
+    (records, ran)
 }
 
 fn chunk_of<'a>(data: &'a [u8], record: &Record<u128>) -> &'a [u8] {
@@ -306,7 +318,7 @@ fn line_count_matches_wc_l_across_many_chunks() {
     // No final newline: `wc -l` counts newline bytes, so the unterminated last line is not a line.
     let data = generated_text(4 << 20, 1, false);
     let file = write_file(dir.path(), "text.txt", &data);
-    let (records, stdout) = run_chunked(dir.path(), &file, "line-count", "");
+    let (records, ran) = run_chunked(dir.path(), &file, "line-count", "");
 
     for record in &records {
         let newlines = chunk_of(&data, record)
@@ -316,10 +328,27 @@ fn line_count_matches_wc_l_across_many_chunks() {
         assert_eq!(record.value, Some(newlines as u128), "item {}", record.item);
     }
     assert_eq!(
-        raw_number(&stdout, "reduced"),
-        wc("-l", &file).to_string(),
-        "{stdout}"
+        raw_number(&ran.stdout(), "reduced"),
+        wc("-l", &file).to_string()
     );
+}
+
+#[test]
+fn split_none_makes_the_whole_file_one_item() {
+    let dir = temp_dir();
+    let data = generated_text(1 << 20, 6, true);
+    let file = write_file(dir.path(), "whole.txt", &data);
+    let job = write_file(
+        dir.path(),
+        "whole.toml",
+        "[input]\nfile = \"whole.txt\"\nsplit = \"none\"\nchunk_bytes = \"4KiB\"\n\
+         [task]\nbuiltin = \"word-count\"\n[output]\nresults = \"whole.jsonl\"\n",
+    );
+    run_json(&job, 0);
+    let records = read_records::<u128>(&dir.path().join("whole.jsonl"));
+    assert_items_in_order(&records, 1);
+    assert_eq!(records[0].input.chunk(), (0, data.len() as u64));
+    assert_eq!(records[0].value, Some(wc("-w", &file)));
 }
 
 #[test]
@@ -327,16 +356,15 @@ fn word_count_matches_c_locale_wc_w_per_chunk_and_in_total() {
     let dir = temp_dir();
     let data = generated_text(4 << 20, 2, true);
     let file = write_file(dir.path(), "words.txt", &data);
-    let (records, stdout) = run_chunked(dir.path(), &file, "word-count", "");
+    let (records, ran) = run_chunked(dir.path(), &file, "word-count", "");
 
     for record in &records {
         let expected = wc_of_bytes("-w", dir.path(), chunk_of(&data, record));
         assert_eq!(record.value, Some(expected), "item {}", record.item);
     }
     assert_eq!(
-        raw_number(&stdout, "reduced"),
-        wc("-w", &file).to_string(),
-        "{stdout}"
+        raw_number(&ran.stdout(), "reduced"),
+        wc("-w", &file).to_string()
     );
 }
 
@@ -360,17 +388,39 @@ fn grep_counts_match_grep_c_e_with_and_without_ignore_case() {
 
     for (ignore_case, flags) in [(false, "-cE"), (true, "-ciE")] {
         let args = format!("args = {{ pattern = '{pattern}', ignore_case = {ignore_case} }}");
-        let (records, stdout) = run_chunked(dir.path(), &file, "grep", &args);
+        let (records, ran) = run_chunked(dir.path(), &file, "grep", &args);
         let expected = grep_count(flags);
         assert!(expected > 0, "the pattern must match something");
         assert_eq!(
-            raw_number(&stdout, "reduced"),
+            raw_number(&ran.stdout(), "reduced"),
             expected.to_string(),
-            "grep {flags}\n{stdout}"
+            "grep {flags}"
         );
         let sum: u128 = records.iter().filter_map(|r| r.value).sum();
         assert_eq!(sum, expected, "per-record counts must add up");
     }
+}
+
+#[test]
+#[ignore = "bug: grep counts 0 for an item that is exactly one empty line, even when the pattern matches it"]
+fn grep_counts_an_item_that_is_a_single_empty_line() {
+    let dir = temp_dir();
+    // With chunk_bytes = 1 the items are "a\n", "\n" and "b\n"; `^$` matches the middle one.
+    let file = write_file(dir.path(), "blank.txt", "a\n\nb\n");
+    let job = write_file(
+        dir.path(),
+        "blank.toml",
+        "[input]\nfile = \"blank.txt\"\nchunk_bytes = 1\n\
+         [task]\nbuiltin = \"grep\"\nargs = { pattern = \"^$\" }\n[output]\nreduce = \"sum\"\n",
+    );
+    let expected = tool(
+        "grep",
+        &[OsStr::new("-cE"), OsStr::new("^$"), file.as_os_str()],
+        None,
+        &[0, 1],
+    );
+    let ran = run_json(&job, 0);
+    assert_eq!(raw_number(&ran.stdout(), "reduced"), expected.trim());
 }
 
 // -------------------------------------------------------------------------------------------------------------
@@ -400,7 +450,12 @@ fn sha256_of_each_globbed_file_matches_sha256sum() {
         "[input]\nglob = \"data/*.bin\"\n[task]\nbuiltin = \"sha256\"\n\
          [output]\nresults = \"digests.jsonl\"\n",
     );
-    let ran = run_json(dir.path(), &job, 0);
+    let checked = run(dir.path(), ["check", path_str(&job)], 0);
+    assert!(
+        checked.stdout().contains(&format!("{} items", files.len())),
+        "check counts the matching regular files"
+    );
+    let ran = run_json(&job, 0);
 
     let mut args: Vec<&OsStr> = vec![OsStr::new("--")];
     args.extend(files.iter().map(|f| f.as_os_str()));
@@ -456,7 +511,7 @@ fn large_file_input_keeps_ipc_small_and_uses_two_workers() {
         "[input]\nfile = \"large.txt\"\nchunk_bytes = \"1MiB\"\n[task]\nbuiltin = \"line-count\"\n\
          [output]\nresults = \"large.jsonl\"\nreduce = \"sum\"\n",
     );
-    let ran = run_json(dir.path(), &job, 0);
+    let ran = run_json(&job, 0);
     let summary = ran.summary();
 
     assert_eq!(
@@ -466,8 +521,7 @@ fn large_file_input_keeps_ipc_small_and_uses_two_workers() {
     let ipc = field_u64(&summary, "ipc_bytes");
     assert!(
         ipc * 100 < size,
-        "ipc_bytes {ipc} is not under 1% of the {size}-byte input: bulk data crossed the channel\n{}",
-        ran.context()
+        "ipc_bytes {ipc} is not under 1% of the {size}-byte input: bulk data crossed the channel"
     );
 
     let reported = distinct(worker_pids(&summary));
@@ -475,8 +529,7 @@ fn large_file_input_keeps_ipc_small_and_uses_two_workers() {
     let from_records = distinct(records.iter().map(|r| r.pid));
     assert!(
         from_records.len() >= 2,
-        "only pids {from_records:?} did work\n{}",
-        ran.context()
+        "only pids {from_records:?} did work"
     );
     assert_eq!(
         reported, from_records,
@@ -499,7 +552,7 @@ fn noop_runs_every_item_exactly_once() {
              [output]\nresults = \"noop.jsonl\"\n"
         ),
     );
-    let ran = run_json(dir.path(), &job, 0);
+    let ran = run_json(&job, 0);
     let summary = ran.summary();
     assert_eq!(field_u64(&summary, "items"), n as u64);
     assert_eq!(field_u64(&summary, "ok"), n as u64);
@@ -528,7 +581,7 @@ fn completion_order_still_yields_exactly_one_record_per_item() {
              [output]\nresults = \"completion.jsonl\"\norder = \"completion\"\nreduce = \"sum\"\n"
         ),
     );
-    let ran = run_json(dir.path(), &job, 0);
+    let ran = run_json(&job, 0);
     // `fault` with nothing to inject returns each item's index: Σ i for i < n.
     let expected = u128::from(n) * u128::from(n - 1) / 2;
     assert_eq!(raw_number(&ran.stdout(), "reduced"), expected.to_string());
@@ -561,11 +614,11 @@ fn crashes_fail_only_the_item_that_crashed() {
              [output]\nresults = \"fault.jsonl\"\n"
         ),
     );
-    let ran = run_json(dir.path(), &job, 1);
+    let ran = run_json(&job, 1);
     let summary = ran.summary();
-    assert_eq!(field_u64(&summary, "items"), n, "{}", ran.context());
-    assert_eq!(field_u64(&summary, "failed"), 6, "{}", ran.context());
-    assert_eq!(field_u64(&summary, "ok"), n - 6, "{}", ran.context());
+    assert_eq!(field_u64(&summary, "items"), n);
+    assert_eq!(field_u64(&summary, "failed"), 6);
+    assert_eq!(field_u64(&summary, "ok"), n - 6);
 
     let records = read_records::<u128>(&dir.path().join("fault.jsonl"));
     assert_items_in_order(&records, n as usize);
@@ -698,24 +751,21 @@ fn bad_job_files_exit_2_naming_file_line_and_column_and_write_nothing() {
                 let location = format!("{}:{line}:{column}:", job.display());
                 assert!(
                     stderr.contains(&location),
-                    "{}: expected the location {location}\n{}",
-                    bad.name,
-                    ran.context()
+                    "{}: expected the location {location}",
+                    bad.name
                 );
             }
             for text in bad.says {
                 assert!(
                     stderr.contains(text),
-                    "{}: expected {text:?} in the message\n{}",
-                    bad.name,
-                    ran.context()
+                    "{}: expected {text:?} in the message",
+                    bad.name
                 );
             }
             assert!(
                 !dir.path().join(&out_dir).exists(),
-                "{}: a bad job must write nothing\n{}",
-                bad.name,
-                ran.context()
+                "{}: a bad job must write nothing",
+                bad.name
             );
         }
     }
@@ -723,8 +773,7 @@ fn bad_job_files_exit_2_naming_file_line_and_column_and_write_nothing() {
     let ran = run(dir.path(), ["run", "missing-input.toml"], 2);
     assert!(
         ran.stderr().contains(path_str(&missing)),
-        "the missing file is named by its absolute path\n{}",
-        ran.context()
+        "the missing file is named by its absolute path"
     );
 }
 
@@ -739,11 +788,7 @@ fn glob_matching_nothing_is_located_in_the_job_file() {
     );
     let ran = run(dir.path(), ["run", path_str(&job)], 2);
     let location = format!("{}:2:8:", job.display());
-    assert!(
-        ran.stderr().contains(&location),
-        "expected {location}\n{}",
-        ran.context()
-    );
+    assert!(ran.stderr().contains(&location), "expected {location}");
 }
 
 #[test]
@@ -762,8 +807,7 @@ fn check_reports_the_item_count_without_running_anything() {
     let items = (end - start).div_ceil(chunk);
     assert!(
         ran.stdout().contains(&format!("{items} items")),
-        "expected the item count {items}\n{}",
-        ran.context()
+        "expected the item count {items}"
     );
     assert!(
         !dir.path().join("never.jsonl").exists(),
@@ -791,10 +835,35 @@ fn tasks_lists_every_builtin() {
             "sha256",
             "noop",
             "fault"
-        ],
-        "{}",
-        ran.context()
+        ]
     );
+}
+
+#[test]
+fn bad_command_lines_exit_2_and_write_nothing() {
+    let dir = temp_dir();
+    let job = write_file(
+        dir.path(),
+        "fine.toml",
+        "[input]\nrange = { start = 0, end = 10 }\n[task]\nbuiltin = \"noop\"\n\
+         [output]\nresults = \"fine.jsonl\"\n",
+    );
+    let job = path_str(&job);
+    for (args, says) in [
+        (vec!["run", job, "--workers", "0"], "--workers"),
+        (vec!["run", job, "--batch", "0"], "--batch"),
+        (vec!["run", job, "--colour"], "--colour"),
+        (vec!["run"], "<JOB>"),
+        (vec!["frobnicate"], "frobnicate"),
+        (vec!["run", "no-such-job.toml"], "no-such-job.toml"),
+    ] {
+        let ran = run(dir.path(), &args, 2);
+        assert!(
+            ran.stderr().contains(says),
+            "expected {says:?} in the message"
+        );
+        assert!(!dir.path().join("fine.jsonl").exists());
+    }
 }
 
 #[test]
@@ -831,13 +900,8 @@ fn workers_results_and_batch_flags_override_the_job_file() {
     );
     let summary = ran.summary();
     let override_path = cwd.join("sub/override.jsonl");
-    assert_eq!(field_u64(&summary, "workers"), 3, "{}", ran.context());
-    assert_eq!(
-        field_u64(&summary, "batches"),
-        n.div_ceil(7),
-        "{}",
-        ran.context()
-    );
+    assert_eq!(field_u64(&summary, "workers"), 3);
+    assert_eq!(field_u64(&summary, "batches"), n.div_ceil(7));
     assert_eq!(summary["results"], path_str(&override_path));
     assert_eq!(read_records::<u128>(&override_path).len() as u64, n);
     assert!(
@@ -845,17 +909,13 @@ fn workers_results_and_batch_flags_override_the_job_file() {
         "--results must replace the job's results file"
     );
 
-    // Without flags the job file's values apply.
-    let ran = run(dir.path(), ["run", path_str(&job), "--json", "--quiet"], 0);
+    // Without flags the job file's values apply, and its relative results path is relative to the job's folder.
+    let ran = run(&cwd, ["run", path_str(&job), "--json", "--quiet"], 0);
     let summary = ran.summary();
-    assert_eq!(field_u64(&summary, "workers"), 1, "{}", ran.context());
-    assert_eq!(
-        field_u64(&summary, "batches"),
-        n.div_ceil(100),
-        "{}",
-        ran.context()
-    );
+    assert_eq!(field_u64(&summary, "workers"), 1);
+    assert_eq!(field_u64(&summary, "batches"), n.div_ceil(100));
     assert_eq!(worker_pids(&summary).len(), 1);
+    assert!(!cwd.join("from-job.jsonl").exists());
     let records = read_records::<u128>(&dir.path().join("from-job.jsonl"));
     assert_eq!(records.len() as u64, n);
     assert_eq!(distinct(records.iter().map(|r| r.pid)).len(), 1);
@@ -886,8 +946,7 @@ fn start_slow_job(dir: &Path) -> Background {
     });
     assert!(
         under_way && !supervisor.has_exited(),
-        "the run did not get under way\n{}",
-        supervisor.context()
+        "the run did not get under way"
     );
     supervisor
 }
@@ -901,13 +960,9 @@ fn stop_with(signal: i32, name: &str, code: i32) {
 
     supervisor.signal(signal);
     let status = supervisor.wait(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(code), "{}", supervisor.context());
+    assert_eq!(status.code(), Some(code));
     let stdout = supervisor.stdout();
-    assert!(
-        stdout.contains(&format!("stopped by {name}")),
-        "{}",
-        supervisor.context()
-    );
+    assert!(stdout.contains(&format!("stopped by {name}")));
 
     // Every line is a valid record, each item once, each value right; fewer than all items ran.
     let records = read_records::<u128>(&dir.path().join("slow.jsonl"));
@@ -933,14 +988,14 @@ fn stop_with(signal: i32, name: &str, code: i32) {
         .split(", ")
         .find_map(|part| part.strip_suffix(" ok"))
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no ok count in the summary\n{}", supervisor.context()));
-    assert_eq!(records.len(), ok, "{}", supervisor.context());
+        .unwrap_or_else(|| panic!("no ok count in the summary"));
+    assert_eq!(records.len(), ok);
 
     // The supervisor reaped its workers before exiting: none is left, under it or reparented.
     assert!(!workers.is_empty());
-    for worker in &workers {
-        assert!(!is_running(*worker), "worker {worker:?} survived the stop");
-    }
+    let mut survivors = workers.clone();
+    survivors.extend(workers_claiming(pid));
+    assert_eq!(kill_survivors(&survivors), [], "workers survived the stop");
     assert_eq!(
         children_of(pid),
         [],
@@ -980,13 +1035,11 @@ fn killed_supervisor_takes_its_workers_with_it() {
     let all_gone = wait_until(Duration::from_secs(5), || {
         workers.iter().all(|w| !is_running(*w)) && workers_claiming(pid).is_empty()
     });
+    let mut survivors = workers.clone();
+    survivors.extend(workers_claiming(pid));
+    let survivors = kill_survivors(&survivors);
     assert!(
-        all_gone,
-        "workers outlived their supervisor: {:?} still running, {:?} claim it",
-        workers
-            .iter()
-            .filter(|w| is_running(**w))
-            .collect::<Vec<_>>(),
-        workers_claiming(pid)
+        all_gone && survivors.is_empty(),
+        "workers outlived their supervisor by 5 s: {survivors:?}"
     );
 }

@@ -25,11 +25,20 @@ const SHOWN_BYTES: usize = 16 << 10;
 // ---------------------------------------------------------------------------------------------------------------
 // Running the binary
 
-/// A finished command, with what is needed to explain a failure.
+/// A finished run of the supervisor, with what is needed to explain a failure. If the test fails while it is in
+/// scope, its command, exit status, stdout and stderr are printed (shown with the failure by the test harness).
 #[derive(Debug)]
 pub struct Ran {
     pub command: String,
     pub output: Output,
+}
+
+impl Drop for Ran {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("while checking this run:\n{}", self.context());
+        }
+    }
 }
 
 impl Ran {
@@ -43,12 +52,7 @@ impl Ran {
 
     /// The command, its exit status, stdout and stderr, for assertion messages.
     pub fn context(&self) -> String {
-        describe(
-            &self.command,
-            self.output.status,
-            &self.stdout(),
-            &self.stderr(),
-        )
+        describe_output(&self.command, &self.output)
     }
 
     /// The `--json` summary printed on stdout.
@@ -80,14 +84,22 @@ where
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|error| panic!("cannot start {command}: {error}"));
-    let ran = Ran { command, output };
-    assert_eq!(
-        ran.output.status.code(),
-        Some(expected),
-        "unexpected exit status (expected {expected})\n{}",
-        ran.context()
-    );
-    ran
+    if output.status.code() != Some(expected) {
+        panic!(
+            "unexpected exit status (expected {expected})\n{}",
+            describe_output(&command, &output)
+        );
+    }
+    Ran { command, output }
+}
+
+fn describe_output(command: &str, output: &Output) -> String {
+    describe(
+        command,
+        output.status,
+        &String::from_utf8_lossy(&output.stdout),
+        &String::from_utf8_lossy(&output.stderr),
+    )
 }
 
 fn command_line(program: &str, args: &[std::ffi::OsString], cwd: &Path) -> String {
@@ -234,7 +246,12 @@ impl Drop for Background {
             && self.status.is_none()
         {
             let _ = child.kill();
-            let _ = child.wait();
+            if let Ok(status) = child.wait() {
+                self.status = Some(status);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("while checking this run:\n{}", self.context());
         }
     }
 }
@@ -524,17 +541,13 @@ pub fn tool(program: &str, args: &[&OsStr], stdin: Option<&Path>, ok_codes: &[i3
     let output = command
         .output()
         .unwrap_or_else(|error| panic!("cannot run {command_text}: {error}"));
-    let ran = Ran {
-        command: command_text,
-        output,
-    };
-    let code = ran.output.status.code().unwrap_or(-1);
+    let code = output.status.code().unwrap_or(-1);
     assert!(
         ok_codes.contains(&code),
         "reference tool failed\n{}",
-        ran.context()
+        describe_output(&command_text, &output)
     );
-    ran.stdout()
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The single number printed by `wc FLAG < path` (in the C locale).
@@ -597,6 +610,17 @@ pub fn children_of(ppid: i32) -> Vec<Proc> {
 /// Whether `proc` still exists and is not a zombie.
 pub fn is_running(proc: Proc) -> bool {
     matches!(stat(proc.pid), Some((state, _, start)) if start == proc.start_time && state != 'Z' && state != 'X')
+}
+
+/// SIGKILLs whichever of `procs` still run, so that a failing test leaves no process behind; returns them.
+pub fn kill_survivors(procs: &[Proc]) -> Vec<Proc> {
+    let survivors: Vec<Proc> = procs.iter().copied().filter(|p| is_running(*p)).collect();
+    for proc in &survivors {
+        // SAFETY: kill(2) touches no memory of ours. The pid was checked against its start time just above, so
+        // it names the process we saw (a recycle in between is the only, tiny, risk).
+        unsafe { libc::kill(proc.pid, libc::SIGKILL) };
+    }
+    survivors
 }
 
 /// Live worker processes started for the supervisor `pid`, wherever they were reparented: processes run as
