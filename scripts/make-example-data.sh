@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Regenerates the text the example jobs read: examples/data/corpus.txt (about 300 KiB of English-like prose) and
+# the small files of examples/data/files/. The output is committed, so the examples run without this script; run
+# it only to change the data. It is deterministic: the words come from a fixed list, picked by a Park–Miller
+# generator with fixed seeds, in plain awk arithmetic that is exact in doubles (mawk and gawk agree), so the same
+# bytes come out on every machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+data=examples/data
+mkdir -p "$data/files"
+export LC_ALL=C
+
+# prose SEED MIN_BYTES: paragraphs of sentences, wrapped at 72 columns, until at least MIN_BYTES are written.
+prose() {
+    awk -v seed="$1" -v min_bytes="$2" '
+    function next_random() { state = (state * 16807) % 2147483647; return state }
+    function pick(n) { return next_random() % n }
+    function emit(word,    len) {
+        len = length(word)
+        if (column > 0 && column + 1 + len > 72) { printf "\n"; bytes += 1; column = 0 }
+        if (column > 0) { printf " "; bytes += 1; column += 1 }
+        printf "%s", word; bytes += len; column += len
+    }
+    BEGIN {
+        state = seed
+        n = split("the a ship sea whale captain crew harbour wind storm island night morning light river " \
+                  "stone road village market bread salt iron rope sail anchor map letter book lamp fire " \
+                  "winter summer rain cloud bird horse field garden door window tower bell clock mill " \
+                  "and but then while because although after before until when where so yet or " \
+                  "was were is had has will would could might must should saw heard found kept made " \
+                  "carried watched waited turned opened closed followed remembered answered called " \
+                  "old young long short dark bright cold warm quiet loud slow quick heavy empty full " \
+                  "of in on under over through across beside beyond toward from with without into " \
+                  "he she they we it his her their our its every each no some many few " \
+                  "error warning notice always never again already almost still only even once", words, " ")
+        paragraph_left = 3 + pick(6)
+        while (bytes < min_bytes || paragraph_left > 0) {
+            count = 5 + pick(12)
+            for (i = 1; i <= count; i++) {
+                word = words[1 + pick(n)]
+                if (i == 1) word = toupper(substr(word, 1, 1)) substr(word, 2)
+                if (i == count) word = word "."
+                else if (i > 2 && pick(9) == 0) word = word ","
+                emit(word)
+            }
+            if (--paragraph_left == 0) {
+                printf "\n"; bytes += 1; column = 0
+                if (bytes < min_bytes) { printf "\n"; bytes += 1; paragraph_left = 3 + pick(6) }
+            }
+        }
+    }'
+}
+
+prose 20240601 307200 >"$data/corpus.txt"
+
+# A handful of small files for the sha256 (glob) example: different seeds, different sizes.
+names=(anchor bell harbour lamp river)
+for i in "${!names[@]}"; do
+    prose $((1000 + i)) $((400 + 900 * i)) >"$data/files/${names[$i]}.txt"
+done
+
+echo "wrote $data/corpus.txt ($(wc -c <"$data/corpus.txt") bytes) and ${#names[@]} files in $data/files/"
