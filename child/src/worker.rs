@@ -7,7 +7,7 @@
 //! (a signal, `exit`, an allocation failure) is for the supervisor to notice and attribute.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipc_channel::IpcError;
@@ -86,10 +86,18 @@ pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
         Err(error) => return Err(WorkerError(format!("cannot receive Init: {error}"))),
     };
     send(&to_supervisor, FromWorker::Ready)?;
+    let outbox = Arc::new(Mutex::new(Outbox {
+        to: to_supervisor,
+        batch: 0,
+        first: 0,
+        outcomes: Vec::new(),
+        last_send: Instant::now(),
+    }));
+    start_flusher(Arc::clone(&outbox));
 
     loop {
         match from_supervisor.recv() {
-            Ok(ToWorker::Batch(batch)) => worker.run_batch(&batch, &to_supervisor)?,
+            Ok(ToWorker::Batch(batch)) => worker.run_batch(&batch, &outbox)?,
             Ok(ToWorker::Shutdown) | Err(IpcError::Disconnected) => return Ok(()),
             Ok(other @ ToWorker::Init { .. }) => {
                 return Err(WorkerError(format!("unexpected message after Init: {other:?}")));
@@ -130,6 +138,73 @@ fn die_with_parent(expected: Option<i32>) -> Result<(), WorkerError> {
         }
     }
     Ok(())
+}
+
+/// Results not sent yet, and the channel they go out on. Shared by the worker loop, which adds outcomes, and
+/// the flusher thread, which sends what is pending every [`RESULT_FLUSH_INTERVAL_MS`] even while a long item
+/// runs: finished results are never held back by the item after them.
+struct Outbox {
+    to: IpcSender<FromWorker>,
+    batch: u64,
+    /// Index of `outcomes[0]`.
+    first: u64,
+    outcomes: Vec<Outcome>,
+    last_send: Instant,
+}
+
+impl Outbox {
+    fn start(&mut self, batch: &Batch) {
+        self.batch = batch.id;
+        self.first = batch.first;
+    }
+
+    fn push(&mut self, outcome: Outcome) -> Result<(), WorkerError> {
+        self.outcomes.push(outcome);
+        if self.due() { self.flush() } else { Ok(()) }
+    }
+
+    fn due(&self) -> bool {
+        !self.outcomes.is_empty() && self.last_send.elapsed() >= Duration::from_millis(RESULT_FLUSH_INTERVAL_MS)
+    }
+
+    fn flush(&mut self) -> Result<(), WorkerError> {
+        if self.outcomes.is_empty() {
+            return Ok(());
+        }
+        let outcomes = std::mem::take(&mut self.outcomes);
+        let sent = outcomes.len() as u64;
+        send(
+            &self.to,
+            FromWorker::Results {
+                batch: self.batch,
+                first: self.first,
+                outcomes,
+            },
+        )?;
+        self.first += sent;
+        self.last_send = Instant::now();
+        Ok(())
+    }
+}
+
+fn lock(outbox: &Mutex<Outbox>) -> Result<std::sync::MutexGuard<'_, Outbox>, WorkerError> {
+    outbox
+        .lock()
+        .map_err(|_| WorkerError("result outbox poisoned".to_string()))
+}
+
+fn start_flusher(outbox: Arc<Mutex<Outbox>>) {
+    let interval = Duration::from_millis(RESULT_FLUSH_INTERVAL_MS);
+    // Without the thread, results are still sent after each item once due and at the end of each batch.
+    let _ = std::thread::Builder::new().name("flusher".into()).spawn(move || {
+        loop {
+            std::thread::sleep(interval);
+            let Ok(mut outbox) = outbox.lock() else { return };
+            if outbox.due() && outbox.flush().is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group; the supervisor decides when its workers
@@ -213,39 +288,13 @@ impl Worker {
         })
     }
 
-    fn run_batch(&mut self, batch: &Batch, out: &IpcSender<FromWorker>) -> Result<(), WorkerError> {
-        let flush_every = Duration::from_millis(RESULT_FLUSH_INTERVAL_MS);
-        let mut outcomes = Vec::new();
-        let mut first = batch.first;
-        let mut last_flush = Instant::now();
+    fn run_batch(&mut self, batch: &Batch, outbox: &Mutex<Outbox>) -> Result<(), WorkerError> {
+        lock(outbox)?.start(batch);
         for k in 0..batch.len() {
-            outcomes.push(self.run_item(batch, k));
-            if last_flush.elapsed() >= flush_every {
-                let done = std::mem::take(&mut outcomes);
-                let sent = done.len() as u64;
-                send(
-                    out,
-                    FromWorker::Results {
-                        batch: batch.id,
-                        first,
-                        outcomes: done,
-                    },
-                )?;
-                first += sent;
-                last_flush = Instant::now();
-            }
+            let outcome = self.run_item(batch, k);
+            lock(outbox)?.push(outcome)?;
         }
-        if !outcomes.is_empty() {
-            send(
-                out,
-                FromWorker::Results {
-                    batch: batch.id,
-                    first,
-                    outcomes,
-                },
-            )?;
-        }
-        Ok(())
+        lock(outbox)?.flush()
     }
 
     fn run_item(&mut self, batch: &Batch, k: u64) -> Outcome {

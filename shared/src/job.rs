@@ -60,6 +60,8 @@ pub struct JobSpec {
     /// `name`, or the job file's stem.
     pub name: String,
     pub input: InputSpec,
+    /// Where the input source (`range`, `file` or `glob`) is written, for errors found when listing it.
+    pub input_span: Range<usize>,
     pub task: TaskSpec,
     pub workers: WorkersSpec,
     pub supervise: SuperviseSpec,
@@ -408,6 +410,15 @@ impl JobSpec {
                 ));
             }
         }
+        let source_span = [
+            input.range.as_ref().map(Spanned::span),
+            input.file.as_ref().map(Spanned::span),
+            input.glob.as_ref().map(Spanned::span),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .unwrap_or(input_span);
         let input = if let Some(range) = input.range {
             let range_span = range.span();
             let range = range.into_inner();
@@ -594,6 +605,7 @@ impl JobSpec {
             path: path.to_path_buf(),
             name,
             input,
+            input_span: source_span,
             task,
             workers,
             supervise,

@@ -8,8 +8,9 @@
 //!    [`FromWorker::InitFailed`].
 //! 4. The supervisor sends [`ToWorker::Batch`]es (at most a few queued per worker). For each batch the worker sends
 //!    one or more [`FromWorker::Results`], each covering the next consecutive items of that batch, until every
-//!    item of the batch is answered. Partial results are flushed every [`RESULT_FLUSH_INTERVAL_MS`] so that a
-//!    worker which dies mid-batch has already reported what it finished.
+//!    item of the batch is answered. Finished results are sent at least every [`RESULT_FLUSH_INTERVAL_MS`], also
+//!    while a long item runs, so that a worker which dies or hangs mid-batch has already reported what it
+//!    finished (except what finished in the last interval).
 //! 5. [`ToWorker::Shutdown`] (or the channel closing) ends the worker, which exits 0.
 //!
 //! A worker that dies is noticed by the channel disconnecting and by `wait4`; the protocol itself has no

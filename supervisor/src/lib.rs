@@ -67,7 +67,7 @@ pub fn main() -> i32 {
             .and_then(|spec| Ok((run::starter(&spec)?, spec)))
             .and_then(|(starter, spec)| block_on(run::run(spec, args, starter))),
         Command::Replay { job, item } => run::load(&job, None).and_then(|spec| {
-            let items = block_on_value(plan::Items::list(&spec.input))??;
+            let items = block_on_value(plan::Items::list(&spec))??;
             run::replay(&spec, &items, item)
         }),
     };

@@ -78,14 +78,21 @@ pub fn check_task(spec: &JobSpec) -> Result<&'static TaskInfo, Error> {
 }
 
 impl Items {
-    /// Lists the items of `input`.
-    pub async fn list(input: &InputSpec) -> Result<Items, Error> {
-        let input = input.clone();
-        tokio::task::spawn_blocking(move || Items::list_blocking(&input))
+    /// Lists the items of the job's input. A glob that matches nothing or is malformed is reported at its place
+    /// in the job file.
+    pub async fn list(spec: &JobSpec) -> Result<Items, Error> {
+        let input = spec.input.clone();
+        let listed = tokio::task::spawn_blocking(move || Items::list_blocking(&input))
             .await
             .map_err(|join| Error::Internal {
                 message: format!("listing input failed: {join}"),
-            })?
+            })?;
+        listed.map_err(|error| match error {
+            Error::GlobNoMatch { .. } | Error::GlobInvalid { .. } => {
+                spec.error_at(spec.input_span.clone(), &error.to_string()).into()
+            }
+            other => other,
+        })
     }
 
     fn list_blocking(input: &InputSpec) -> Result<Items, Error> {

@@ -54,7 +54,7 @@ pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
 }
 
 pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, Error> {
-    let items = Arc::new(Items::list(&spec.input).await?);
+    let items = Arc::new(Items::list(&spec).await?);
     let writer = match &spec.output.results {
         Some(path) => Some(ResultsWriter::create(path.clone(), spec.output.order).await?),
         None => None,
@@ -101,7 +101,7 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
 
 pub async fn check(job: &Path) -> Result<i32, Error> {
     let spec = load(job, None)?;
-    let items = Items::list(&spec.input).await?;
+    let items = Items::list(&spec).await?;
     println!(
         "{}: ok — {} items of {}, task `{}`, {} workers, results {}",
         spec.path.display(),

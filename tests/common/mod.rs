@@ -57,12 +57,8 @@ impl Ran {
 
     /// The `--json` summary printed on stdout.
     pub fn summary(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout().trim()).unwrap_or_else(|error| {
-            panic!(
-                "stdout is not one JSON object ({error})\n{}",
-                self.context()
-            )
-        })
+        serde_json::from_str(self.stdout().trim())
+            .unwrap_or_else(|error| panic!("stdout is not one JSON object ({error})\n{}", self.context()))
     }
 }
 
@@ -73,10 +69,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<_> = args
-        .into_iter()
-        .map(|a| a.as_ref().to_os_string())
-        .collect();
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
     let command = command_line(SUPERVISOR, &args, cwd);
     let output = Command::new(SUPERVISOR)
         .args(&args)
@@ -212,10 +205,7 @@ impl Background {
         let deadline = Instant::now() + limit;
         while !self.has_exited() {
             if Instant::now() > deadline {
-                panic!(
-                    "supervisor did not exit within {limit:?}\n{}",
-                    self.context()
-                );
+                panic!("supervisor did not exit within {limit:?}\n{}", self.context());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -328,8 +318,7 @@ impl InputDesc {
 
 /// Every line of the results file, each parsed as a [`Record`]; panics naming the first line that is not one.
 pub fn read_records<V: DeserializeOwned>(path: &Path) -> Vec<Record<V>> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|error| panic!("read results {}: {error}", path.display()));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read results {}: {error}", path.display()));
     assert!(
         text.is_empty() || text.ends_with('\n'),
         "{}: last line is not terminated",
@@ -338,13 +327,8 @@ pub fn read_records<V: DeserializeOwned>(path: &Path) -> Vec<Record<V>> {
     text.lines()
         .enumerate()
         .map(|(n, line)| {
-            serde_json::from_str(line).unwrap_or_else(|error| {
-                panic!(
-                    "{}:{}: not a valid record ({error}): {line}",
-                    path.display(),
-                    n + 1
-                )
-            })
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("{}:{}: not a valid record ({error}): {line}", path.display(), n + 1))
         })
         .collect()
 }
@@ -358,10 +342,7 @@ pub fn complete_lines(path: &Path) -> usize {
 /// exactly, without going through a float).
 pub fn raw_number<'a>(json: &'a str, key: &str) -> &'a str {
     let needle = format!("\"{key}\":");
-    let at = json
-        .find(&needle)
-        .unwrap_or_else(|| panic!("no {needle} in {json}"))
-        + needle.len();
+    let at = json.find(&needle).unwrap_or_else(|| panic!("no {needle} in {json}")) + needle.len();
     let rest = &json[at..];
     let end = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '-' || c == '.' || c == 'e' || c == 'E'))
@@ -636,9 +617,7 @@ pub fn workers_claiming(pid: i32) -> Vec<Proc> {
                 return None;
             }
             let environ = std::fs::read(format!("/proc/{candidate}/environ")).ok()?;
-            let claims = environ
-                .split(|&b| b == 0)
-                .any(|entry| entry == marker.as_bytes());
+            let claims = environ.split(|&b| b == 0).any(|entry| entry == marker.as_bytes());
             let (state, _, start_time) = stat(candidate)?;
             (claims && state != 'Z' && state != 'X').then_some(Proc {
                 pid: candidate,

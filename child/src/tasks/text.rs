@@ -95,10 +95,11 @@ impl Task for Grep {
 
 /// Lines (split on `\n`; a last line without a newline counts) on which `regex` matches.
 fn count_matching_lines(regex: &Regex, data: &[u8]) -> usize {
-    let data = data.strip_suffix(b"\n").unwrap_or(data);
+    // No bytes is no lines; "\n" is one empty line (which `^$` matches), so check before stripping.
     if data.is_empty() {
         return 0;
     }
+    let data = data.strip_suffix(b"\n").unwrap_or(data);
     data.split(|&b| b == b'\n').filter(|line| regex.is_match(line)).count()
 }
 
@@ -135,6 +136,10 @@ mod tests {
         assert_eq!(count_matching_lines(&regex, b"abb\nxx\nab\n"), 2);
         assert_eq!(count_matching_lines(&regex, b"abb\nxx\nab"), 2);
         assert_eq!(count_matching_lines(&regex, b""), 0);
+        // Regression: a chunk that is exactly one empty line was counted as no lines.
+        let empty = Regex::new("^$").expect("valid");
+        assert_eq!(count_matching_lines(&empty, b"\n"), 1);
+        assert_eq!(count_matching_lines(&empty, b"a\n\nb\n"), 1);
         let anchored = Regex::new("^x$").expect("valid");
         assert_eq!(count_matching_lines(&anchored, b"x\nxx\nx\n"), 2);
     }
