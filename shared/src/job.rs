@@ -1,7 +1,7 @@
 //! The job file: its schema, and its validation into a resolved [`JobSpec`].
 //!
 //! Parsing happens in two steps. First the TOML is read into a raw mirror (`Raw*` types: every table denies
-//! unknown keys, values that need checking keep their [`toml::Spanned`] location). Then [`JobSpec::from_raw`]
+//! unknown keys, values that need checking keep their [`toml::Spanned`] location). Then `JobSpec::from_raw`
 //! checks the cross-field rules, parses sizes and counts, and resolves relative paths against the job file's
 //! folder. Every error names the file, line and column, and what was expected.
 //!

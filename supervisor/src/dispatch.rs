@@ -273,7 +273,8 @@ pub async fn run(
         message: format!("cannot listen for signals: {error}"),
     })?;
     let total = items.len();
-    let target_workers = config.workers.min(usize::try_from(total).unwrap_or(usize::MAX)).max(1);
+    // No more workers than items: an empty job starts none.
+    let target_workers = config.workers.min(usize::try_from(total).unwrap_or(usize::MAX));
     let sizer = BatchSizer::new(config.batch, items.batch_cap());
     let timeout_check = config
         .timeout
@@ -556,10 +557,11 @@ impl Dispatcher {
                         protocol_error: worker.protocol_error.as_deref(),
                         stderr_tail: &stderr_tail,
                     };
-                    let elapsed_ms = match running {
-                        Some(s) => monotonic_ns().saturating_sub(s.started_ns) as f64 / 1e6,
-                        None => flight.dispatched.elapsed().as_secs_f64() * 1000.0,
+                    let elapsed_us = match running {
+                        Some(s) => monotonic_ns().saturating_sub(s.started_ns) / 1000,
+                        None => flight.dispatched.elapsed().as_micros() as u64,
                     };
+                    let elapsed_ms = elapsed_us as f64 / 1000.0;
                     self.item_failed(item, crash_failure(death), worker.pid, elapsed_ms);
                     // Items before the culprit finished but their results were not sent yet; items after it never
                     // started. Both run again, uncharged.

@@ -26,7 +26,7 @@ const ALLOCATION_FAILED: &str = "memory allocation of";
 /// Lines of stderr kept in a failure record.
 const STDERR_LINES: usize = 10;
 
-/// The last [`STDERR_LINES`] lines of `text`.
+/// The last ten lines of `text`.
 pub fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
     lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n")

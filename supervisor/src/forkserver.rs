@@ -4,7 +4,7 @@
 //! binary. The fork server is forked from the supervisor at start-up, *before* the async runtime or any other
 //! thread exists (a fork of a multi-threaded process can deadlock the child), and stays single-threaded.
 //!
-//! It talks to the supervisor over a `SOCK_SEQPACKET` pair with postcard messages. For each [`Request`] it
+//! It talks to the supervisor over a `SOCK_SEQPACKET` pair with postcard messages. For each request it
 //! creates a stderr pipe, forks, and the child becomes a worker (connecting to the named bootstrap server like
 //! an exec'ed one); the reply carries the pid and, with `SCM_RIGHTS`, the read end of the worker's stderr.
 //! Workers are the fork server's children, so it reaps them (it polls a pidfd per worker) and reports each

@@ -74,10 +74,16 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error}");
+            let mut printed = error.to_string();
+            eprintln!("error: {printed}");
+            // Messages usually name their cause already; print only the causes they do not.
             let mut source = std::error::Error::source(&error);
             while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !printed.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    printed.push_str(&text);
+                }
                 source = cause.source();
             }
             error.exit_code()

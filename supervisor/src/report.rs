@@ -201,7 +201,7 @@ impl Summary {
     pub fn print_human(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(
             out,
-            "{}: {} items, {} ok, {} failed{} in {:.2}s ({:.0} items/s) on {} workers",
+            "{}: {} items, {} ok, {} failed{} in {:.2}s ({:.0} items/s) on {} worker{}",
             self.job,
             self.items,
             self.ok,
@@ -214,6 +214,7 @@ impl Summary {
             self.wall_s,
             self.items_per_s,
             self.workers,
+            if self.workers == 1 { "" } else { "s" },
         )?;
         if let Some(reason) = &self.stopped {
             writeln!(out, "{reason}: {} items were not run", self.not_run)?;
