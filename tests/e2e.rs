@@ -876,14 +876,15 @@ fn slow_job(dir: &Path) -> std::path::PathBuf {
     )
 }
 
-/// Starts the slow job and waits until its results file has lines (the run is under way) and both workers exist.
+/// Starts the slow job and waits until its journal holds records (the run is under way) and both workers exist.
+/// (While a job runs its records go to the journal; the results file is written from it at the end.)
 fn start_slow_job(dir: &Path) -> Background {
     let job = slow_job(dir);
     let mut supervisor = Background::start(dir, &["run", path_str(&job), "--workers", WORKERS]);
-    let results = dir.join("slow.jsonl");
+    let journal = dir.join("slow.jsonl.journal");
     let pid = supervisor.pid();
     let under_way = wait_until(Duration::from_secs(30), || {
-        supervisor.has_exited() || (complete_lines(&results) > 0 && children_of(pid).len() >= 2)
+        supervisor.has_exited() || (complete_lines(&journal) > 1 && children_of(pid).len() >= 2)
     });
     assert!(under_way && !supervisor.has_exited(), "the run did not get under way");
     supervisor

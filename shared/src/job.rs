@@ -614,6 +614,11 @@ impl JobSpec {
         })
     }
 
+    /// The job file's text, as read.
+    pub fn source_text(&self) -> &str {
+        &self.source
+    }
+
     /// An error located at `span` of this job file (for checks made after loading, such as task arguments).
     pub fn error_at(&self, span: Range<usize>, message: &str) -> JobError {
         located(&self.path, &self.source, span, message)

@@ -55,4 +55,16 @@ pub struct RunArgs {
     /// No progress output on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Continue an interrupted run: skip every item its journal recorded, run the rest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Like --resume, and also run again the items that ended `failed`.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Start over even though a journal of an earlier run exists (it is discarded).
+    #[arg(long, conflicts_with_all = ["resume", "retry_failed"])]
+    pub force: bool,
+    /// Keep the journal after a complete run (it is removed by default once the results file is written).
+    #[arg(long)]
+    pub keep_journal: bool,
 }

@@ -42,11 +42,12 @@ use tokio::time::{Instant as TokioInstant, sleep_until};
 use crate::batching::BatchSizer;
 use crate::error::Error;
 use crate::failure::{Death, crash_failure, describe_exit};
+use crate::journal::{Done, JournalWriter};
 use crate::linux::{ExitInfo, Pidfd};
 use crate::plan::Items;
 use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, WorkerSender, message_name};
 use crate::report::Progress;
-use crate::results::{Failure, FailureKind, Record, Reducer, ResultsWriter, Status};
+use crate::results::{Failure, FailureKind, Record, Reducer, Status};
 use crate::signal::{Escalation, StopAction, StopSignal};
 
 /// Batches queued per worker: one running, one waiting.
@@ -138,6 +139,8 @@ pub struct RunOutcome {
     pub batches: u64,
     /// Runs charged to items beyond their first.
     pub retries: u64,
+    /// Items recorded by an earlier run and skipped (`--resume`).
+    pub resumed: u64,
 }
 
 /// One worker's lifecycle. `Busy` is `Ready` with batches queued.
@@ -223,6 +226,8 @@ struct Dispatcher {
 
     /// Next item never handed out.
     next_item: u64,
+    /// Items recorded by an earlier run (`--resume`), never handed out.
+    done_before: Vec<bool>,
     /// Spans `(first, len)` to hand out again before new items (work of a dead worker it never finished).
     requeued: VecDeque<(u64, u64)>,
     /// Items to run alone to find which one kills its worker.
@@ -235,6 +240,7 @@ struct Dispatcher {
     next_batch_id: u64,
     sizer: BatchSizer,
 
+    resumed: u64,
     recorded: u64,
     ok: u64,
     failed: u64,
@@ -242,7 +248,7 @@ struct Dispatcher {
     reducer: Reducer,
     failures: Vec<(u64, Failure)>,
     pending_records: Vec<Record>,
-    writer: Option<ResultsWriter>,
+    writer: Option<JournalWriter>,
     progress: Progress,
     pids_with_results: Vec<u32>,
     first_result: Option<Duration>,
@@ -259,10 +265,14 @@ pub async fn run(
     items: Arc<Items>,
     starter: Starter,
     config: DispatchConfig,
-    reducer: Reducer,
-    writer: Option<ResultsWriter>,
+    mut reducer: Reducer,
+    writer: Option<JournalWriter>,
     progress: Progress,
+    prior: Done,
 ) -> Result<RunOutcome, Error> {
+    for value in &prior.values {
+        reducer.add(value);
+    }
     let (events_sender, mut events) = mpsc::channel(1024);
     let counter = Arc::new(IpcCounter::default());
     let launcher =
@@ -293,6 +303,7 @@ pub async fn run(
         deaths: VecDeque::new(),
         worker_stats: Vec::new(),
         next_item: 0,
+        done_before: prior.done,
         requeued: VecDeque::new(),
         suspects: VecDeque::new(),
         retry_at: Vec::new(),
@@ -300,12 +311,13 @@ pub async fn run(
         batches: HashMap::new(),
         next_batch_id: 0,
         sizer,
-        recorded: 0,
-        ok: 0,
-        failed: 0,
+        resumed: prior.ok + prior.failed,
+        recorded: prior.ok + prior.failed,
+        ok: prior.ok,
+        failed: prior.failed,
         retries: 0,
         reducer,
-        failures: Vec::new(),
+        failures: prior.failures.into_iter().take(FAILURES_SHOWN).collect(),
         pending_records: Vec::new(),
         writer,
         progress,
@@ -674,12 +686,21 @@ impl Dispatcher {
                         self.requeued.pop_front();
                     }
                     span
-                } else if self.next_item < self.total {
-                    let span = (self.next_item, size, false);
-                    self.next_item += size;
-                    span
                 } else {
-                    return;
+                    // Fresh items, skipping those an earlier run recorded: a batch is a run of consecutive items.
+                    while self.next_item < self.total && self.is_done_before(self.next_item) {
+                        self.next_item += 1;
+                    }
+                    if self.next_item >= self.total {
+                        return;
+                    }
+                    let first = self.next_item;
+                    let mut end = first + 1;
+                    while end < self.total && end - first < size && !self.is_done_before(end) {
+                        end += 1;
+                    }
+                    self.next_item = end;
+                    (first, end - first, false)
                 }
             };
             self.send_batch(id, first, len, isolated);
@@ -727,6 +748,9 @@ impl Dispatcher {
     fn replenish(&mut self) {
         if self.is_stopping() {
             return;
+        }
+        while self.next_item < self.total && self.is_done_before(self.next_item) {
+            self.next_item += 1;
         }
         let work_left = self.next_item < self.total
             || !self.requeued.is_empty()
@@ -842,6 +866,10 @@ impl Dispatcher {
             worker.state = WorkerState::Stopping;
             worker.kill();
         }
+    }
+
+    fn is_done_before(&self, item: u64) -> bool {
+        self.done_before.get(item as usize).copied().unwrap_or(false)
     }
 
     fn is_stopping(&self) -> bool {
@@ -974,6 +1002,7 @@ impl Dispatcher {
             worker_stats: self.worker_stats,
             batches: self.next_batch_id,
             retries: self.retries,
+            resumed: self.resumed,
         })
     }
 }

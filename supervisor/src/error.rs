@@ -25,6 +25,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use the journal {path}: {source}")]
+    Journal {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot resume from {path}: {reason}")]
+    JournalInvalid { path: PathBuf, reason: String },
+    #[error(
+        "cannot resume from {path}: {changes} since the journal began (run without --resume and with --force to start over)"
+    )]
+    JournalMismatch { path: PathBuf, changes: String },
+    #[error(
+        "a journal from an earlier run of this job exists at {path}: pass --resume to continue it, or --force to start over"
+    )]
+    JournalExists { path: PathBuf },
+    #[error("--resume needs a results file: set [output] results or pass --results")]
+    ResumeWithoutResults,
     #[error("workers cannot start: {reason}")]
     WorkersCannotStart { reason: String },
     #[error("item {item} is out of range: the job has {items} items")]
@@ -41,8 +59,15 @@ impl Error {
             | Error::GlobNoMatch { .. }
             | Error::GlobInvalid { .. }
             | Error::InputUnreadable { .. }
-            | Error::ItemOutOfRange { .. } => exit::USAGE,
-            Error::Results { .. } | Error::WorkersCannotStart { .. } | Error::Internal { .. } => exit::INTERNAL,
+            | Error::ItemOutOfRange { .. }
+            | Error::JournalInvalid { .. }
+            | Error::JournalMismatch { .. }
+            | Error::JournalExists { .. }
+            | Error::ResumeWithoutResults => exit::USAGE,
+            Error::Results { .. }
+            | Error::Journal { .. }
+            | Error::WorkersCannotStart { .. }
+            | Error::Internal { .. } => exit::INTERNAL,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod dispatch;
 pub mod error;
 pub mod failure;
 pub mod forkserver;
+pub mod journal;
 pub mod linux;
 pub mod plan;
 pub mod pool;

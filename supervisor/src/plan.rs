@@ -157,6 +157,14 @@ impl Items {
         }
     }
 
+    /// The files of a glob input (empty for other inputs).
+    pub fn files(&self) -> &[PathBuf] {
+        match self {
+            Items::Files(files) => files,
+            Items::Range { .. } | Items::Chunks { .. } => &[],
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -123,6 +123,10 @@ pub struct Summary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reduce_error: Option<String>,
     pub results: Option<PathBuf>,
+    /// The journal, when it was kept (the run was stopped, or `--keep-journal`).
+    pub journal: Option<PathBuf>,
+    /// Items recorded by an earlier run and skipped (`--resume`).
+    pub resumed: u64,
     /// CPU time (user + system) of all workers.
     pub worker_cpu_s: f64,
     /// Largest peak RSS of any one worker.
@@ -157,6 +161,7 @@ impl Summary {
     pub fn new(job: String, results: Option<PathBuf>, outcome: RunOutcome) -> Summary {
         let wall_s = outcome.wall.as_secs_f64();
         let done = outcome.ok + outcome.failed;
+        let done_now = done - outcome.resumed;
         Summary {
             job,
             items: outcome.items,
@@ -167,7 +172,7 @@ impl Summary {
             workers_started: outcome.workers_started,
             worker_pids: outcome.worker_pids,
             wall_s,
-            items_per_s: done as f64 / wall_s.max(1e-9),
+            items_per_s: done_now as f64 / wall_s.max(1e-9),
             first_result_s: outcome.first_result.map(|d| d.as_secs_f64()),
             ipc_bytes: outcome.ipc_bytes,
             ipc_messages: outcome.ipc_messages,
@@ -176,6 +181,8 @@ impl Summary {
             reduced: outcome.reducer.value(),
             reduce_error: outcome.reducer.problem.clone(),
             results,
+            journal: None,
+            resumed: outcome.resumed,
             worker_cpu_s: outcome.worker_stats.iter().map(|w| w.cpu_s).sum(),
             worker_max_rss_bytes: outcome.worker_stats.iter().map(|w| w.max_rss_bytes).max().unwrap_or(0),
             worker_stats: outcome.worker_stats,
@@ -230,8 +237,19 @@ impl Summary {
             }
             (None, None) => {}
         }
+        if self.resumed > 0 {
+            writeln!(out, "resumed: {} items were recorded by an earlier run", self.resumed)?;
+        }
         if let Some(path) = &self.results {
             writeln!(out, "results: {}", path.display())?;
+        }
+        if let Some(path) = &self.journal {
+            let hint = if self.not_run > 0 {
+                " (run again with --resume to finish)"
+            } else {
+                ""
+            };
+            writeln!(out, "journal: kept at {}{hint}", path.display())?;
         }
         writeln!(
             out,

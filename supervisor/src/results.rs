@@ -39,7 +39,7 @@ pub struct Record {
     pub input: InputDesc,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
@@ -47,7 +47,7 @@ pub enum Status {
 }
 
 /// Why an item failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
@@ -62,7 +62,7 @@ pub struct Failure {
     pub stderr: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureKind {
     /// The worker was killed by a signal while running this item.

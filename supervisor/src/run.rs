@@ -5,17 +5,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use shared::exit;
-use shared::job::{BatchSize, JobSpec, StartMethod, WorkerCount};
+use shared::job::{BatchSize, InputSpec, JobSpec, StartMethod, WorkerCount};
 use shared::protocol::{TaskErrorKind, WorkerLimits};
 
 use crate::cli::RunArgs;
 use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
 use crate::forkserver::ForkServer;
+use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path};
 use crate::plan::{self, Items};
 use crate::pool::Starter;
 use crate::report::{Progress, Summary};
-use crate::results::{Reducer, ResultsWriter};
+use crate::results::Reducer;
 
 /// Loads a job file, applies the command-line overrides of `run`, and checks its task.
 pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
@@ -55,9 +56,36 @@ pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
 
 pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, Error> {
     let items = Arc::new(Items::list(&spec).await?);
-    let writer = match &spec.output.results {
-        Some(path) => Some(ResultsWriter::create(path.clone(), spec.output.order).await?),
-        None => None,
+    let resume = args.resume || args.retry_failed;
+    let (writer, prior) = match &spec.output.results {
+        None if resume => return Err(Error::ResumeWithoutResults),
+        None => (None, Done::default()),
+        Some(results) => {
+            let path = journal_path(results);
+            let fingerprint = fingerprint(&spec, &items)?;
+            let recovered = if resume && path.exists() {
+                let journal = Journal::recover(&path, &fingerprint)?;
+                for dropped in &journal.dropped {
+                    eprintln!("journal {}: dropped {dropped}", path.display());
+                }
+                Some(journal)
+            } else if resume {
+                eprintln!("no journal at {}: starting from the beginning", path.display());
+                None
+            } else if path.exists() && !args.force {
+                return Err(Error::JournalExists { path });
+            } else {
+                None
+            };
+            let prior = recovered
+                .as_ref()
+                .map(|j| j.done(items.len(), args.retry_failed))
+                .unwrap_or_default();
+            (
+                Some(JournalWriter::create(&path, &fingerprint, recovered.as_ref())?),
+                prior,
+            )
+        }
     };
     let config = DispatchConfig {
         workers: spec.workers.count.resolve(),
@@ -80,14 +108,34 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     };
     let progress = Progress::new(items.len(), args.quiet);
     let reducer = Reducer::new(spec.output.reduce);
-    let outcome = dispatch::run(items, starter, config, reducer, writer, progress).await?;
+    let outcome = dispatch::run(Arc::clone(&items), starter, config, reducer, writer, progress, prior).await?;
+    let mut journal_kept = None;
+    if let Some(results) = &spec.output.results {
+        let journal = journal_path(results);
+        let (from, to, order, count) = (journal.clone(), results.clone(), spec.output.order, items.len());
+        tokio::task::spawn_blocking(move || journal::finalize(&from, &to, order, count))
+            .await
+            .map_err(|join| Error::Internal {
+                message: format!("writing results failed: {join}"),
+            })??;
+        let complete = outcome.ok + outcome.failed == outcome.items;
+        if complete && !args.keep_journal {
+            std::fs::remove_file(&journal).map_err(|source| Error::Journal {
+                path: journal.clone(),
+                source,
+            })?;
+        } else {
+            journal_kept = Some(journal);
+        }
+    }
     let code = match outcome.stopped {
         Some(StopReason::Signal(signal)) => signal.exit_code(),
         Some(_) => exit::ITEMS_FAILED,
         None if outcome.failed > 0 => exit::ITEMS_FAILED,
         None => exit::OK,
     };
-    let summary = Summary::new(spec.name.clone(), spec.output.results.clone(), outcome);
+    let mut summary = Summary::new(spec.name.clone(), spec.output.results.clone(), outcome);
+    summary.journal = journal_kept;
     let mut out = std::io::stdout().lock();
     let printed = if args.json {
         summary.print_json(&mut out)
@@ -97,6 +145,50 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     // A closed stdout (e.g. piped into `head`) must not turn a finished job into a failure.
     let _ = printed.and_then(|()| out.flush());
     Ok(code)
+}
+
+/// What a journal must agree with to be resumed: the job file, the task, and the input as it is now.
+fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
+    use sha2::{Digest, Sha256};
+    let hex = |digest: &[u8]| digest.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let stat = |path: &Path| -> Result<(u64, u128), Error> {
+        let meta = std::fs::metadata(path).map_err(|source| Error::InputUnreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        Ok((meta.len(), modified.map_or(0, |d| d.as_nanos())))
+    };
+    let input = match &spec.input {
+        InputSpec::Range { start, end, chunk } => format!("range {start}..{end} by {chunk}"),
+        InputSpec::File { path, .. } => {
+            let (size, modified) = stat(path)?;
+            format!("file {} of {size} bytes modified at {modified} ns", path.display())
+        }
+        InputSpec::Glob { pattern } => {
+            let mut listing = Sha256::new();
+            for path in items.files() {
+                let (size, modified) = stat(path)?;
+                listing.update(format!("{}\0{size}\0{modified}\n", path.display()).as_bytes());
+            }
+            let digest = hex(&listing.finalize());
+            format!(
+                "glob {pattern} matching {} files (sizes and times digest {})",
+                items.len(),
+                &digest[..16]
+            )
+        }
+    };
+    Ok(Fingerprint {
+        job_sha256: hex(&Sha256::digest(spec.source_text().as_bytes())),
+        task: spec.task.builtin.clone(),
+        args: spec.task.args.to_string(),
+        input,
+        items: items.len(),
+    })
 }
 
 pub async fn check(job: &Path) -> Result<i32, Error> {

@@ -1,0 +1,584 @@
+//! The journal: durable results while a job runs, and `--resume` after the supervisor dies.
+//!
+//! ## Format (version 1)
+//! `<results>.journal` is a text file of JSON lines. The first line is a header,
+//! `{"journal":1,"fingerprint":{…}}`; every other line is one final record, exactly as it will appear in the
+//! results file, in the order items finished. Records are appended in the groups the dispatcher produces
+//! (one `write` each), and the file is fsync'ed at least every [`SYNC_INTERVAL`] and at the end. If an item has
+//! several lines (only with `--retry-failed`), the last one counts.
+//!
+//! ## Recovery
+//! [`Journal::recover`] reads a journal back: a last line without its newline (the process died mid-write) and
+//! any line that is not a record of this job are dropped and reported, never misread. The fingerprint — job
+//! file digest, task and args, and the input's size and modification time — must match, or resume is refused
+//! with a message naming what changed. The surviving lines are rewritten into a fresh journal (atomically) that
+//! the resumed run appends to.
+//!
+//! ## The results file
+//! At the end, [`finalize`] derives the results file from the journal — sorted by item for `order = "input"`,
+//! as finished for `"completion"` — writes it to a temporary file in the same folder, fsyncs it, and renames it
+//! into place. Only then is the journal removed (kept when items are missing, or with `--keep-journal`).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use shared::item::Value;
+use shared::job::Order;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::error::Error;
+use crate::results::{Failure, Record, Status};
+
+/// Version of the journal format; a journal of another version is refused.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// Longest time between two fsyncs of the journal while records are being written.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The journal of a results file: `results.jsonl` → `results.jsonl.journal`.
+pub fn journal_path(results: &Path) -> PathBuf {
+    let mut name = results.as_os_str().to_owned();
+    name.push(".journal");
+    PathBuf::from(name)
+}
+
+/// What must not change between a run and its resumption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// SHA-256 of the job file's text.
+    pub job_sha256: String,
+    pub task: String,
+    /// The task's args, as JSON.
+    pub args: String,
+    /// The input: its kind, bounds or paths, sizes and modification times (a digest for globs).
+    pub input: String,
+    pub items: u64,
+}
+
+impl Fingerprint {
+    /// What changed from `self` (the journal's) to `now`, in words; empty when nothing did.
+    pub fn changes(&self, now: &Fingerprint) -> Vec<String> {
+        let mut changes = Vec::new();
+        if self.job_sha256 != now.job_sha256 {
+            changes.push("the job file changed".to_string());
+        }
+        if self.task != now.task || self.args != now.args {
+            changes.push(format!(
+                "the task changed: was `{} {}`, now `{} {}`",
+                self.task, self.args, now.task, now.args
+            ));
+        }
+        if self.input != now.input {
+            changes.push(format!("the input changed: was {}, now {}", self.input, now.input));
+        }
+        if self.items != now.items {
+            changes.push(format!(
+                "the number of items changed: was {}, now {}",
+                self.items, now.items
+            ));
+        }
+        changes
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    journal: u32,
+    fingerprint: Fingerprint,
+}
+
+/// The part of a journal line that recovery reads.
+#[derive(Deserialize)]
+struct Line<'a> {
+    item: u64,
+    status: Status,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    error: Option<Failure>,
+}
+
+/// What a journal says was done.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// For each item, whether it has a record (and needs no run).
+    pub done: Vec<bool>,
+    pub ok: u64,
+    pub failed: u64,
+    /// Values of the ok items, for the reduction.
+    pub values: Vec<Value>,
+    /// Failed items with their failure, in item order.
+    pub failures: Vec<(u64, Failure)>,
+}
+
+/// A journal read back by [`Journal::recover`].
+#[derive(Debug)]
+pub struct Journal {
+    /// Valid lines (each with its newline), in file order.
+    lines: Vec<Vec<u8>>,
+    /// What was dropped and why, for the user.
+    pub dropped: Vec<String>,
+}
+
+impl Journal {
+    /// Reads the journal at `path` and checks it belongs to this job.
+    pub fn recover(path: &Path, expected: &Fingerprint) -> Result<Journal, Error> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Journal {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |reason: String| Error::JournalInvalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let header_end = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| invalid("it has no header".into()))?;
+        let header: Header = serde_json::from_slice(&bytes[..header_end])
+            .map_err(|error| invalid(format!("its header is not a journal header: {error}")))?;
+        if header.journal != JOURNAL_VERSION {
+            return Err(invalid(format!(
+                "it is format version {}, this supervisor reads version {JOURNAL_VERSION}",
+                header.journal
+            )));
+        }
+        let changes = header.fingerprint.changes(expected);
+        if !changes.is_empty() {
+            return Err(Error::JournalMismatch {
+                path: path.to_path_buf(),
+                changes: changes.join("; "),
+            });
+        }
+        let mut lines = Vec::new();
+        let mut dropped = Vec::new();
+        let mut rest = &bytes[header_end + 1..];
+        let mut number = 1;
+        while !rest.is_empty() {
+            number += 1;
+            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+                dropped.push(format!(
+                    "line {number}: a torn last record of {} bytes (no newline)",
+                    rest.len()
+                ));
+                break;
+            };
+            let line = &rest[..end];
+            match serde_json::from_slice::<Line<'_>>(line) {
+                Ok(parsed) if parsed.item < expected.items => lines.push(rest[..=end].to_vec()),
+                Ok(parsed) => dropped.push(format!(
+                    "line {number}: item {} is beyond the job's {} items",
+                    parsed.item, expected.items
+                )),
+                Err(error) => dropped.push(format!("line {number}: not a record ({error})")),
+            }
+            rest = &rest[end + 1..];
+        }
+        Ok(Journal { lines, dropped })
+    }
+
+    /// The items the journal records. With `retry_failed`, failed items do not count as done.
+    pub fn done(&self, items: u64, retry_failed: bool) -> Done {
+        let mut last: Vec<Option<usize>> = vec![None; items as usize];
+        for (index, line) in self.lines.iter().enumerate() {
+            if let Ok(parsed) = serde_json::from_slice::<Line<'_>>(line) {
+                last[parsed.item as usize] = Some(index);
+            }
+        }
+        let mut done = Done {
+            done: vec![false; items as usize],
+            ..Done::default()
+        };
+        for (item, index) in last.iter().enumerate() {
+            let Some(index) = index else { continue };
+            let Ok(line) = serde_json::from_slice::<Line<'_>>(&self.lines[*index]) else {
+                continue;
+            };
+            match line.status {
+                Status::Ok => {
+                    done.done[item] = true;
+                    done.ok += 1;
+                    if let Some(value) = line.value {
+                        done.values.push(value_from_json(value.get()));
+                    }
+                }
+                Status::Failed if !retry_failed => {
+                    done.done[item] = true;
+                    done.failed += 1;
+                    if let Some(error) = line.error {
+                        done.failures.push((item as u64, error));
+                    }
+                }
+                Status::Failed => {}
+            }
+        }
+        done
+    }
+}
+
+/// A result value read back from JSON, exactly for integers of any size (which `serde_json::Value` would turn
+/// into lossy floats beyond 64 bits).
+pub fn value_from_json(text: &str) -> Value {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<u128>() {
+        return Value::UInt(n);
+    }
+    if let Ok(n) = text.parse::<i128>() {
+        return Value::Int(n);
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => from_json_value(value),
+        Err(_) => Value::Null,
+    }
+}
+
+fn from_json_value(value: serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => Value::UInt(u128::from(u)),
+            (None, Some(i), _) => Value::Int(i128::from(i)),
+            (_, _, Some(f)) => Value::Float(f),
+            _ => Value::Null,
+        },
+        serde_json::Value::String(s) => Value::Text(s),
+        serde_json::Value::Array(items) => Value::List(items.into_iter().map(from_json_value).collect()),
+        serde_json::Value::Object(map) => Value::Map(map.into_iter().map(|(k, v)| (k, from_json_value(v))).collect()),
+    }
+}
+
+/// Appends records to the journal from an async task (fsyncs go to the blocking pool).
+#[derive(Debug)]
+pub struct JournalWriter {
+    sender: mpsc::Sender<Vec<Record>>,
+    task: JoinHandle<Result<(), Error>>,
+    path: PathBuf,
+}
+
+impl JournalWriter {
+    /// Starts a journal at `path`: a fresh one (header only) or, when resuming, the recovered lines. The file is
+    /// first written beside its final name and renamed, so a journal on disk is always well-formed up to its
+    /// last line.
+    pub fn create(path: &Path, fingerprint: &Fingerprint, recovered: Option<&Journal>) -> Result<JournalWriter, Error> {
+        let io = |source| Error::Journal {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let temp = temp_beside(path);
+        let mut out = BufWriter::new(File::create(&temp).map_err(io)?);
+        let header = Header {
+            journal: JOURNAL_VERSION,
+            fingerprint: fingerprint.clone(),
+        };
+        serde_json::to_writer(&mut out, &header).map_err(|error| io(error.into()))?;
+        out.write_all(b"\n").map_err(io)?;
+        for line in recovered.map(|journal| journal.lines.as_slice()).unwrap_or_default() {
+            out.write_all(line).map_err(io)?;
+        }
+        let file = out.into_inner().map_err(|error| io(error.into_error()))?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&temp, path).map_err(io)?;
+        sync_parent(path).map_err(io)?;
+        let file = File::options().append(true).open(path).map_err(io)?;
+        let (sender, receiver) = mpsc::channel(256);
+        let task = tokio::spawn(append_records(
+            tokio::fs::File::from_std(file),
+            path.to_path_buf(),
+            receiver,
+        ));
+        Ok(JournalWriter {
+            sender,
+            task,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Queues records; waits when the writer is behind. Returns false if the writer stopped (its error is
+    /// returned by [`JournalWriter::finish`]).
+    pub async fn write(&self, records: Vec<Record>) -> bool {
+        self.sender.send(records).await.is_ok()
+    }
+
+    /// Writes and fsyncs everything queued.
+    pub async fn finish(self) -> Result<PathBuf, Error> {
+        drop(self.sender);
+        match self.task.await {
+            Ok(result) => result.map(|()| self.path),
+            Err(join) => Err(Error::Internal {
+                message: format!("journal writer failed: {join}"),
+            }),
+        }
+    }
+}
+
+async fn append_records(
+    file: tokio::fs::File,
+    path: PathBuf,
+    mut receiver: mpsc::Receiver<Vec<Record>>,
+) -> Result<(), Error> {
+    use tokio::io::AsyncWriteExt;
+    let io = |source| Error::Journal {
+        path: path.clone(),
+        source,
+    };
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut buffer = Vec::with_capacity(1 << 16);
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    while let Some(records) = receiver.recv().await {
+        buffer.clear();
+        for record in &records {
+            serde_json::to_writer(&mut buffer, record).map_err(|error| io(error.into()))?;
+            buffer.push(b'\n');
+        }
+        out.write_all(&buffer).await.map_err(io)?;
+        // Each group reaches the kernel at once, so a killed supervisor loses nothing it had recorded.
+        out.flush().await.map_err(io)?;
+        unsynced = true;
+        if last_sync.elapsed() >= SYNC_INTERVAL {
+            out.get_ref().sync_data().await.map_err(io)?;
+            last_sync = Instant::now();
+            unsynced = false;
+        }
+    }
+    out.flush().await.map_err(io)?;
+    if unsynced {
+        out.get_ref().sync_data().await.map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Writes the results file from the journal, atomically; returns the number of records written.
+pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Result<u64, Error> {
+    let read_error = |source| Error::Journal {
+        path: journal.to_path_buf(),
+        source,
+    };
+    let write_error = |source| Error::Results {
+        path: results.to_path_buf(),
+        source,
+    };
+    let bytes = std::fs::read(journal).map_err(read_error)?;
+    let body_start = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+    // Every line after the header was written by us (or kept by recovery), so each is a record ending in '\n'.
+    let mut lines: Vec<(u64, &[u8])> = Vec::new();
+    let mut latest: Vec<Option<usize>> = vec![None; items as usize];
+    for line in bytes[body_start..].split_inclusive(|&b| b == b'\n') {
+        let Some(item) = item_of(line).filter(|&item| item < items) else {
+            continue;
+        };
+        latest[item as usize] = Some(lines.len());
+        lines.push((item, line));
+    }
+    let temp = temp_beside(results);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(write_error)?);
+    let mut written = 0;
+    let mut emit = |line: &[u8]| -> std::io::Result<()> {
+        written += 1;
+        out.write_all(line)
+    };
+    match order {
+        Order::Input => {
+            for index in latest.iter().flatten() {
+                emit(lines[*index].1).map_err(write_error)?;
+            }
+        }
+        Order::Completion => {
+            for (index, (item, line)) in lines.iter().enumerate() {
+                if latest[*item as usize] == Some(index) {
+                    emit(line).map_err(write_error)?;
+                }
+            }
+        }
+    }
+    let file = out.into_inner().map_err(|error| write_error(error.into_error()))?;
+    file.sync_all().map_err(write_error)?;
+    std::fs::rename(&temp, results).map_err(write_error)?;
+    sync_parent(results).map_err(write_error)?;
+    Ok(written)
+}
+
+/// The item of a journal line. Records start with `{"item":N,` (we write them); anything else is parsed.
+fn item_of(line: &[u8]) -> Option<u64> {
+    if let Some(rest) = line.strip_prefix(b"{\"item\":") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && rest.get(digits) == Some(&b',') {
+            return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+        }
+    }
+    serde_json::from_slice::<Line<'_>>(line).ok().map(|line| line.item)
+}
+
+/// A temporary path in the same folder as `path` (so that renaming it over `path` is atomic).
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Makes a rename in `path`'s folder durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fingerprint() -> Fingerprint {
+        Fingerprint {
+            job_sha256: "ab".into(),
+            task: "noop".into(),
+            args: "{}".into(),
+            input: "range 0..10".into(),
+            items: 10,
+        }
+    }
+
+    fn line(item: u64, status: &str) -> String {
+        match status {
+            "ok" => format!(
+                "{{\"item\":{item},\"status\":\"ok\",\"value\":{item},\"attempts\":1,\"pid\":1,\"elapsed_ms\":0.1,\"input\":{{\"start\":{item},\"end\":{}}}}}\n",
+                item + 1
+            ),
+            _ => format!(
+                "{{\"item\":{item},\"status\":\"failed\",\"error\":{{\"kind\":\"error\",\"message\":\"x\"}},\"attempts\":1,\"pid\":1,\"elapsed_ms\":0.1,\"input\":{{\"start\":{item},\"end\":{}}}}}\n",
+                item + 1
+            ),
+        }
+    }
+
+    fn write_journal(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("r.jsonl.journal");
+        let header = serde_json::to_string(&Header {
+            journal: 1,
+            fingerprint: fingerprint(),
+        })
+        .expect("json");
+        std::fs::write(&path, format!("{header}\n{body}")).expect("write");
+        path
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("journal-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
+    #[test]
+    fn a_torn_tail_and_garbage_are_dropped_and_reported() {
+        let dir = temp_dir("torn");
+        let torn = &line(4, "ok")[..20];
+        let body = format!(
+            "{}{}not json at all\n{}{}{torn}",
+            line(0, "ok"),
+            line(3, "failed"),
+            line(99, "ok"),
+            line(5, "ok")
+        );
+        let path = write_journal(&dir, &body);
+        let journal = Journal::recover(&path, &fingerprint()).expect("recovers");
+        assert_eq!(journal.lines.len(), 3, "{:?}", journal.dropped);
+        assert_eq!(journal.dropped.len(), 3, "{:?}", journal.dropped);
+        assert!(
+            journal.dropped[0].contains("line 4: not a record"),
+            "{:?}",
+            journal.dropped
+        );
+        assert!(
+            journal.dropped[1].contains("item 99 is beyond"),
+            "{:?}",
+            journal.dropped
+        );
+        assert!(
+            journal.dropped[2].contains("torn last record of 20 bytes"),
+            "{:?}",
+            journal.dropped
+        );
+        let done = journal.done(10, false);
+        assert_eq!((done.ok, done.failed), (2, 1));
+        assert_eq!(done.done.iter().filter(|&&d| d).count(), 3);
+        assert!(done.done[0] && done.done[3] && done.done[5] && !done.done[4]);
+        let retry = journal.done(10, true);
+        assert!(!retry.done[3] && retry.failed == 0);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_changed_fingerprint_is_refused_naming_what_changed() {
+        let dir = temp_dir("changed");
+        let path = write_journal(&dir, "");
+        let now = Fingerprint {
+            input: "range 0..11".into(),
+            items: 11,
+            ..fingerprint()
+        };
+        match Journal::recover(&path, &now) {
+            Err(Error::JournalMismatch { changes, .. }) => {
+                assert!(
+                    changes.contains("the input changed: was range 0..10, now range 0..11"),
+                    "{changes}"
+                );
+                assert!(changes.contains("number of items changed"), "{changes}");
+            }
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn finalize_sorts_by_item_and_the_last_line_of_an_item_wins() {
+        let dir = temp_dir("finalize");
+        let body = format!(
+            "{}{}{}{}",
+            line(2, "ok"),
+            line(0, "failed"),
+            line(1, "ok"),
+            line(0, "ok")
+        );
+        let path = write_journal(&dir, &body);
+        let results = dir.join("r.jsonl");
+        assert_eq!(finalize(&path, &results, Order::Input, 10).expect("finalize"), 3);
+        let text = std::fs::read_to_string(&results).expect("read");
+        assert_eq!(text, format!("{}{}{}", line(0, "ok"), line(1, "ok"), line(2, "ok")));
+        assert_eq!(finalize(&path, &results, Order::Completion, 10).expect("finalize"), 3);
+        let text = std::fs::read_to_string(&results).expect("read");
+        assert_eq!(text, format!("{}{}{}", line(2, "ok"), line(1, "ok"), line(0, "ok")));
+        assert!(
+            std::fs::read_dir(&dir).expect("dir").all(|e| !e
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp-"))
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn big_integers_are_read_back_exactly() {
+        assert_eq!(
+            value_from_json("333333328333333350000000"),
+            Value::UInt(333_333_328_333_333_350_000_000)
+        );
+        assert_eq!(value_from_json("-5"), Value::Int(-5));
+        assert_eq!(value_from_json("2.5"), Value::Float(2.5));
+        assert_eq!(value_from_json("\"abc\""), Value::Text("abc".into()));
+        assert_eq!(
+            value_from_json("[1,null]"),
+            Value::List(vec![Value::UInt(1), Value::Null])
+        );
+    }
+}
