@@ -243,6 +243,8 @@ pub struct OutputSpec {
     pub results: Option<PathBuf>,
     pub order: Order,
     pub reduce: Reduce,
+    /// `journal`: record results durably as they finish (see `--resume`); default true.
+    pub journal: bool,
 }
 
 /// `[output] order`: the order of records in the results file.
@@ -346,6 +348,7 @@ struct RawOutput {
     results: Option<String>,
     order: Option<Order>,
     reduce: Option<Reduce>,
+    journal: Option<bool>,
 }
 
 impl JobSpec {
@@ -590,11 +593,13 @@ impl JobSpec {
             results: None,
             order: None,
             reduce: None,
+            journal: None,
         });
         let output = OutputSpec {
             results: raw_output.results.map(|results| dir.join(results)),
             order: raw_output.order.unwrap_or(Order::Input),
             reduce: raw_output.reduce.unwrap_or(Reduce::None),
+            journal: raw_output.journal.unwrap_or(true),
         };
 
         let name = raw.name.unwrap_or_else(|| {
@@ -732,7 +737,8 @@ mod tests {
             OutputSpec {
                 results: None,
                 order: Order::Input,
-                reduce: Reduce::None
+                reduce: Reduce::None,
+                journal: true
             }
         );
         assert_eq!(spec.task.args, serde_json::json!({}));

@@ -533,9 +533,9 @@ impl Dispatcher {
                 describe_exit(info.status)
             ));
         }
-        if worker.state != WorkerState::Stopping && !stopping {
-            self.count_death();
-        }
+        // Counted after the dead worker's item is recorded below: the death that trips the restart limit still
+        // charges the item that caused it.
+        let unexpected = worker.state != WorkerState::Stopping && !stopping;
 
         let mut queued = worker
             .batches
@@ -587,6 +587,9 @@ impl Dispatcher {
             for (first, len) in unstarted.into_iter().rev().filter(|(_, len)| *len > 0) {
                 self.requeued.push_front((first, len));
             }
+        }
+        if unexpected {
+            self.count_death();
         }
         self.replenish();
         self.fill_all();
@@ -659,6 +662,11 @@ impl Dispatcher {
                 return;
             }
             let idle = worker.batches.is_empty();
+            // A second, prefetched batch only when there is work left for every worker: with few items, one
+            // worker must not hold two while another starts up with none.
+            if !idle && self.unassigned() < self.target_workers as u64 {
+                return;
+            }
             let now = Instant::now();
             let ready_retry = self.retry_at.iter().position(|(at, _)| *at <= now);
             let (first, len, isolated) = if !self.suspects.is_empty() || ready_retry.is_some() {
@@ -866,6 +874,14 @@ impl Dispatcher {
             worker.state = WorkerState::Stopping;
             worker.kill();
         }
+    }
+
+    /// Items not handed to any worker yet (an upper bound: items an earlier run recorded are counted too).
+    fn unassigned(&self) -> u64 {
+        self.total - self.next_item
+            + self.requeued.iter().map(|(_, len)| len).sum::<u64>()
+            + self.suspects.len() as u64
+            + self.retry_at.len() as u64
     }
 
     fn is_done_before(&self, item: u64) -> bool {

@@ -43,6 +43,8 @@ pub enum Error {
     JournalExists { path: PathBuf },
     #[error("--resume needs a results file: set [output] results or pass --results")]
     ResumeWithoutResults,
+    #[error("--resume needs the journal, but this job sets [output] journal = false")]
+    ResumeWithoutJournal,
     #[error("workers cannot start: {reason}")]
     WorkersCannotStart { reason: String },
     #[error("item {item} is out of range: the job has {items} items")]
@@ -63,7 +65,8 @@ impl Error {
             | Error::JournalInvalid { .. }
             | Error::JournalMismatch { .. }
             | Error::JournalExists { .. }
-            | Error::ResumeWithoutResults => exit::USAGE,
+            | Error::ResumeWithoutResults
+            | Error::ResumeWithoutJournal => exit::USAGE,
             Error::Results { .. }
             | Error::Journal { .. }
             | Error::WorkersCannotStart { .. }

@@ -260,11 +260,29 @@ pub struct JournalWriter {
     path: PathBuf,
 }
 
+/// Where records are staged when `[output] journal = false`: the same format, but private to this process,
+/// never fsync'ed, and removed once the results file is written (nothing is resumable).
+pub fn staging_path(results: &Path) -> PathBuf {
+    let name = results
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    results.with_file_name(format!(".{name}.staging-{}", std::process::id()))
+}
+
 impl JournalWriter {
     /// Starts a journal at `path`: a fresh one (header only) or, when resuming, the recovered lines. The file is
     /// first written beside its final name and renamed, so a journal on disk is always well-formed up to its
     /// last line.
-    pub fn create(path: &Path, fingerprint: &Fingerprint, recovered: Option<&Journal>) -> Result<JournalWriter, Error> {
+    ///
+    /// With `durable` false (`journal = false`) nothing is fsync'ed: the cost of the journal is exactly the
+    /// difference between the two.
+    pub fn create(
+        path: &Path,
+        fingerprint: &Fingerprint,
+        recovered: Option<&Journal>,
+        durable: bool,
+    ) -> Result<JournalWriter, Error> {
         let io = |source| Error::Journal {
             path: path.to_path_buf(),
             source,
@@ -284,16 +302,17 @@ impl JournalWriter {
             out.write_all(line).map_err(io)?;
         }
         let file = out.into_inner().map_err(|error| io(error.into_error()))?;
-        file.sync_all().map_err(io)?;
+        if durable {
+            file.sync_all().map_err(io)?;
+        }
         std::fs::rename(&temp, path).map_err(io)?;
-        sync_parent(path).map_err(io)?;
+        if durable {
+            sync_parent(path).map_err(io)?;
+        }
         let file = File::options().append(true).open(path).map_err(io)?;
         let (sender, receiver) = mpsc::channel(256);
-        let task = tokio::spawn(append_records(
-            tokio::fs::File::from_std(file),
-            path.to_path_buf(),
-            receiver,
-        ));
+        let file = tokio::fs::File::from_std(file);
+        let task = tokio::spawn(append_records(file, path.to_path_buf(), receiver, durable));
         Ok(JournalWriter {
             sender,
             task,
@@ -323,6 +342,7 @@ async fn append_records(
     file: tokio::fs::File,
     path: PathBuf,
     mut receiver: mpsc::Receiver<Vec<Record>>,
+    durable: bool,
 ) -> Result<(), Error> {
     use tokio::io::AsyncWriteExt;
     let io = |source| Error::Journal {
@@ -342,8 +362,8 @@ async fn append_records(
         out.write_all(&buffer).await.map_err(io)?;
         // Each group reaches the kernel at once, so a killed supervisor loses nothing it had recorded.
         out.flush().await.map_err(io)?;
-        unsynced = true;
-        if last_sync.elapsed() >= SYNC_INTERVAL {
+        unsynced = durable;
+        if durable && last_sync.elapsed() >= SYNC_INTERVAL {
             out.get_ref().sync_data().await.map_err(io)?;
             last_sync = Instant::now();
             unsynced = false;
@@ -403,7 +423,31 @@ pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Res
     file.sync_all().map_err(write_error)?;
     std::fs::rename(&temp, results).map_err(write_error)?;
     sync_parent(results).map_err(write_error)?;
+    remove_stale_temps(results);
     Ok(written)
+}
+
+/// Removes temporary files a killed run left beside `path` (`.<name>.tmp-<pid>` and `.<name>.staging-<pid>`
+/// of a process that is gone).
+fn remove_stale_temps(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let name = name.to_string_lossy();
+    let prefixes = [format!(".{name}.tmp-"), format!(".{name}.staging-")];
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else { continue };
+        let pid = prefixes
+            .iter()
+            .find_map(|prefix| file_name.strip_prefix(prefix.as_str())?.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The item of a journal line. Records start with `{"item":N,` (we write them); anything else is parsed.

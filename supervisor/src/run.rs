@@ -12,7 +12,7 @@ use crate::cli::RunArgs;
 use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
 use crate::forkserver::ForkServer;
-use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path};
+use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path, staging_path};
 use crate::plan::{self, Items};
 use crate::pool::Starter;
 use crate::report::{Progress, Summary};
@@ -60,8 +60,9 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     let (writer, prior) = match &spec.output.results {
         None if resume => return Err(Error::ResumeWithoutResults),
         None => (None, Done::default()),
+        Some(_) if !spec.output.journal && resume => return Err(Error::ResumeWithoutJournal),
         Some(results) => {
-            let path = journal_path(results);
+            let path = records_path(&spec, results);
             let fingerprint = fingerprint(&spec, &items)?;
             let recovered = if resume && path.exists() {
                 let journal = Journal::recover(&path, &fingerprint)?;
@@ -81,10 +82,8 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
                 .as_ref()
                 .map(|j| j.done(items.len(), args.retry_failed))
                 .unwrap_or_default();
-            (
-                Some(JournalWriter::create(&path, &fingerprint, recovered.as_ref())?),
-                prior,
-            )
+            let writer = JournalWriter::create(&path, &fingerprint, recovered.as_ref(), spec.output.journal)?;
+            (Some(writer), prior)
         }
     };
     let config = DispatchConfig {
@@ -111,21 +110,21 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     let outcome = dispatch::run(Arc::clone(&items), starter, config, reducer, writer, progress, prior).await?;
     let mut journal_kept = None;
     if let Some(results) = &spec.output.results {
-        let journal = journal_path(results);
-        let (from, to, order, count) = (journal.clone(), results.clone(), spec.output.order, items.len());
+        let records = records_path(&spec, results);
+        let (from, to, order, count) = (records.clone(), results.clone(), spec.output.order, items.len());
         tokio::task::spawn_blocking(move || journal::finalize(&from, &to, order, count))
             .await
             .map_err(|join| Error::Internal {
                 message: format!("writing results failed: {join}"),
             })??;
         let complete = outcome.ok + outcome.failed == outcome.items;
-        if complete && !args.keep_journal {
-            std::fs::remove_file(&journal).map_err(|source| Error::Journal {
-                path: journal.clone(),
+        if !spec.output.journal || (complete && !args.keep_journal) {
+            std::fs::remove_file(&records).map_err(|source| Error::Journal {
+                path: records.clone(),
                 source,
             })?;
         } else {
-            journal_kept = Some(journal);
+            journal_kept = Some(records);
         }
     }
     let code = match outcome.stopped {
@@ -145,6 +144,15 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     // A closed stdout (e.g. piped into `head`) must not turn a finished job into a failure.
     let _ = printed.and_then(|()| out.flush());
     Ok(code)
+}
+
+/// Where records go while the job runs: the journal, or a private staging file with `journal = false`.
+fn records_path(spec: &JobSpec, results: &Path) -> std::path::PathBuf {
+    if spec.output.journal {
+        journal_path(results)
+    } else {
+        staging_path(results)
+    }
 }
 
 /// What a journal must agree with to be resumed: the job file, the task, and the input as it is now.
