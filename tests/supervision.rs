@@ -1,7 +1,7 @@
 //! Crash isolation and supervision, end to end: the real `supervisor` binary runs real job files whose `fault`
 //! items segfault, abort, panic, exit, hang, run out of memory or return errors, and real signals stop it.
 //!
-//! Each behaviour is a function taking the worker start method (`[workers] start`); the [`start_methods!`] list
+//! Each behaviour is a function taking the worker start method (`[workers] start`); the `start_methods!` list
 //! at the bottom turns it into a `spawn::…` and a `forkserver::…` test. Expectations come from the fault lists
 //! the tests write, never from the supervisor's own output. Events are waited for by polling with a deadline (a
 //! worker process appearing, a line on stderr, the marker file a hanging `fault` item leaves behind), never by
@@ -85,6 +85,8 @@ fn fault_storm_fails_exactly_the_faulty_items(start: &str) {
     let hang = [700, 2200];
     let oom = [800, 2300];
     let error = [104, 900, 1700, 2400, 2999];
+    // The timeout must leave an `oom` item time to fill its 256 MiB and fail: on a loaded machine that takes
+    // half a second, and at 500ms the timeout sometimes won and the item failed with `timeout`.
     let job = Job::new();
     job.write(&format!(
         r#"
@@ -95,7 +97,7 @@ chunk = 1
 
 [task]
 builtin = "fault"
-timeout = "500ms"
+timeout = "3s"
 
 [task.args]
 segfault = {segfault:?}
@@ -562,7 +564,7 @@ batch = 1
 }
 
 /// Interrupts the slow job once its workers run and checks what a signal stop leaves behind.
-fn stop_slow_job_with(start: &str, signal: libc::c_int) -> (Job, Finished) {
+fn stop_slow_job_with(start: &str, signal: libc::c_int) -> Finished {
     let job = slow_job(start);
     let mut supervisor = Supervisor::start(&job, &[], &[]);
     supervisor.wait_until("the workers are running", |s| s.live_descendants().len() >= 2);
@@ -575,19 +577,19 @@ fn stop_slow_job_with(start: &str, signal: libc::c_int) -> (Job, Finished) {
         (records.len() as u64) < SLOW_ITEMS,
         "the job finished before the signal\n{run}"
     );
-    (job, run)
+    run
 }
 
 /// SIGINT stops the run gracefully: exit 130, a summary that says so, a well-formed results file, no workers left.
 fn sigint_stops_the_run_with_130(start: &str) {
-    let (_job, run) = stop_slow_job_with(start, libc::SIGINT);
+    let run = stop_slow_job_with(start, libc::SIGINT);
     run.assert_exit_code(EXIT_SIGINT);
     assert!(run.stdout.contains("stopped by SIGINT"), "{run}");
 }
 
 /// SIGTERM stops the run gracefully with exit 143.
 fn sigterm_stops_the_run_with_143(start: &str) {
-    let (_job, run) = stop_slow_job_with(start, libc::SIGTERM);
+    let run = stop_slow_job_with(start, libc::SIGTERM);
     run.assert_exit_code(EXIT_SIGTERM);
     assert!(run.stdout.contains("stopped by SIGTERM"), "{run}");
 }
