@@ -986,7 +986,7 @@ impl Dispatcher {
             // The writer stopped on an I/O error; `finish` reports it. Stop feeding it.
             self.pending_records.clear();
             if let Some(writer) = self.writer.take() {
-                let error = writer.finish().await.err();
+                let error = writer.finish(false).await.err();
                 self.abandon(error.unwrap_or(Error::Internal {
                     message: "results writer stopped".into(),
                 }));
@@ -996,7 +996,8 @@ impl Dispatcher {
 
     async fn into_outcome(mut self) -> Result<RunOutcome, Error> {
         if let Some(writer) = self.writer.take() {
-            writer.finish().await?;
+            let complete = self.recorded == self.total;
+            writer.finish(complete).await?;
         }
         if let Some(error) = self.fatal {
             return Err(error);
