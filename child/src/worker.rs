@@ -6,12 +6,13 @@
 //! channel. Panics in a task are caught and reported as the item's failure; anything that kills the process
 //! (a signal, `exit`, an allocation failure) is for the supervisor to notice and attribute.
 
+use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use ipc_channel::IpcError;
-use ipc_channel::ipc::{self, IpcSender};
+use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
 use shared::item::{Batch, BatchItems, InputPlan};
 use shared::progress::ProgressWriter;
 use shared::protocol::WorkerLimits;
@@ -34,6 +35,47 @@ impl std::fmt::Display for WorkerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The worker's way to the supervisor: an ipc-channel sender in a worker process, the dispatcher's event queue
+/// for a worker thread (the `thread` and `serial` executors).
+pub trait Uplink: Send + 'static {
+    fn send(&self, message: FromWorker) -> Result<(), String>;
+}
+
+/// The supervisor's way to the worker. `Ok(None)` means the supervisor closed it.
+pub trait Downlink {
+    fn recv(&self) -> Result<Option<ToWorker>, String>;
+}
+
+impl Uplink for IpcSender<FromWorker> {
+    fn send(&self, message: FromWorker) -> Result<(), String> {
+        IpcSender::send(self, message).map_err(|error| error.to_string())
+    }
+}
+
+impl Downlink for IpcReceiver<ToWorker> {
+    fn recv(&self) -> Result<Option<ToWorker>, String> {
+        match IpcReceiver::recv(self) {
+            Ok(message) => Ok(Some(message)),
+            Err(IpcError::Disconnected) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+impl Downlink for std::sync::mpsc::Receiver<ToWorker> {
+    fn recv(&self) -> Result<Option<ToWorker>, String> {
+        Ok(std::sync::mpsc::Receiver::recv(self).ok())
+    }
+}
+
+/// Where a worker runs. A worker thread shares the supervisor's process: it sets no resource limits (they would
+/// apply to the whole process) and has no progress slot (a thread that crashes takes everything with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Process,
+    Thread,
 }
 
 /// Runs a worker connected to the bootstrap server `server_name`. Returns when told to shut down or when the
@@ -59,19 +101,33 @@ pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
             to_worker,
         },
     )?;
+    serve(to_supervisor, &from_supervisor, Place::Process)
+}
 
-    let mut worker = match from_supervisor.recv() {
-        Ok(ToWorker::Init {
+/// Runs a worker on the calling thread, inside the supervisor's process (the `thread` and `serial` executors):
+/// the same loop and task code as a worker process, without isolation.
+pub fn run_in_thread(to: impl Uplink, from: &std::sync::mpsc::Receiver<ToWorker>) -> Result<(), WorkerError> {
+    install_panic_capture();
+    serve(to, from, Place::Thread)
+}
+
+/// The worker loop after the handshake: `Init`, then batches until `Shutdown` or a closed channel.
+fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), WorkerError> {
+    fn received(what: &'static str) -> impl Fn(String) -> WorkerError {
+        move |error| WorkerError(format!("cannot receive {what}: {error}"))
+    }
+    let mut worker = match from.recv().map_err(received("Init"))? {
+        Some(ToWorker::Init {
             task,
             args_json,
             input,
             limits,
             progress,
-        }) => match Worker::new(&task, &args_json, input, &limits, progress.as_deref()) {
+        }) => match Worker::new(&task, &args_json, input, &limits, progress.as_deref(), place) {
             Ok(worker) => worker,
             Err(message) => {
                 send(
-                    &to_supervisor,
+                    &to,
                     FromWorker::InitFailed {
                         message: message.clone(),
                     },
@@ -79,37 +135,30 @@ pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
                 return Err(WorkerError(message));
             }
         },
-        Ok(other) => {
-            return Err(WorkerError(format!("expected Init as first message, got {other:?}")));
-        }
-        Err(IpcError::Disconnected) => return Ok(()),
-        Err(error) => return Err(WorkerError(format!("cannot receive Init: {error}"))),
+        Some(other) => return Err(WorkerError(format!("expected Init as first message, got {other:?}"))),
+        None => return Ok(()),
     };
-    send(&to_supervisor, FromWorker::Ready)?;
+    send(&to, FromWorker::Ready)?;
     let outbox = Arc::new(Mutex::new(Outbox {
-        to: to_supervisor,
+        to: Box::new(to),
         batch: 0,
         first: 0,
         outcomes: Vec::new(),
         last_send: Instant::now(),
     }));
     start_flusher(Arc::clone(&outbox));
-
     loop {
-        match from_supervisor.recv() {
-            Ok(ToWorker::Batch(batch)) => worker.run_batch(&batch, &outbox)?,
-            Ok(ToWorker::Shutdown) | Err(IpcError::Disconnected) => return Ok(()),
-            Ok(other @ ToWorker::Init { .. }) => {
+        match from.recv().map_err(received("from the supervisor"))? {
+            Some(ToWorker::Batch(batch)) => worker.run_batch(&batch, &outbox)?,
+            Some(ToWorker::Shutdown) | None => return Ok(()),
+            Some(other @ ToWorker::Init { .. }) => {
                 return Err(WorkerError(format!("unexpected message after Init: {other:?}")));
-            }
-            Err(error) => {
-                return Err(WorkerError(format!("cannot receive from supervisor: {error}")));
             }
         }
     }
 }
 
-fn send(to: &IpcSender<FromWorker>, message: FromWorker) -> Result<(), WorkerError> {
+fn send(to: &(impl Uplink + ?Sized), message: FromWorker) -> Result<(), WorkerError> {
     to.send(message)
         .map_err(|error| WorkerError(format!("cannot send to supervisor: {error}")))
 }
@@ -144,7 +193,7 @@ fn die_with_parent(expected: Option<i32>) -> Result<(), WorkerError> {
 /// the flusher thread, which sends what is pending every [`RESULT_FLUSH_INTERVAL_MS`] even while a long item
 /// runs: finished results are never held back by the item after them.
 struct Outbox {
-    to: IpcSender<FromWorker>,
+    to: Box<dyn Uplink>,
     batch: u64,
     /// Index of `outcomes[0]`.
     first: u64,
@@ -174,7 +223,7 @@ impl Outbox {
         let outcomes = std::mem::take(&mut self.outcomes);
         let sent = outcomes.len() as u64;
         send(
-            &self.to,
+            &*self.to,
             FromWorker::Results {
                 batch: self.batch,
                 first: self.first,
@@ -214,32 +263,50 @@ fn ignore_interrupts() {
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
 }
 
-/// The message of the last panic on this process, recorded by the panic hook for the item's failure.
-static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+thread_local! {
+    /// Set while a task runs on this thread: its panic is captured as the item's failure instead of printed.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    /// The message of the last captured panic on this thread.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
+/// Installs (once per process) a panic hook that captures panics of tasks and passes every other panic to the
+/// hook that was there before (worker threads share the supervisor's process).
 fn install_panic_capture() {
-    panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic with a non-string payload".to_string());
-        let text = match info.location() {
-            Some(location) => format!("{message} (at {location})"),
-            None => message,
-        };
-        if let Ok(mut last) = LAST_PANIC.lock() {
-            *last = Some(text);
-        }
-    }));
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !IN_TASK.with(Cell::get) {
+                return previous(info);
+            }
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic with a non-string payload".to_string());
+            let text = match info.location() {
+                Some(location) => format!("{message} (at {location})"),
+                None => message,
+            };
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(text));
+        }));
+    });
 }
 
 /// Runs one item in this process, as a worker would, and returns its outcome: `supervisor replay` uses this to
 /// reproduce an item's behaviour in the foreground (a crash then happens here, under a debugger if wanted).
 /// Panics are printed by the default hook and reported as the item's failure.
 pub fn run_one(task_name: &str, args_json: &str, plan: InputPlan, batch: &Batch) -> Result<Outcome, String> {
-    let mut worker = Worker::new(task_name, args_json, plan, &WorkerLimits::default(), None)?;
+    let mut worker = Worker::new(
+        task_name,
+        args_json,
+        plan,
+        &WorkerLimits::default(),
+        None,
+        Place::Process,
+    )?;
     Ok(worker.run_item(batch, 0))
 }
 
@@ -259,8 +326,12 @@ impl Worker {
         plan: InputPlan,
         limits: &WorkerLimits,
         progress: Option<&Path>,
+        place: Place,
     ) -> Result<Worker, String> {
-        crate::limits::apply(limits).map_err(|error| format!("cannot apply resource limits: {error}"))?;
+        if place == Place::Process {
+            crate::limits::apply(limits).map_err(|error| format!("cannot apply resource limits: {error}"))?;
+        }
+        let progress = progress.filter(|_| place == Place::Process);
         let progress = match progress {
             Some(path) => {
                 Some(ProgressWriter::new(SharedPage::open(path).map_err(|error| {
@@ -279,12 +350,13 @@ impl Worker {
             ),
             InputPlan::Range { .. } | InputPlan::Files => None,
         };
+        let cpu_seconds_per_item = limits.cpu_seconds_per_item.filter(|_| place == Place::Process);
         Ok(Worker {
             task,
             plan,
             mapped,
             progress,
-            cpu_seconds_per_item: limits.cpu_seconds_per_item,
+            cpu_seconds_per_item,
         })
     }
 
@@ -401,7 +473,10 @@ enum Prepared {
 
 /// Runs the task on one item, turning a panic into the item's failure.
 fn call_task(task: &mut dyn Task, item: Item<'_>) -> Result<shared::item::Value, TaskError> {
-    match panic::catch_unwind(AssertUnwindSafe(|| task.run(item))) {
+    IN_TASK.with(|in_task| in_task.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| task.run(item)));
+    IN_TASK.with(|in_task| in_task.set(false));
+    match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(message)) => Err(TaskError {
             kind: TaskErrorKind::Error,
@@ -409,9 +484,7 @@ fn call_task(task: &mut dyn Task, item: Item<'_>) -> Result<shared::item::Value,
         }),
         Err(_) => {
             let message = LAST_PANIC
-                .lock()
-                .ok()
-                .and_then(|mut last| last.take())
+                .with(|last| last.borrow_mut().take())
                 .unwrap_or_else(|| "task panicked".to_string());
             Err(TaskError {
                 kind: TaskErrorKind::Panic,

@@ -116,6 +116,7 @@ pub struct TaskSpec {
 pub struct WorkersSpec {
     pub count: WorkerCount,
     pub batch: BatchSize,
+    pub executor: Executor,
     pub start: StartMethod,
     /// `memory_limit`: the most heap (RLIMIT_DATA) one worker may allocate; exceeding it fails the item with
     /// `memory`. Read-only mapped input does not count.
@@ -126,6 +127,50 @@ pub struct WorkersSpec {
     pub max_tasks: Option<u64>,
     /// `core_dumps`: allow workers to dump core (off by default).
     pub core_dumps: bool,
+}
+
+/// `[workers] executor`: what runs the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// Isolated worker processes (the point of this tool).
+    Process,
+    /// The same task code on threads of the supervisor's process: no isolation, no limits, no timeouts.
+    Thread,
+    /// One thread, one batch: the baseline.
+    Serial,
+}
+
+impl Executor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Executor::Process => "process",
+            Executor::Thread => "thread",
+            Executor::Serial => "serial",
+        }
+    }
+}
+
+impl WorkersSpec {
+    /// The first setting that needs worker processes, when the executor is not `process`: threads cannot be
+    /// killed on a timeout, and resource limits would apply to the whole supervisor.
+    pub fn process_only_conflict(&self, task: &TaskSpec) -> Option<&'static str> {
+        if self.executor == Executor::Process {
+            return None;
+        }
+        [
+            (task.timeout.is_some(), "[task] timeout"),
+            (self.memory_limit.is_some(), "[workers] memory_limit"),
+            (self.cpu_limit.is_some(), "[workers] cpu_limit"),
+            (self.max_tasks.is_some(), "[workers] max_tasks"),
+            (
+                self.start == StartMethod::Forkserver,
+                "[workers] start = \"forkserver\"",
+            ),
+        ]
+        .into_iter()
+        .find_map(|(set, key)| set.then_some(key))
+    }
 }
 
 /// `[workers] start`: how worker processes are created.
@@ -327,6 +372,7 @@ struct RawWorkers {
     count: Option<Spanned<toml::Value>>,
     batch: Option<Spanned<toml::Value>>,
     start: Option<StartMethod>,
+    executor: Option<Spanned<Executor>>,
     memory_limit: Option<Spanned<toml::Value>>,
     cpu_limit: Option<Spanned<String>>,
     max_tasks: Option<Spanned<u64>>,
@@ -567,15 +613,24 @@ impl JobSpec {
             Some(n) if *n.get_ref() == 0 => return Err(fail(n.span(), "`max_tasks` must be at least 1".into())),
             other => other.map(Spanned::into_inner),
         };
+        let executor_span = raw_workers.executor.as_ref().map(Spanned::span);
         let workers = WorkersSpec {
             count,
             batch,
+            executor: raw_workers.executor.map_or(Executor::Process, Spanned::into_inner),
             start: raw_workers.start.unwrap_or(StartMethod::Spawn),
             memory_limit,
             cpu_limit: duration(raw_workers.cpu_limit, "cpu_limit")?,
             max_tasks,
             core_dumps: raw_workers.core_dumps.unwrap_or(false),
         };
+        if let (Some(key), Some(span)) = (workers.process_only_conflict(&task), executor_span) {
+            let executor = workers.executor.name();
+            return Err(fail(
+                span,
+                format!("{key} needs worker processes; it cannot apply to executor = \"{executor}\""),
+            ));
+        }
 
         let raw_supervise = raw.supervise.unwrap_or_default();
         let halt = match raw_supervise.halt {
@@ -793,6 +848,20 @@ mod tests {
             }
         );
         assert_eq!(spec.supervise.grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn process_only_keys_conflict_with_thread_executors() {
+        let spec = parse(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[workers]\nexecutor = \"thread\"\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.workers.executor, Executor::Thread);
+        let (line, _, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ntimeout = \"1s\"\n[workers]\nexecutor = \"serial\"\n",
+        );
+        assert_eq!(line, 7);
+        assert!(message.contains("[task] timeout needs worker processes"), "{message}");
     }
 
     #[test]

@@ -36,6 +36,24 @@ pub enum Command {
     },
 }
 
+/// `--executor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorArg {
+    Process,
+    Thread,
+    Serial,
+}
+
+impl From<ExecutorArg> for shared::job::Executor {
+    fn from(arg: ExecutorArg) -> Self {
+        match arg {
+            ExecutorArg::Process => shared::job::Executor::Process,
+            ExecutorArg::Thread => shared::job::Executor::Thread,
+            ExecutorArg::Serial => shared::job::Executor::Serial,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The job file.
@@ -46,6 +64,9 @@ pub struct RunArgs {
     /// Results file, relative to the current folder (overrides `[output] results`).
     #[arg(long)]
     pub results: Option<PathBuf>,
+    /// What runs the task (overrides `[workers] executor`): isolated processes, threads, or one thread.
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorArg>,
     /// Items per batch (overrides `[workers] batch`).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,

@@ -63,6 +63,8 @@ const FAILURES_SHOWN: usize = 20;
 #[derive(Debug)]
 pub struct DispatchConfig {
     pub workers: usize,
+    /// Give each worker a progress slot (worker processes; worker threads need none).
+    pub progress_slots: bool,
     pub task: String,
     pub args_json: String,
     pub batch: Option<u64>,
@@ -367,7 +369,7 @@ impl Dispatcher {
                 let stopping = self.is_stopping();
                 if let Some(worker) = self.workers.get_mut(&id) {
                     worker.pid = pid;
-                    worker.pidfd = Some(pidfd);
+                    worker.pidfd = pidfd;
                     if stopping {
                         worker.state = WorkerState::Stopping;
                         worker.kill();
@@ -782,7 +784,11 @@ impl Dispatcher {
                 pidfd: None,
                 sender: None,
                 // Without a progress slot, attribution falls back to re-running suspects alone.
-                progress: SharedPage::create().ok().map(ProgressReader::new),
+                progress: if self.config.progress_slots {
+                    SharedPage::create().ok().map(ProgressReader::new)
+                } else {
+                    None
+                },
                 batches: VecDeque::new(),
                 protocol_error: None,
                 timed_out: None,

@@ -47,6 +47,8 @@ pub enum Error {
     ResumeWithoutJournal,
     #[error("workers cannot start: {reason}")]
     WorkersCannotStart { reason: String },
+    #[error("{key} needs worker processes; it cannot apply to --executor {executor}")]
+    ExecutorConflict { key: &'static str, executor: &'static str },
     #[error("item {item} is out of range: the job has {items} items")]
     ItemOutOfRange { item: u64, items: u64 },
     #[error("internal error: {message}")]
@@ -62,6 +64,7 @@ impl Error {
             | Error::GlobInvalid { .. }
             | Error::InputUnreadable { .. }
             | Error::ItemOutOfRange { .. }
+            | Error::ExecutorConflict { .. }
             | Error::JournalInvalid { .. }
             | Error::JournalMismatch { .. }
             | Error::JournalExists { .. }

@@ -54,6 +54,7 @@ pub struct ForkServer {
     pid: i32,
     replies: Mutex<std_mpsc::Receiver<Received>>,
     exits: Arc<Mutex<ExitBoard>>,
+    reaped: Mutex<bool>,
 }
 
 /// Exit reports, matched with the threads waiting for them (either may come first).
@@ -109,6 +110,7 @@ impl ForkServer {
                     pid: child,
                     replies: Mutex::new(replies),
                     exits,
+                    reaped: Mutex::new(false),
                 })
             }
         }
@@ -156,13 +158,22 @@ impl ForkServer {
     pub fn pid(&self) -> i32 {
         self.pid
     }
+
+    /// Tells the fork server to exit and reaps it (its CPU time then counts in the supervisor's).
+    pub fn shut_down(&self) {
+        let Ok(mut reaped) = self.reaped.lock() else { return };
+        if !*reaped {
+            // An empty message reads as end of stream to the fork server.
+            let _ = linux::send_message(self.control.as_fd(), &[], None);
+            let _ = linux::wait4(self.pid);
+            *reaped = true;
+        }
+    }
 }
 
 impl Drop for ForkServer {
     fn drop(&mut self) {
-        // Closing our end makes the fork server exit; reap it so that it does not linger as a zombie.
-        let _ = linux::send_message(self.control.as_fd(), &[], None);
-        let _ = linux::wait4(self.pid);
+        self.shut_down();
     }
 }
 

@@ -97,6 +97,14 @@ pub fn wait4(pid: i32) -> io::Result<ExitInfo> {
     })
 }
 
+/// CPU time the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// `SIGSEGV` for 11, and so on; `signal N` for numbers without a name.
 pub fn signal_name(signal: i32) -> String {
     nix::sys::signal::Signal::try_from(signal)

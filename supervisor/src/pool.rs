@@ -39,6 +39,18 @@ pub enum Starter {
     Spawn,
     /// Ask the fork server.
     Fork(Arc<ForkServer>),
+    /// Run the worker loop on a thread of this process (the `thread` and `serial` executors): same task code,
+    /// same batching, no isolation.
+    Thread,
+}
+
+impl Starter {
+    /// Reaps the fork server, if there is one, once no more workers will be started.
+    pub fn shut_down(&self) {
+        if let Starter::Fork(server) = self {
+            server.shut_down();
+        }
+    }
 }
 
 /// A worker process that exists, with the means to drain its stderr and to learn its exit.
@@ -68,8 +80,13 @@ pub type WorkerId = u64;
 /// What the pool tells the dispatcher.
 #[derive(Debug)]
 pub enum Event {
-    /// The process exists; `pidfd` is how the dispatcher signals it.
-    Spawned { id: WorkerId, pid: u32, pidfd: Pidfd },
+    /// The process exists; `pidfd` is how the dispatcher signals it (`None` for a worker thread, which cannot be
+    /// killed).
+    Spawned {
+        id: WorkerId,
+        pid: u32,
+        pidfd: Option<Pidfd>,
+    },
     /// The process could not be started at all.
     SpawnFailed { id: WorkerId, error: String },
     /// The worker said hello with a matching protocol version; `to_worker` feeds its writer thread.
@@ -172,6 +189,7 @@ fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::i
                 wait: Box::new(move || wait4(pid as i32).unwrap_or(UNKNOWN_EXIT)),
             })
         }
+        Starter::Thread => Err(std::io::Error::other("worker threads are not processes")),
         Starter::Fork(server) => {
             let (pid, stderr) = server.fork_worker(name)?;
             let server = Arc::clone(server);
@@ -195,6 +213,9 @@ fn launch(
         id,
         error: format!("{what}: {error}"),
     };
+    if let Starter::Thread = starter {
+        return launch_thread(id, events).map_err(|e| failed("cannot start worker thread", e));
+    }
     let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|e| failed("cannot create channel", e))?;
     let Started { pid, mut stderr, wait } =
         start_process(exe, starter, &name).map_err(|e| failed("cannot start worker", e))?;
@@ -245,7 +266,59 @@ fn launch(
         let counter = Arc::clone(counter);
         spawn_thread("worker-reader", move || read_loop(id, server, &events, &counter));
     }
-    Ok(Event::Spawned { id, pid, pidfd })
+    Ok(Event::Spawned {
+        id,
+        pid,
+        pidfd: Some(pidfd),
+    })
+}
+
+/// A worker thread's way to the dispatcher: its messages become events directly (no channel, no reader).
+struct EventUplink {
+    id: WorkerId,
+    events: mpsc::Sender<Event>,
+}
+
+impl child::worker::Uplink for EventUplink {
+    fn send(&self, message: FromWorker) -> Result<(), String> {
+        self.events
+            .blocking_send(Event::Message { id: self.id, message })
+            .map_err(|_| "dispatcher is gone".to_string())
+    }
+}
+
+/// Starts a worker thread: reports it spawned, and returns its `Connected` event.
+fn launch_thread(id: WorkerId, events: &mpsc::Sender<Event>) -> std::io::Result<Event> {
+    let (sender, queue) = std_mpsc::channel::<ToWorker>();
+    let uplink = EventUplink {
+        id,
+        events: events.clone(),
+    };
+    let thread_events = events.clone();
+    thread::Builder::new().name(format!("worker-{id}")).spawn(move || {
+        let error = child::worker::run_in_thread(uplink, &queue)
+            .err()
+            .map(|error| error.to_string());
+        let info = ExitInfo {
+            status: crate::linux::ExitStatus::Code(0),
+            cpu: crate::linux::thread_cpu_time(),
+            max_rss: 0,
+        };
+        let _ = thread_events.blocking_send(Event::ChannelClosed { id, error });
+        let _ = thread_events.blocking_send(Event::Exited {
+            id,
+            info,
+            stderr_tail: String::new(),
+        });
+    })?;
+    let pid = std::process::id();
+    if events.blocking_send(Event::Spawned { id, pid, pidfd: None }).is_err() {
+        return Err(std::io::Error::other("dispatcher is gone"));
+    }
+    Ok(Event::Connected {
+        id,
+        to_worker: WorkerSender(sender),
+    })
 }
 
 fn read_loop(

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use shared::exit;
-use shared::job::{BatchSize, InputSpec, JobSpec, StartMethod, WorkerCount};
+use shared::job::{BatchSize, Executor, InputSpec, JobSpec, StartMethod, WorkerCount};
 use shared::protocol::{TaskErrorKind, WorkerLimits};
 
 use crate::cli::RunArgs;
@@ -28,6 +28,15 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
         if let Some(batch) = args.batch {
             spec.workers.batch = BatchSize::Fixed(batch);
         }
+        if let Some(executor) = args.executor {
+            spec.workers.executor = executor.into();
+            if let Some(key) = spec.workers.process_only_conflict(&spec.task) {
+                return Err(Error::ExecutorConflict {
+                    key,
+                    executor: spec.workers.executor.name(),
+                });
+            }
+        }
         if let Some(results) = &args.results {
             spec.output.results = Some(std::path::absolute(results).map_err(|source| Error::Results {
                 path: results.clone(),
@@ -42,6 +51,9 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
 /// Prepares how workers will be started. For `forkserver` this forks the fork server, so it must run while
 /// the process is still single-threaded: before the async runtime exists.
 pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
+    if spec.workers.executor != Executor::Process {
+        return Ok(Starter::Thread);
+    }
     match spec.workers.start {
         StartMethod::Spawn => Ok(Starter::Spawn),
         StartMethod::Forkserver => {
@@ -86,11 +98,15 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
             (Some(writer), prior)
         }
     };
+    let serial = spec.workers.executor == Executor::Serial;
     let config = DispatchConfig {
-        workers: spec.workers.count.resolve(),
+        // Serial: one thread, and the whole job as one batch.
+        workers: if serial { 1 } else { spec.workers.count.resolve() },
+        progress_slots: spec.workers.executor == Executor::Process,
         task: spec.task.builtin.clone(),
         args_json: spec.task.args.to_string(),
         batch: match spec.workers.batch {
+            _ if serial => Some(items.len().max(1)),
             BatchSize::Auto => None,
             BatchSize::Fixed(n) => Some(n),
         },
@@ -107,7 +123,18 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     };
     let progress = Progress::new(items.len(), args.quiet);
     let reducer = Reducer::new(spec.output.reduce);
-    let outcome = dispatch::run(Arc::clone(&items), starter, config, reducer, writer, progress, prior).await?;
+    let outcome = dispatch::run(
+        Arc::clone(&items),
+        starter.clone(),
+        config,
+        reducer,
+        writer,
+        progress,
+        prior,
+    )
+    .await;
+    starter.shut_down();
+    let outcome = outcome?;
     let mut journal_kept = None;
     if let Some(results) = &spec.output.results {
         let records = records_path(&spec, results);
