@@ -26,6 +26,8 @@ pub enum Command {
     },
     /// List the builtin tasks with the inputs and arguments they take.
     Tasks,
+    /// Run a job under each executor (process, process/forkserver, thread, serial) and compare them.
+    Compare(CompareArgs),
     /// Run one item in the foreground, in this process, to reproduce a failure (e.g. under a debugger).
     Replay {
         /// The job file.
@@ -54,6 +56,22 @@ impl From<ExecutorArg> for shared::job::Executor {
     }
 }
 
+/// `--start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartArg {
+    Spawn,
+    Forkserver,
+}
+
+impl From<StartArg> for shared::job::StartMethod {
+    fn from(arg: StartArg) -> Self {
+        match arg {
+            StartArg::Spawn => shared::job::StartMethod::Spawn,
+            StartArg::Forkserver => shared::job::StartMethod::Forkserver,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The job file.
@@ -67,6 +85,9 @@ pub struct RunArgs {
     /// What runs the task (overrides `[workers] executor`): isolated processes, threads, or one thread.
     #[arg(long, value_enum)]
     pub executor: Option<ExecutorArg>,
+    /// How worker processes are started (overrides `[workers] start`).
+    #[arg(long, value_enum)]
+    pub start: Option<StartArg>,
     /// Items per batch (overrides `[workers] batch`).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch: Option<u64>,
@@ -88,4 +109,25 @@ pub struct RunArgs {
     /// Keep the journal after a complete run (it is removed by default once the results file is written).
     #[arg(long)]
     pub keep_journal: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The job file.
+    pub job: PathBuf,
+    /// Runs per executor; the table shows the median with min–max.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// Number of workers for the pooled executors (default: the job's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=shared::job::MAX_WORKERS as i64))]
+    pub workers: Option<u32>,
+    /// Also run a small job with one crashing item under each executor, to show whether it takes the job down.
+    #[arg(long)]
+    pub isolation_check: bool,
+    /// Print the comparison as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Draw wall time and peak memory per executor as a grouped bar chart into this SVG file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 }

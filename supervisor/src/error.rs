@@ -51,6 +51,10 @@ pub enum Error {
     ExecutorConflict { key: &'static str, executor: &'static str },
     #[error("item {item} is out of range: the job has {items} items")]
     ItemOutOfRange { item: u64, items: u64 },
+    #[error("compare: {reason}")]
+    CompareFailed { reason: String },
+    #[error("cannot draw the chart {path}: {message}")]
+    Chart { path: PathBuf, message: String },
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -73,7 +77,9 @@ impl Error {
             Error::Results { .. }
             | Error::Journal { .. }
             | Error::WorkersCannotStart { .. }
-            | Error::Internal { .. } => exit::INTERNAL,
+            | Error::Internal { .. }
+            | Error::CompareFailed { .. }
+            | Error::Chart { .. } => exit::INTERNAL,
         }
     }
 }

@@ -24,7 +24,9 @@
 //! done, and exits 130/143. Workers also die with the supervisor through `PR_SET_PDEATHSIG`.
 
 pub mod batching;
+pub mod chart;
 pub mod cli;
+pub mod compare;
 pub mod dispatch;
 pub mod error;
 pub mod failure;
@@ -61,6 +63,7 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Tasks => return run::tasks(),
+        Command::Compare(args) => compare::run(&args),
         Command::Check { job } => block_on(async move { run::check(&job).await }),
         // The job is loaded and the fork server (if any) started before the runtime: the fork server must be
         // forked while this process is single-threaded.

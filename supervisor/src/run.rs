@@ -28,8 +28,11 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
         if let Some(batch) = args.batch {
             spec.workers.batch = BatchSize::Fixed(batch);
         }
-        if let Some(executor) = args.executor {
-            spec.workers.executor = executor.into();
+        if let Some(start) = args.start {
+            spec.workers.start = start.into();
+        }
+        if args.executor.is_some() || args.start.is_some() {
+            spec.workers.executor = args.executor.map_or(spec.workers.executor, Into::into);
             if let Some(key) = spec.workers.process_only_conflict(&spec.task) {
                 return Err(Error::ExecutorConflict {
                     key,

@@ -1,0 +1,441 @@
+//! `supervisor compare`: the same job under each executor, measured side by side.
+//!
+//! Each executor runs the job as a separate `supervisor run` process (so start-up counts, and so a crash in
+//! the `thread` executor's isolation check takes down only that run). While it runs, a sampler reads the
+//! memory of its process tree from /proc (RSS, and PSS, which counts shared mappings such as the input once);
+//! its CPU time comes from `wait4` (which includes the workers it reaped). Every executor's results must be
+//! identical, or the comparison fails.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shared::exit;
+
+use crate::cli::CompareArgs;
+use crate::error::Error;
+use crate::linux::{ExitStatus, signal_name, wait4};
+use crate::report::human_bytes;
+
+/// The executors compared, with the `run` flags that select them.
+const EXECUTORS: [(&str, &[&str]); 4] = [
+    ("process", &["--executor", "process", "--start", "spawn"]),
+    ("process/forkserver", &["--executor", "process", "--start", "forkserver"]),
+    ("thread", &["--executor", "thread"]),
+    ("serial", &["--executor", "serial"]),
+];
+
+/// Interval between memory samples of a running job.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// One run of the job under one executor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    pub peak_rss_bytes: u64,
+    pub peak_pss_bytes: u64,
+    /// From starting the process to the first record.
+    pub first_result_s: Option<f64>,
+}
+
+/// All runs of one executor, summarized.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutorReport {
+    pub executor: String,
+    /// Why this executor could not run the job (e.g. it sets a timeout, which needs processes).
+    pub unavailable: Option<String>,
+    pub samples: Vec<Sample>,
+    pub wall_median_s: f64,
+    pub wall_min_s: f64,
+    pub wall_max_s: f64,
+    pub cpu_median_s: f64,
+    pub speedup_vs_serial: Option<f64>,
+    /// Extra CPU per item compared with serial, in microseconds.
+    pub overhead_us_per_item: Option<f64>,
+    pub peak_rss_bytes: u64,
+    pub peak_pss_bytes: u64,
+    pub first_result_s: Option<f64>,
+    /// Measured with `--isolation-check`: whether one crashing item took the whole job down.
+    pub crash_takes_job_down: Option<bool>,
+    pub isolation_detail: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub job: PathBuf,
+    pub items: u64,
+    pub repeat: u32,
+    pub executors: Vec<ExecutorReport>,
+    /// Every executor that ran produced the same records (item, status, value, failure kind).
+    pub identical: bool,
+    pub verdict: String,
+}
+
+pub fn run(args: &CompareArgs) -> Result<i32, Error> {
+    let spec = crate::run::load(&args.job, None)?;
+    let exe = std::env::current_exe().map_err(|error| Error::Internal { message: format!("current_exe: {error}") })?;
+    let scratch = Scratch::new()?;
+    let mut reports = Vec::new();
+    let mut first_results: Vec<(String, PathBuf)> = Vec::new();
+    let mut items = 0;
+    for (name, flags) in EXECUTORS {
+        let mut samples = Vec::new();
+        let mut unavailable = None;
+        for round in 0..args.repeat {
+            let results = scratch.path.join(format!("{}-{round}.jsonl", name.replace('/', "-")));
+            let mut command = Command::new(&exe);
+            command.args(["run", "--quiet", "--json", "--force"]).arg(&spec.path).arg("--results").arg(&results);
+            command.args(flags);
+            if let Some(workers) = args.workers {
+                command.arg("--workers").arg(workers.to_string());
+            }
+            match measure(command)? {
+                Measured::Ran { sample, summary } => {
+                    items = summary["items"].as_u64().unwrap_or(items);
+                    samples.push(sample);
+                    if round == 0 {
+                        first_results.push((name.to_string(), results));
+                    }
+                }
+                Measured::Refused { stderr } => {
+                    unavailable = Some(stderr.trim().trim_start_matches("error: ").to_string());
+                    break;
+                }
+                Measured::Died { what, stderr } => {
+                    return Err(Error::CompareFailed { reason: format!("the {name} run {what}: {}", stderr.trim()) });
+                }
+            }
+        }
+        reports.push(summarize(name, unavailable, samples));
+    }
+    let identical = identical_results(&first_results)?;
+    if args.isolation_check {
+        for report in reports.iter_mut().filter(|r| r.unavailable.is_none()) {
+            let flags = EXECUTORS.iter().find(|(name, _)| *name == report.executor).map_or(&[][..], |(_, f)| f);
+            let (down, detail) = isolation_check(&exe, &scratch.path, flags)?;
+            report.crash_takes_job_down = Some(down);
+            report.isolation_detail = Some(detail);
+        }
+    }
+    derive_relative(&mut reports, items);
+    let comparison = Comparison {
+        job: spec.path.clone(),
+        items,
+        repeat: args.repeat,
+        verdict: verdict(&reports, items),
+        executors: reports,
+        identical: identical.is_ok(),
+    };
+    if let Some(path) = &args.svg {
+        crate::chart::draw(path, &comparison)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&comparison).unwrap_or_default());
+    } else {
+        print_table(&comparison, identical.as_ref().err());
+        if let Some(path) = &args.svg {
+            println!("chart: {}", path.display());
+        }
+    }
+    match identical {
+        Ok(()) => Ok(exit::OK),
+        Err(difference) => {
+            eprintln!("error: the executors disagree: {difference}");
+            Ok(exit::ITEMS_FAILED)
+        }
+    }
+}
+
+/// A private scratch folder, removed on drop.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Result<Scratch, Error> {
+        let path = std::env::temp_dir().join(format!("supervisor-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&path).map_err(|source| Error::Results { path: path.clone(), source })?;
+        Ok(Scratch { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+enum Measured {
+    Ran { sample: Sample, summary: serde_json::Value },
+    /// Exit 2: this executor cannot run this job.
+    Refused { stderr: String },
+    Died { what: String, stderr: String },
+}
+
+/// Runs one `supervisor run` process to its end, sampling its memory.
+fn measure(mut command: Command) -> Result<Measured, Error> {
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| Error::Internal { message: format!("cannot start a run: {error}") })?;
+    let pid = child.id() as i32;
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let (mut peak_rss, mut peak_pss) = (0, 0);
+            while !done.load(Ordering::Relaxed) {
+                let (rss, pss) = tree_memory(pid);
+                peak_rss = peak_rss.max(rss);
+                peak_pss = peak_pss.max(pss);
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+            (peak_rss, peak_pss)
+        })
+    };
+    // Read the pipes before reaping, so a chatty run cannot block on a full pipe.
+    let (stdout, stderr) = read_outputs(child.stdout, child.stderr);
+    let info = wait4(pid).map_err(|error| Error::Internal { message: format!("wait4: {error}") })?;
+    let wall = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let (peak_rss, peak_pss) = sampler.join().unwrap_or((0, 0));
+    match info.status {
+        ExitStatus::Code(0 | 1) => {}
+        ExitStatus::Code(2) => return Ok(Measured::Refused { stderr }),
+        ExitStatus::Code(code) => return Ok(Measured::Died { what: format!("exited with code {code}"), stderr }),
+        ExitStatus::Signal(signal) => {
+            return Ok(Measured::Died { what: format!("was killed by {}", signal_name(signal)), stderr });
+        }
+    }
+    let summary: serde_json::Value = serde_json::from_str(&stdout)
+        .map_err(|error| Error::CompareFailed { reason: format!("a run printed no JSON summary ({error}): {stdout}") })?;
+    let internal_wall = summary["wall_s"].as_f64().unwrap_or(0.0);
+    let startup = (wall.as_secs_f64() - internal_wall).max(0.0);
+    let sample = Sample {
+        wall_s: wall.as_secs_f64(),
+        cpu_s: info.cpu.as_secs_f64(),
+        // A run shorter than a sampling interval still has the peak its own rusage saw.
+        peak_rss_bytes: peak_rss.max(info.max_rss),
+        peak_pss_bytes: peak_pss,
+        first_result_s: summary["first_result_s"].as_f64().map(|first| first + startup),
+    };
+    Ok(Measured::Ran { sample, summary })
+}
+
+fn read_outputs(stdout: Option<std::process::ChildStdout>, stderr: Option<std::process::ChildStderr>) -> (String, String) {
+    use std::io::Read;
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut stderr) = stderr {
+            let _ = stderr.read_to_string(&mut text);
+        }
+        text
+    });
+    let mut out = String::new();
+    if let Some(mut stdout) = stdout {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    (out, errors.join().unwrap_or_default())
+}
+
+/// RSS and PSS of `pid` and all its descendants, in bytes.
+fn tree_memory(pid: i32) -> (u64, u64) {
+    let mut pending = vec![pid];
+    let (mut rss, mut pss) = (0, 0);
+    while let Some(pid) = pending.pop() {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            rss += kib_field(&text, "Rss:");
+            pss += kib_field(&text, "Pss:");
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                pending.extend(children.split_whitespace().filter_map(|child| child.parse::<i32>().ok()));
+            }
+        }
+    }
+    (rss, pss)
+}
+
+fn kib_field(text: &str, field: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }
+}
+
+fn summarize(name: &str, unavailable: Option<String>, samples: Vec<Sample>) -> ExecutorReport {
+    let mut walls: Vec<f64> = samples.iter().map(|s| s.wall_s).collect();
+    let mut cpus: Vec<f64> = samples.iter().map(|s| s.cpu_s).collect();
+    let mut firsts: Vec<f64> = samples.iter().filter_map(|s| s.first_result_s).collect();
+    ExecutorReport {
+        executor: name.to_string(),
+        unavailable,
+        wall_median_s: median(&mut walls),
+        wall_min_s: walls.first().copied().unwrap_or(0.0),
+        wall_max_s: walls.last().copied().unwrap_or(0.0),
+        cpu_median_s: median(&mut cpus),
+        speedup_vs_serial: None,
+        overhead_us_per_item: None,
+        peak_rss_bytes: samples.iter().map(|s| s.peak_rss_bytes).max().unwrap_or(0),
+        peak_pss_bytes: samples.iter().map(|s| s.peak_pss_bytes).max().unwrap_or(0),
+        first_result_s: (!firsts.is_empty()).then(|| median(&mut firsts)),
+        crash_takes_job_down: None,
+        isolation_detail: None,
+        samples,
+    }
+}
+
+/// Fills in the columns relative to the serial run.
+fn derive_relative(reports: &mut [ExecutorReport], items: u64) {
+    let Some(serial) = reports.iter().find(|r| r.executor == "serial" && r.unavailable.is_none()).cloned() else {
+        return;
+    };
+    for report in reports.iter_mut().filter(|r| r.unavailable.is_none()) {
+        if report.wall_median_s > 0.0 {
+            report.speedup_vs_serial = Some(serial.wall_median_s / report.wall_median_s);
+        }
+        if items > 0 {
+            report.overhead_us_per_item = Some((report.cpu_median_s - serial.cpu_median_s) * 1e6 / items as f64);
+        }
+    }
+}
+
+/// The records that must agree between executors: item, status, value, and the failure's kind/signal/code.
+fn comparable_records(path: &Path) -> Result<BTreeMap<u64, String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Results { path: path.to_path_buf(), source })?;
+    let mut records = BTreeMap::new();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)
+            .map_err(|error| Error::CompareFailed { reason: format!("{} has a bad line ({error})", path.display()) })?;
+        let item = record["item"].as_u64().unwrap_or(u64::MAX);
+        let error = &record["error"];
+        let key = serde_json::json!([record["status"], record["value"], error["kind"], error["signal"], error["code"]]);
+        records.insert(item, key.to_string());
+    }
+    Ok(records)
+}
+
+/// `Ok` when every executor's results are the same; otherwise the first difference, in words.
+fn identical_results(runs: &[(String, PathBuf)]) -> Result<Result<(), String>, Error> {
+    let Some((first_name, first_path)) = runs.first() else { return Ok(Ok(())) };
+    let reference = comparable_records(first_path)?;
+    for (name, path) in &runs[1..] {
+        let other = comparable_records(path)?;
+        if other.len() != reference.len() {
+            return Ok(Err(format!("{first_name} has {} records, {name} has {}", reference.len(), other.len())));
+        }
+        if let Some((item, expected)) = reference.iter().find(|(item, record)| other.get(item) != Some(record)) {
+            let got = other.get(item).map_or("nothing", String::as_str);
+            return Ok(Err(format!("item {item}: {first_name} gives {expected}, {name} gives {got}")));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Runs a small job with one segfaulting item under one executor: did the crash take the whole job down?
+fn isolation_check(exe: &Path, scratch: &Path, flags: &[&str]) -> Result<(bool, String), Error> {
+    let job = scratch.join("isolation.toml");
+    let text = "[input]\nrange = { start = 0, end = 8 }\n[task]\nbuiltin = \"fault\"\nargs = { segfault = [3] }\n\
+                [output]\nresults = \"isolation.jsonl\"\n";
+    std::fs::write(&job, text).map_err(|source| Error::Results { path: job.clone(), source })?;
+    let output = Command::new(exe)
+        .args(["run", "--quiet", "--json", "--force"])
+        .arg(&job)
+        .args(flags)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| Error::Internal { message: format!("cannot start the isolation check: {error}") })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (output.status.code(), output.status.signal()) {
+        (_, Some(signal)) => (true, format!("the whole job died ({}); no item has a record", signal_name(signal))),
+        (Some(1), _) => {
+            let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            (false, format!("{} item failed, {} ok", summary["failed"], summary["ok"]))
+        }
+        (code, _) => (true, format!("the job ended with exit code {code:?}")),
+    })
+}
+
+/// A one-line conclusion computed from the numbers.
+fn verdict(reports: &[ExecutorReport], items: u64) -> String {
+    let find = |name: &str| reports.iter().find(|r| r.executor == name && r.unavailable.is_none());
+    let (Some(process), Some(serial)) = (find("process"), find("serial")) else {
+        return "not enough executors ran to compare".to_string();
+    };
+    let Some(thread) = find("thread") else {
+        return format!("only processes can run this job; they run it {:.2}x faster than serial", serial.wall_median_s / process.wall_median_s);
+    };
+    let per_item_us = if items > 0 { serial.cpu_median_s * 1e6 / items as f64 } else { 0.0 };
+    let overhead_us = process.overhead_us_per_item.unwrap_or(0.0);
+    if items > 0 && overhead_us > per_item_us && process.wall_median_s > thread.wall_median_s * 1.1 {
+        return format!(
+            "per-item work is {per_item_us:.1} µs and processes add {overhead_us:.1} µs of CPU per item: IPC dominates, raise batch or use threads"
+        );
+    }
+    let wall = (process.wall_median_s / thread.wall_median_s - 1.0) * 100.0;
+    let memory = (process.peak_pss_bytes as f64 - thread.peak_pss_bytes as f64) / (1 << 20) as f64;
+    let worth = if wall <= 10.0 { "isolation is worth it" } else { "isolation costs more than 10% of wall time here" };
+    format!("processes cost {wall:+.1}% wall and {memory:+.1} MiB (PSS) vs threads on this job; {worth}")
+}
+
+fn print_table(comparison: &Comparison, difference: Option<&String>) {
+    println!(
+        "{} — {} items, median of {} runs each",
+        comparison.job.display(),
+        comparison.items,
+        comparison.repeat
+    );
+    println!(
+        "{:<19} {:>26} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}  {}",
+        "executor", "wall (min–max)", "cpu", "speedup", "overhead/it", "peak RSS", "peak PSS", "1st res", "crash takes job down"
+    );
+    for r in &comparison.executors {
+        if let Some(reason) = &r.unavailable {
+            println!("{:<19} n/a: {reason}", r.executor);
+            continue;
+        }
+        let speedup = r.speedup_vs_serial.map_or("-".to_string(), |s| format!("{s:.2}x"));
+        let overhead = r.overhead_us_per_item.map_or("-".to_string(), |o| format!("{o:+.2} µs"));
+        let first = r.first_result_s.map_or("-".to_string(), |f| format!("{:.1} ms", f * 1000.0));
+        let isolation = match (&r.crash_takes_job_down, &r.isolation_detail) {
+            (Some(true), Some(detail)) => format!("yes: {detail}"),
+            (Some(false), Some(detail)) => format!("no: {detail}"),
+            _ => "not checked (--isolation-check)".to_string(),
+        };
+        println!(
+            "{:<19} {:>26} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}  {isolation}",
+            r.executor,
+            format!("{:.3}s ({:.3}–{:.3})", r.wall_median_s, r.wall_min_s, r.wall_max_s),
+            format!("{:.2}s", r.cpu_median_s),
+            speedup,
+            overhead,
+            human_bytes(r.peak_rss_bytes),
+            human_bytes(r.peak_pss_bytes),
+            first,
+        );
+    }
+    match difference {
+        None => println!("results: identical across executors"),
+        Some(difference) => println!("results: DIFFER — {difference}"),
+    }
+    println!("verdict: {}", comparison.verdict);
+}
