@@ -64,23 +64,29 @@ fn run_job(job: &Path, extra: &[&str], code: i32) -> Ran {
 // -------------------------------------------------------------------------------------------------------------
 // Jobs
 
-/// A sum-squares job over `0..end` in items of [`CHUNK`], one item per batch, results in `squares.jsonl`.
+/// A sum-squares job over `0..end` in items of `chunk` numbers ([`CHUNK`] by default), one item per batch, results
+/// in `squares.jsonl`.
 #[derive(Debug)]
 struct Squares {
     job: PathBuf,
     results: PathBuf,
     journal: PathBuf,
     end: u64,
+    chunk: u64,
     items: usize,
 }
 
 impl Squares {
     fn new(dir: &Path, end: u64, order: &str) -> Squares {
+        Squares::chunked(dir, end, CHUNK, order)
+    }
+
+    fn chunked(dir: &Path, end: u64, chunk: u64, order: &str) -> Squares {
         let job = write_file(
             dir,
             "squares.toml",
             format!(
-                "[input]\nrange = {{ start = 0, end = {end}, chunk = {CHUNK} }}\n\
+                "[input]\nrange = {{ start = 0, end = {end}, chunk = {chunk} }}\n\
                  [task]\nbuiltin = \"sum-squares\"\n\
                  [workers]\nbatch = 1\n\
                  [output]\nresults = \"squares.jsonl\"\nreduce = \"sum\"\norder = \"{order}\"\n"
@@ -91,7 +97,8 @@ impl Squares {
             results: dir.join("squares.jsonl"),
             journal: dir.join("squares.jsonl.journal"),
             end,
-            items: end.div_ceil(CHUNK) as usize,
+            chunk,
+            items: end.div_ceil(chunk) as usize,
         }
     }
 
@@ -112,8 +119,8 @@ impl Squares {
         assert_eq!(records.len(), self.items, "one record per item");
         for (expected, record) in records.iter().enumerate() {
             assert_eq!(record.item, expected as u64, "items must be exactly 0..{}", self.items);
-            let lo = record.item * CHUNK;
-            let hi = (lo + CHUNK).min(self.end);
+            let lo = record.item * self.chunk;
+            let hi = (lo + self.chunk).min(self.end);
             assert_eq!(record.input.range(), (lo, hi), "item {}", record.item);
             assert_eq!(record.status, "ok", "item {}", record.item);
             assert_eq!(record.value, Some(sum_of_squares(lo, hi)), "item {}", record.item);
@@ -309,6 +316,7 @@ fn sigkill_early_middle_and_late_then_resume_equals_a_clean_run() {
             "{name} kill: the journal holds {} records, expected {expected:?}",
             items.len()
         );
+        eprintln!("{name} kill: the journal holds {} of {n} records", items.len());
         assert!(
             recorded.is_subset(&items),
             "{name} kill: records of an earlier run were lost"
@@ -401,6 +409,42 @@ fn a_resume_with_nothing_to_run_reports_zero_worker_cpu() {
     assert_eq!(raw_number(&ran.stdout(), "worker_cpu_s"), "0.0");
 }
 
+#[test]
+#[ignore = "bug: resume reads a `\"value\":null` journal record as no value, so reduce = \"count\" skips it (and \
+            reduce = \"sum\" loses its error)"]
+fn a_resumed_count_reduction_counts_items_whose_value_is_null() {
+    let dir = temp_dir();
+    let job = write_file(
+        dir.path(),
+        "noop.toml",
+        "[input]\nrange = { start = 0, end = 100 }\n[task]\nbuiltin = \"noop\"\n\
+         [output]\nresults = \"noop.jsonl\"\nreduce = \"count\"\n",
+    );
+    let clean = run_job(&job, &["--keep-journal"], 0);
+    assert_eq!(raw_number(&clean.stdout(), "reduced"), "100");
+    let resumed = run_job(&job, &["--resume", "--keep-journal"], 0);
+    assert_eq!(field_u64(&resumed.summary(), "resumed"), 100);
+    assert_eq!(
+        raw_number(&resumed.stdout(), "reduced"),
+        "100",
+        "the count of the same 100 ok items"
+    );
+
+    // Summing nulls is an error in a clean run, and must stay one when the values come from the journal.
+    let sum = write_file(
+        dir.path(),
+        "noop-sum.toml",
+        "[input]\nrange = { start = 0, end = 100 }\n[task]\nbuiltin = \"noop\"\n\
+         [output]\nresults = \"noop-sum.jsonl\"\nreduce = \"sum\"\n",
+    );
+    let clean = run_job(&sum, &["--keep-journal"], 0);
+    assert!(clean.summary()["reduced"].is_null());
+    assert!(clean.summary()["reduce_error"].is_string());
+    let resumed = run_job(&sum, &["--resume"], 0);
+    assert_eq!(resumed.summary()["reduced"], clean.summary()["reduced"]);
+    assert_eq!(resumed.summary()["reduce_error"], clean.summary()["reduce_error"]);
+}
+
 // -------------------------------------------------------------------------------------------------------------
 // Damaged journals
 
@@ -430,13 +474,13 @@ fn garbage_lines_in_the_journal_are_dropped_and_named() {
     let job = Squares::new(dir.path(), MEDIUM_END, "input");
     let n = job.items;
     let recorded = kill_at(dir.path(), "first", &job, &[], 1 + 20);
+    // A well-formed record, but of an item the job does not have.
+    let (last_item, last) = journal_records(&job.journal).pop().expect("a record");
     if !std::fs::read(&job.journal).expect("read journal").ends_with(b"\n") {
         // The kill tore a record: end it, so that the garbage below starts a line of its own.
         append(&job.journal, b"\n");
     }
     let garbage_line = complete_lines(&job.journal) + 1;
-    // A well-formed record, but of an item the job does not have.
-    let (last_item, last) = journal_records(&job.journal).pop().expect("a record");
     let beyond = last.replacen(
         &format!("{{\"item\":{last_item},"),
         &format!("{{\"item\":{},", n + 5),
@@ -514,6 +558,60 @@ fn a_changed_input_or_job_file_refuses_to_resume() {
         "the message must name the input file"
     );
     assert_eq!(std::fs::read(&journal).expect("read journal"), kept);
+}
+
+#[test]
+fn a_changed_glob_listing_refuses_to_resume() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir data");
+    for i in 0..5 {
+        write_file(&data, &format!("f{i}.bin"), format!("file {i}\n"));
+    }
+    let job = write_file(
+        dir.path(),
+        "digests.toml",
+        "[input]\nglob = \"data/*.bin\"\n[task]\nbuiltin = \"sha256\"\n[output]\nresults = \"digests.jsonl\"\n",
+    );
+    run_job(&job, &["--keep-journal"], 0);
+
+    // One more file: more items, and another listing.
+    write_file(&data, "f5.bin", "file 5\n");
+    let ran = run_job(&job, &["--resume"], 2);
+    assert!(ran.stderr().contains("the input changed"));
+    assert!(ran.stderr().contains("the number of items changed: was 5, now 6"));
+    std::fs::remove_file(data.join("f5.bin")).expect("remove f5");
+    run_job(&job, &["--resume", "--keep-journal"], 0);
+
+    // A file rewritten with the same size: its modification time changed.
+    write_file(&data, "f2.bin", "FILE 2\n");
+    let ran = run_job(&job, &["--resume"], 2);
+    assert!(ran.stderr().contains("the input changed"));
+    assert!(!ran.stderr().contains("the number of items changed"));
+}
+
+#[test]
+fn a_journal_of_another_version_or_without_a_header_is_refused() {
+    let dir = temp_dir();
+    let job = Squares::new(dir.path(), 20_000_000, "input");
+    job.run(&["--keep-journal"], 0);
+    let text = std::fs::read_to_string(&job.journal).expect("read journal");
+    let other = text.replacen("{\"journal\":1,", "{\"journal\":2,", 1);
+    assert_ne!(other, text, "the header starts with the version");
+    let cases = [
+        (other, "it is format version 2"),
+        (String::new(), "it has no header"),
+        (
+            text[..text.find('\n').expect("a header line")].to_string(),
+            "it has no header",
+        ),
+    ];
+    for (journal, says) in cases {
+        std::fs::write(&job.journal, &journal).expect("write journal");
+        let ran = job.run(&["--resume"], 2);
+        assert!(ran.stderr().contains(says), "expected {says:?} on stderr");
+        assert_eq!(std::fs::read_to_string(&job.journal).expect("read journal"), journal);
+    }
 }
 
 #[test]
@@ -603,6 +701,49 @@ fn sigint_keeps_the_journal_and_the_finished_records_then_resume_completes() {
     assert!(!job.journal.exists());
 }
 
+#[test]
+fn a_second_sigint_kills_the_items_in_flight_without_recording_them_and_resume_completes() {
+    let dir = temp_dir();
+    // Items of about half a second, so that the first SIGINT leaves work in flight for the second to kill.
+    let job = Squares::chunked(dir.path(), 480_000_000, 24_000_000, "input");
+    let (mut supervisor, workers) = start_until(dir.path(), "first", &job.job, &[], &job.journal, 1 + 2);
+    let pid = supervisor.pid();
+    let stderr = dir.path().join("first/supervisor.stderr");
+    supervisor.signal(libc::SIGINT);
+    let graceful = wait_until(REACH_LIMIT, || {
+        supervisor.has_exited() || std::fs::read_to_string(&stderr).is_ok_and(|text| text.contains("SIGINT received"))
+    });
+    assert!(graceful, "no word of the first SIGINT on stderr");
+    if supervisor.has_exited() {
+        eprintln!("the run ended before the second SIGINT");
+    } else {
+        supervisor.signal(libc::SIGINT);
+    }
+    let status = supervisor.wait(REACH_LIMIT);
+    assert_eq!(status.code(), Some(130), "{}", supervisor.context());
+    assert_workers_gone(pid, &workers);
+
+    // The killed items have no record: neither ok nor failed.
+    let records = read_records::<u128>(&job.results);
+    assert!(records.len() < job.items, "the run was not stopped early");
+    for record in &records {
+        assert_eq!(
+            record.status, "ok",
+            "item {} was recorded although it was killed",
+            record.item
+        );
+    }
+    let items: BTreeSet<u64> = records.iter().map(|r| r.item).collect();
+    assert_eq!(items.len(), records.len(), "an item was recorded twice");
+    let journaled: BTreeSet<u64> = journal_records(&job.journal).iter().map(|(item, _)| *item).collect();
+    assert_eq!(items, journaled);
+
+    let ran = job.run(&["--resume"], 0);
+    assert_eq!(field_u64(&ran.summary(), "resumed"), items.len() as u64);
+    assert_eq!(field_u64(&ran.summary(), "failed"), 0);
+    job.check(&ran, &job.results);
+}
+
 // -------------------------------------------------------------------------------------------------------------
 // --retry-failed
 
@@ -613,7 +754,7 @@ fn fault_job(dir: &Path, args: &str) -> PathBuf {
         format!(
             "[input]\nrange = {{ start = 0, end = 20, chunk = 1 }}\n\
              [task]\nbuiltin = \"fault\"\nargs = {args}\n\
-             [output]\nresults = \"fault.jsonl\"\n"
+             [output]\nresults = \"fault.jsonl\"\nreduce = \"sum\"\n"
         ),
     )
 }
@@ -644,6 +785,8 @@ fn retry_failed_runs_the_failed_items_again() {
 
     let first = run_job(&job, &["--keep-journal"], 1);
     assert_eq!(field_u64(&first.summary(), "failed"), 2);
+    // Σ i for i < 20, without 3 and 7.
+    assert_eq!(raw_number(&first.stdout(), "reduced"), "180");
     check_fault_records(&results, true);
     let first_lines: Vec<String> = std::fs::read_to_string(&results)
         .expect("read results")
@@ -656,6 +799,7 @@ fn retry_failed_runs_the_failed_items_again() {
     assert_eq!(field_u64(&summary, "resumed"), 18);
     assert_eq!(field_u64(&summary, "failed"), 2);
     assert_eq!(field_u64(&summary, "ok"), 18);
+    assert_eq!(raw_number(&retry.stdout(), "reduced"), "180");
     let records = check_fault_records(&results, true);
     // Items 3 and 7 ran again, in this run's workers; the others are the first run's records, byte for byte.
     let retry_pids = worker_pids(&summary);
@@ -695,6 +839,7 @@ fn retry_failed_succeeds_when_the_failures_were_transient() {
     assert_eq!(field_u64(&summary, "resumed"), 18);
     assert_eq!(field_u64(&summary, "ok"), 20);
     assert_eq!(field_u64(&summary, "failed"), 0);
+    assert_eq!(raw_number(&retry.stdout(), "reduced"), "190");
     check_fault_records(&results, false);
     assert!(!dir.path().join("fault.jsonl.journal").exists());
 }
