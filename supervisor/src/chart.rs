@@ -8,19 +8,38 @@ use plotters::prelude::*;
 use crate::compare::Comparison;
 use crate::error::Error;
 
-const COLORS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+const COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+];
 
 pub fn draw(path: &Path, comparison: &Comparison) -> Result<(), Error> {
-    let failed = |error: String| Error::Chart { path: path.to_path_buf(), message: error };
-    let ran: Vec<_> = comparison.executors.iter().filter(|r| r.unavailable.is_none()).collect();
+    let failed = |error: String| Error::Chart {
+        path: path.to_path_buf(),
+        message: error,
+    };
+    let ran: Vec<_> = comparison
+        .executors
+        .iter()
+        .filter(|r| r.unavailable.is_none())
+        .collect();
     let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| failed(e.to_string()))?;
     let title = format!("{} items, median of {} runs", comparison.items, comparison.repeat);
-    let root = root.titled(&title, ("sans-serif", 18)).map_err(|e| failed(e.to_string()))?;
+    let root = root
+        .titled(&title, ("sans-serif", 18))
+        .map_err(|e| failed(e.to_string()))?;
     let panels = root.split_evenly((1, 2));
-    let metrics: [(&str, &str, Box<dyn Fn(usize) -> f64>); 2] = [
+    type Metric<'a> = (&'a str, &'a str, Box<dyn Fn(usize) -> f64 + 'a>);
+    let metrics: [Metric<'_>; 2] = [
         ("wall time", "seconds", Box::new(|i| ran[i].wall_median_s)),
-        ("peak memory (PSS)", "MiB", Box::new(|i| ran[i].peak_pss_bytes as f64 / (1 << 20) as f64)),
+        (
+            "peak memory (PSS)",
+            "MiB",
+            Box::new(|i| ran[i].peak_pss_bytes as f64 / (1 << 20) as f64),
+        ),
     ];
     for (panel, (caption, unit, value)) in panels.iter().zip(metrics.iter()) {
         let top = (0..ran.len()).map(value).fold(0.0f64, f64::max).max(1e-9) * 1.15;
@@ -46,7 +65,10 @@ pub fn draw(path: &Path, comparison: &Comparison) -> Result<(), Error> {
             let color = COLORS[i % COLORS.len()];
             chart
                 .draw_series(
-                    Histogram::vertical(&chart).style(color.filled()).margin(14).data([(i, value(i))]),
+                    Histogram::vertical(&chart)
+                        .style(color.filled())
+                        .margin(14)
+                        .data([(i, value(i))]),
                 )
                 .map_err(|e| failed(e.to_string()))?
                 .label(report.executor.clone());

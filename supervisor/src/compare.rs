@@ -24,7 +24,10 @@ use crate::report::human_bytes;
 /// The executors compared, with the `run` flags that select them.
 const EXECUTORS: [(&str, &[&str]); 4] = [
     ("process", &["--executor", "process", "--start", "spawn"]),
-    ("process/forkserver", &["--executor", "process", "--start", "forkserver"]),
+    (
+        "process/forkserver",
+        &["--executor", "process", "--start", "forkserver"],
+    ),
     ("thread", &["--executor", "thread"]),
     ("serial", &["--executor", "serial"]),
 ];
@@ -78,7 +81,9 @@ pub struct Comparison {
 
 pub fn run(args: &CompareArgs) -> Result<i32, Error> {
     let spec = crate::run::load(&args.job, None)?;
-    let exe = std::env::current_exe().map_err(|error| Error::Internal { message: format!("current_exe: {error}") })?;
+    let exe = std::env::current_exe().map_err(|error| Error::Internal {
+        message: format!("current_exe: {error}"),
+    })?;
     let scratch = Scratch::new()?;
     let mut reports = Vec::new();
     let mut first_results: Vec<(String, PathBuf)> = Vec::new();
@@ -89,7 +94,11 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
         for round in 0..args.repeat {
             let results = scratch.path.join(format!("{}-{round}.jsonl", name.replace('/', "-")));
             let mut command = Command::new(&exe);
-            command.args(["run", "--quiet", "--json", "--force"]).arg(&spec.path).arg("--results").arg(&results);
+            command
+                .args(["run", "--quiet", "--json", "--force"])
+                .arg(&spec.path)
+                .arg("--results")
+                .arg(&results);
             command.args(flags);
             if let Some(workers) = args.workers {
                 command.arg("--workers").arg(workers.to_string());
@@ -107,7 +116,9 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
                     break;
                 }
                 Measured::Died { what, stderr } => {
-                    return Err(Error::CompareFailed { reason: format!("the {name} run {what}: {}", stderr.trim()) });
+                    return Err(Error::CompareFailed {
+                        reason: format!("the {name} run {what}: {}", stderr.trim()),
+                    });
                 }
             }
         }
@@ -116,7 +127,10 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
     let identical = identical_results(&first_results)?;
     if args.isolation_check {
         for report in reports.iter_mut().filter(|r| r.unavailable.is_none()) {
-            let flags = EXECUTORS.iter().find(|(name, _)| *name == report.executor).map_or(&[][..], |(_, f)| f);
+            let flags = EXECUTORS
+                .iter()
+                .find(|(name, _)| *name == report.executor)
+                .map_or(&[][..], |(_, f)| f);
             let (down, detail) = isolation_check(&exe, &scratch.path, flags)?;
             report.crash_takes_job_down = Some(down);
             report.isolation_detail = Some(detail);
@@ -159,7 +173,10 @@ struct Scratch {
 impl Scratch {
     fn new() -> Result<Scratch, Error> {
         let path = std::env::temp_dir().join(format!("supervisor-compare-{}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|source| Error::Results { path: path.clone(), source })?;
+        std::fs::create_dir_all(&path).map_err(|source| Error::Results {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Scratch { path })
     }
 }
@@ -171,10 +188,18 @@ impl Drop for Scratch {
 }
 
 enum Measured {
-    Ran { sample: Sample, summary: serde_json::Value },
+    Ran {
+        sample: Sample,
+        summary: serde_json::Value,
+    },
     /// Exit 2: this executor cannot run this job.
-    Refused { stderr: String },
-    Died { what: String, stderr: String },
+    Refused {
+        stderr: String,
+    },
+    Died {
+        what: String,
+        stderr: String,
+    },
 }
 
 /// Runs one `supervisor run` process to its end, sampling its memory.
@@ -185,7 +210,9 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|error| Error::Internal { message: format!("cannot start a run: {error}") })?;
+        .map_err(|error| Error::Internal {
+            message: format!("cannot start a run: {error}"),
+        })?;
     let pid = child.id() as i32;
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -203,20 +230,31 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
     };
     // Read the pipes before reaping, so a chatty run cannot block on a full pipe.
     let (stdout, stderr) = read_outputs(child.stdout, child.stderr);
-    let info = wait4(pid).map_err(|error| Error::Internal { message: format!("wait4: {error}") })?;
+    let info = wait4(pid).map_err(|error| Error::Internal {
+        message: format!("wait4: {error}"),
+    })?;
     let wall = started.elapsed();
     done.store(true, Ordering::Relaxed);
     let (peak_rss, peak_pss) = sampler.join().unwrap_or((0, 0));
     match info.status {
         ExitStatus::Code(0 | 1) => {}
         ExitStatus::Code(2) => return Ok(Measured::Refused { stderr }),
-        ExitStatus::Code(code) => return Ok(Measured::Died { what: format!("exited with code {code}"), stderr }),
+        ExitStatus::Code(code) => {
+            return Ok(Measured::Died {
+                what: format!("exited with code {code}"),
+                stderr,
+            });
+        }
         ExitStatus::Signal(signal) => {
-            return Ok(Measured::Died { what: format!("was killed by {}", signal_name(signal)), stderr });
+            return Ok(Measured::Died {
+                what: format!("was killed by {}", signal_name(signal)),
+                stderr,
+            });
         }
     }
-    let summary: serde_json::Value = serde_json::from_str(&stdout)
-        .map_err(|error| Error::CompareFailed { reason: format!("a run printed no JSON summary ({error}): {stdout}") })?;
+    let summary: serde_json::Value = serde_json::from_str(&stdout).map_err(|error| Error::CompareFailed {
+        reason: format!("a run printed no JSON summary ({error}): {stdout}"),
+    })?;
     let internal_wall = summary["wall_s"].as_f64().unwrap_or(0.0);
     let startup = (wall.as_secs_f64() - internal_wall).max(0.0);
     let sample = Sample {
@@ -230,7 +268,10 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
     Ok(Measured::Ran { sample, summary })
 }
 
-fn read_outputs(stdout: Option<std::process::ChildStdout>, stderr: Option<std::process::ChildStderr>) -> (String, String) {
+fn read_outputs(
+    stdout: Option<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+) -> (String, String) {
     use std::io::Read;
     let errors = std::thread::spawn(move || {
         let mut text = String::new();
@@ -255,10 +296,16 @@ fn tree_memory(pid: i32) -> (u64, u64) {
             rss += kib_field(&text, "Rss:");
             pss += kib_field(&text, "Pss:");
         }
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
         for task in tasks.flatten() {
             if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
-                pending.extend(children.split_whitespace().filter_map(|child| child.parse::<i32>().ok()));
+                pending.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|child| child.parse::<i32>().ok()),
+                );
             }
         }
     }
@@ -279,7 +326,11 @@ fn median(values: &mut [f64]) -> f64 {
     }
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
-    if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
 }
 
 fn summarize(name: &str, unavailable: Option<String>, samples: Vec<Sample>) -> ExecutorReport {
@@ -306,7 +357,11 @@ fn summarize(name: &str, unavailable: Option<String>, samples: Vec<Sample>) -> E
 
 /// Fills in the columns relative to the serial run.
 fn derive_relative(reports: &mut [ExecutorReport], items: u64) {
-    let Some(serial) = reports.iter().find(|r| r.executor == "serial" && r.unavailable.is_none()).cloned() else {
+    let Some(serial) = reports
+        .iter()
+        .find(|r| r.executor == "serial" && r.unavailable.is_none())
+        .cloned()
+    else {
         return;
     };
     for report in reports.iter_mut().filter(|r| r.unavailable.is_none()) {
@@ -321,14 +376,24 @@ fn derive_relative(reports: &mut [ExecutorReport], items: u64) {
 
 /// The records that must agree between executors: item, status, value, and the failure's kind/signal/code.
 fn comparable_records(path: &Path) -> Result<BTreeMap<u64, String>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Results { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Results {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut records = BTreeMap::new();
     for line in text.lines() {
-        let record: serde_json::Value = serde_json::from_str(line)
-            .map_err(|error| Error::CompareFailed { reason: format!("{} has a bad line ({error})", path.display()) })?;
+        let record: serde_json::Value = serde_json::from_str(line).map_err(|error| Error::CompareFailed {
+            reason: format!("{} has a bad line ({error})", path.display()),
+        })?;
         let item = record["item"].as_u64().unwrap_or(u64::MAX);
         let error = &record["error"];
-        let key = serde_json::json!([record["status"], record["value"], error["kind"], error["signal"], error["code"]]);
+        let key = serde_json::json!([
+            record["status"],
+            record["value"],
+            error["kind"],
+            error["signal"],
+            error["code"]
+        ]);
         records.insert(item, key.to_string());
     }
     Ok(records)
@@ -336,16 +401,24 @@ fn comparable_records(path: &Path) -> Result<BTreeMap<u64, String>, Error> {
 
 /// `Ok` when every executor's results are the same; otherwise the first difference, in words.
 fn identical_results(runs: &[(String, PathBuf)]) -> Result<Result<(), String>, Error> {
-    let Some((first_name, first_path)) = runs.first() else { return Ok(Ok(())) };
+    let Some((first_name, first_path)) = runs.first() else {
+        return Ok(Ok(()));
+    };
     let reference = comparable_records(first_path)?;
     for (name, path) in &runs[1..] {
         let other = comparable_records(path)?;
         if other.len() != reference.len() {
-            return Ok(Err(format!("{first_name} has {} records, {name} has {}", reference.len(), other.len())));
+            return Ok(Err(format!(
+                "{first_name} has {} records, {name} has {}",
+                reference.len(),
+                other.len()
+            )));
         }
         if let Some((item, expected)) = reference.iter().find(|(item, record)| other.get(item) != Some(record)) {
             let got = other.get(item).map_or("nothing", String::as_str);
-            return Ok(Err(format!("item {item}: {first_name} gives {expected}, {name} gives {got}")));
+            return Ok(Err(format!(
+                "item {item}: {first_name} gives {expected}, {name} gives {got}"
+            )));
         }
     }
     Ok(Ok(()))
@@ -356,20 +429,31 @@ fn isolation_check(exe: &Path, scratch: &Path, flags: &[&str]) -> Result<(bool, 
     let job = scratch.join("isolation.toml");
     let text = "[input]\nrange = { start = 0, end = 8 }\n[task]\nbuiltin = \"fault\"\nargs = { segfault = [3] }\n\
                 [output]\nresults = \"isolation.jsonl\"\n";
-    std::fs::write(&job, text).map_err(|source| Error::Results { path: job.clone(), source })?;
+    std::fs::write(&job, text).map_err(|source| Error::Results {
+        path: job.clone(),
+        source,
+    })?;
     let output = Command::new(exe)
         .args(["run", "--quiet", "--json", "--force"])
         .arg(&job)
         .args(flags)
         .stdin(Stdio::null())
         .output()
-        .map_err(|error| Error::Internal { message: format!("cannot start the isolation check: {error}") })?;
+        .map_err(|error| Error::Internal {
+            message: format!("cannot start the isolation check: {error}"),
+        })?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (output.status.code(), output.status.signal()) {
-        (_, Some(signal)) => (true, format!("the whole job died ({}); no item has a record", signal_name(signal))),
+        (_, Some(signal)) => (
+            true,
+            format!("the whole job died ({}); no item has a record", signal_name(signal)),
+        ),
         (Some(1), _) => {
             let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-            (false, format!("{} item failed, {} ok", summary["failed"], summary["ok"]))
+            (
+                false,
+                format!("{} item failed, {} ok", summary["failed"], summary["ok"]),
+            )
         }
         (code, _) => (true, format!("the job ended with exit code {code:?}")),
     })
@@ -382,9 +466,16 @@ fn verdict(reports: &[ExecutorReport], items: u64) -> String {
         return "not enough executors ran to compare".to_string();
     };
     let Some(thread) = find("thread") else {
-        return format!("only processes can run this job; they run it {:.2}x faster than serial", serial.wall_median_s / process.wall_median_s);
+        return format!(
+            "only processes can run this job; they run it {:.2}x faster than serial",
+            serial.wall_median_s / process.wall_median_s
+        );
     };
-    let per_item_us = if items > 0 { serial.cpu_median_s * 1e6 / items as f64 } else { 0.0 };
+    let per_item_us = if items > 0 {
+        serial.cpu_median_s * 1e6 / items as f64
+    } else {
+        0.0
+    };
     let overhead_us = process.overhead_us_per_item.unwrap_or(0.0);
     if items > 0 && overhead_us > per_item_us && process.wall_median_s > thread.wall_median_s * 1.1 {
         return format!(
@@ -393,7 +484,11 @@ fn verdict(reports: &[ExecutorReport], items: u64) -> String {
     }
     let wall = (process.wall_median_s / thread.wall_median_s - 1.0) * 100.0;
     let memory = (process.peak_pss_bytes as f64 - thread.peak_pss_bytes as f64) / (1 << 20) as f64;
-    let worth = if wall <= 10.0 { "isolation is worth it" } else { "isolation costs more than 10% of wall time here" };
+    let worth = if wall <= 10.0 {
+        "isolation is worth it"
+    } else {
+        "isolation costs more than 10% of wall time here"
+    };
     format!("processes cost {wall:+.1}% wall and {memory:+.1} MiB (PSS) vs threads on this job; {worth}")
 }
 
@@ -405,8 +500,8 @@ fn print_table(comparison: &Comparison, difference: Option<&String>) {
         comparison.repeat
     );
     println!(
-        "{:<19} {:>26} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}  {}",
-        "executor", "wall (min–max)", "cpu", "speedup", "overhead/it", "peak RSS", "peak PSS", "1st res", "crash takes job down"
+        "{:<19} {:>26} {:>8} {:>8} {:>12} {:>10} {:>10} {:>9}  crash takes job down",
+        "executor", "wall (min–max)", "cpu", "speedup", "overhead/it", "peak RSS", "peak PSS", "1st res",
     );
     for r in &comparison.executors {
         if let Some(reason) = &r.unavailable {
@@ -414,8 +509,12 @@ fn print_table(comparison: &Comparison, difference: Option<&String>) {
             continue;
         }
         let speedup = r.speedup_vs_serial.map_or("-".to_string(), |s| format!("{s:.2}x"));
-        let overhead = r.overhead_us_per_item.map_or("-".to_string(), |o| format!("{o:+.2} µs"));
-        let first = r.first_result_s.map_or("-".to_string(), |f| format!("{:.1} ms", f * 1000.0));
+        let overhead = r
+            .overhead_us_per_item
+            .map_or("-".to_string(), |o| format!("{o:+.2} µs"));
+        let first = r
+            .first_result_s
+            .map_or("-".to_string(), |f| format!("{:.1} ms", f * 1000.0));
         let isolation = match (&r.crash_takes_job_down, &r.isolation_detail) {
             (Some(true), Some(detail)) => format!("yes: {detail}"),
             (Some(false), Some(detail)) => format!("no: {detail}"),

@@ -38,7 +38,7 @@ pub enum Error {
     )]
     JournalMismatch { path: PathBuf, changes: String },
     #[error(
-        "a journal from an earlier run of this job exists at {path}: pass --resume to continue it, or --force to start over"
+        "an unfinished journal of an earlier run of this job exists at {path}: pass --resume to continue it, or --force to start over"
     )]
     JournalExists { path: PathBuf },
     #[error("--resume needs a results file: set [output] results or pass --results")]

@@ -204,9 +204,9 @@ impl Journal {
                 Status::Ok => {
                     done.done[item] = true;
                     done.ok += 1;
-                    if let Some(value) = line.value {
-                        done.values.push(value_from_json(value.get()));
-                    }
+                    // An ok record always has a value; serde reads `"value":null` as `None`.
+                    done.values
+                        .push(line.value.map_or(Value::Null, |value| value_from_json(value.get())));
                 }
                 Status::Failed if !retry_failed => {
                     done.done[item] = true;
@@ -252,6 +252,29 @@ fn from_json_value(value: serde_json::Value) -> Value {
         serde_json::Value::Array(items) => Value::List(items.into_iter().map(from_json_value).collect()),
         serde_json::Value::Object(map) => Value::Map(map.into_iter().map(|(k, v)| (k, from_json_value(v))).collect()),
     }
+}
+
+/// Whether the journal at `path` records every item of its job (a finished run: the results file holds the
+/// same records, so replacing the journal loses nothing). Unreadable journals count as unfinished.
+pub fn is_finished(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    let Some(header_end) = bytes.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let Ok(header) = serde_json::from_slice::<Header>(&bytes[..header_end]) else {
+        return false;
+    };
+    let items = header.fingerprint.items;
+    let mut seen = vec![false; items as usize];
+    for line in bytes[header_end + 1..]
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| line.ends_with(b"\n"))
+    {
+        if let Some(item) = item_of(line).filter(|&item| item < items) {
+            seen[item as usize] = true;
+        }
+    }
+    seen.iter().all(|&seen| seen)
 }
 
 /// Appends records to the journal from an async task (fsyncs go to the blocking pool).
@@ -438,6 +461,7 @@ pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Res
     std::fs::rename(&temp, results).map_err(write_error)?;
     sync_parent(results).map_err(write_error)?;
     remove_stale_temps(results);
+    remove_stale_temps(journal);
     Ok(written)
 }
 

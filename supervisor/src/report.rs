@@ -183,7 +183,7 @@ impl Summary {
             results,
             journal: None,
             resumed: outcome.resumed,
-            worker_cpu_s: outcome.worker_stats.iter().map(|w| w.cpu_s).sum(),
+            worker_cpu_s: outcome.worker_stats.iter().fold(0.0, |total, w| total + w.cpu_s),
             worker_max_rss_bytes: outcome.worker_stats.iter().map(|w| w.max_rss_bytes).max().unwrap_or(0),
             worker_stats: outcome.worker_stats,
             retries: outcome.retries,
@@ -244,10 +244,13 @@ impl Summary {
             writeln!(out, "results: {}", path.display())?;
         }
         if let Some(path) = &self.journal {
-            let hint = if self.not_run > 0 {
-                " (run again with --resume to finish)"
-            } else {
-                ""
+            let hint = match (self.not_run, self.failed) {
+                (1.., _) => " (run again with --resume to finish)".to_string(),
+                (0, 1..) => format!(
+                    " (run again with --retry-failed to retry the {} failed items)",
+                    self.failed
+                ),
+                _ => String::new(),
             };
             writeln!(out, "journal: kept at {}{hint}", path.display())?;
         }

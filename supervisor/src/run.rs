@@ -88,7 +88,7 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
             } else if resume {
                 eprintln!("no journal at {}: starting from the beginning", path.display());
                 None
-            } else if path.exists() && !args.force {
+            } else if path.exists() && !args.force && !journal::is_finished(&path) {
                 return Err(Error::JournalExists { path });
             } else {
                 None
@@ -147,8 +147,9 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
             .map_err(|join| Error::Internal {
                 message: format!("writing results failed: {join}"),
             })??;
-        let complete = outcome.ok + outcome.failed == outcome.items;
-        if !spec.output.journal || (complete && !args.keep_journal) {
+        // Kept when the run is unfinished (for --resume) or has failures (for --retry-failed).
+        let clean = outcome.ok == outcome.items;
+        if !spec.output.journal || (clean && !args.keep_journal) {
             std::fs::remove_file(&records).map_err(|source| Error::Journal {
                 path: records.clone(),
                 source,
