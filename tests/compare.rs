@@ -1,0 +1,137 @@
+//! `supervisor compare`: it runs a job under every executor, finds their results identical, measures each one,
+//! and shows (with `--isolation-check`) that one crashing item takes a threaded job down but not a process job.
+//! Timings are never asserted; only that the numbers exist and are consistent.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{run, sum_of_squares_below, write_file};
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+const JOB: &str = "[input]\nrange = { start = 0, end = 2_000_000, chunk = 20_000 }\n[task]\nbuiltin = \"sum-squares\"\n\
+                   [output]\nreduce = \"sum\"\n";
+
+#[test]
+fn compare_runs_every_executor_and_finds_identical_results() {
+    let dir = temp_dir();
+    let job = write_file(dir.path(), "job.toml", JOB);
+    let chart = dir.path().join("chart.svg");
+    let ran = run(
+        dir.path(),
+        [
+            "compare",
+            job.to_str().expect("utf-8"),
+            "--repeat",
+            "2",
+            "--json",
+            "--isolation-check",
+            "--svg",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([chart.to_str().expect("utf-8").to_string()]),
+        0,
+    );
+    let comparison = ran.summary();
+    assert_eq!(comparison["identical"], true, "{}", ran.context());
+    assert_eq!(comparison["items"], 100);
+    let executors = comparison["executors"].as_array().expect("executors");
+    let names: Vec<&str> = executors.iter().filter_map(|e| e["executor"].as_str()).collect();
+    assert_eq!(names, ["process", "process/forkserver", "thread", "serial"]);
+    for executor in executors {
+        let name = executor["executor"].as_str().unwrap_or_default();
+        assert!(
+            executor["unavailable"].is_null(),
+            "{name} did not run: {}",
+            ran.context()
+        );
+        assert_eq!(executor["samples"].as_array().map(Vec::len), Some(2), "{name}");
+        for key in ["wall_median_s", "cpu_median_s", "speedup_vs_serial"] {
+            let value = executor[key].as_f64().unwrap_or(f64::NAN);
+            assert!(value.is_finite() && value > 0.0, "{name}.{key} = {value}");
+        }
+        let (low, median, high) = (
+            executor["wall_min_s"].as_f64().unwrap_or(f64::NAN),
+            executor["wall_median_s"].as_f64().unwrap_or(f64::NAN),
+            executor["wall_max_s"].as_f64().unwrap_or(f64::NAN),
+        );
+        assert!(low <= median && median <= high, "{name}: {low} {median} {high}");
+        assert!(executor["peak_rss_bytes"].as_u64().unwrap_or(0) > 0, "{name}");
+        // Measured, not asserted by the code: a segfault is isolated by processes and fatal to threads.
+        let isolated = !name.starts_with("process");
+        assert_eq!(
+            executor["crash_takes_job_down"], isolated,
+            "{name}: {}",
+            executor["isolation_detail"]
+        );
+    }
+    assert_eq!(comparison["executors"][3]["speedup_vs_serial"].as_f64(), Some(1.0));
+    assert!(comparison["verdict"].as_str().is_some_and(|v| !v.is_empty()));
+    let svg = std::fs::read_to_string(&chart).expect("chart written");
+    assert!(svg.starts_with("<svg") && svg.contains("process/forkserver") && svg.contains("wall time"));
+}
+
+#[test]
+fn compare_prints_a_table_with_a_verdict() {
+    let dir = temp_dir();
+    let job = write_file(dir.path(), "job.toml", JOB);
+    let ran = run(
+        dir.path(),
+        ["compare", job.to_str().expect("utf-8"), "--repeat", "1"],
+        0,
+    );
+    let text = ran.stdout();
+    for executor in ["process ", "process/forkserver", "thread ", "serial "] {
+        assert!(
+            text.lines().any(|line| line.starts_with(executor)),
+            "no row for {executor}:\n{text}"
+        );
+    }
+    assert!(text.contains("results: identical across executors"), "{text}");
+    assert!(text.lines().any(|line| line.starts_with("verdict: ")), "{text}");
+    // The job itself still computes the right thing under the process executor.
+    let check = run(
+        dir.path(),
+        ["run", job.to_str().expect("utf-8"), "--json", "--quiet"],
+        0,
+    );
+    assert_eq!(
+        common::raw_number(&check.stdout(), "reduced"),
+        sum_of_squares_below(2_000_000).to_string()
+    );
+}
+
+#[test]
+fn an_executor_that_cannot_run_the_job_is_reported_not_fatal() {
+    let dir = temp_dir();
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!("{JOB}[supervise]\ngrace = \"1s\"\n").replace(
+            "builtin = \"sum-squares\"\n",
+            "builtin = \"sum-squares\"\ntimeout = \"10s\"\n",
+        ),
+    );
+    let ran = run(
+        dir.path(),
+        ["compare", job.to_str().expect("utf-8"), "--repeat", "1", "--json"],
+        0,
+    );
+    let comparison = ran.summary();
+    let executors = comparison["executors"].as_array().expect("executors");
+    for executor in executors {
+        let name = executor["executor"].as_str().unwrap_or_default();
+        let unavailable = executor["unavailable"].as_str();
+        if name.starts_with("process") {
+            assert!(unavailable.is_none(), "{name}: {unavailable:?}");
+        } else {
+            assert!(
+                unavailable.is_some_and(|why| why.contains("timeout")),
+                "{name}: {unavailable:?}"
+            );
+        }
+    }
+}
