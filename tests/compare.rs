@@ -3,6 +3,10 @@
 //! Timings are never asserted; only that the numbers exist and are consistent.
 
 #[path = "common/mod.rs"]
+#[allow(
+    dead_code,
+    reason = "the helpers are shared with e2e.rs; this suite uses only some of them"
+)]
 mod common;
 
 use common::{run, sum_of_squares_below, write_file};
