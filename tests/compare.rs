@@ -3,7 +3,7 @@
 //! Timings are never asserted; only that the numbers exist and are consistent.
 
 #[path = "common/mod.rs"]
-#[allow(
+#[expect(
     dead_code,
     reason = "the helpers are shared with e2e.rs; this suite uses only some of them"
 )]
