@@ -1,0 +1,139 @@
+//! The wire format does not change by accident: encoded samples of every message (protocol version 1) are
+//! committed under `tests/protocol-v1/`, and this test checks that today's code decodes each into the expected
+//! value and encodes that value into the same bytes. After an intended change, bump `PROTOCOL_VERSION`, and
+//! write new samples with `BLESS=1 cargo test -p shared --test protocol_samples`.
+//!
+//! `Hello` carries an ipc-channel sender, which only encodes inside a live channel; it is left out.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shared::item::{Batch, BatchItems, Chunk, InputPlan, Value};
+use shared::protocol::{FromWorker, Outcome, PROTOCOL_VERSION, TaskError, TaskErrorKind, ToWorker, WorkerLimits};
+
+fn samples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protocol-v1")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check<T: Serialize + DeserializeOwned + std::fmt::Debug>(name: &str, value: &T, same: impl Fn(&T, &T) -> bool) {
+    let encoded = postcard::to_stdvec(value).expect("encodes");
+    let path = samples_dir().join(format!("{name}.hex"));
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::create_dir_all(samples_dir()).expect("samples dir");
+        std::fs::write(&path, hex(&encoded) + "\n").expect("write sample");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    let committed = committed.trim();
+    let bytes: Vec<u8> = (0..committed.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&committed[i..i + 2], 16).expect("hex"))
+        .collect();
+    let decoded: T = postcard::from_bytes(&bytes).unwrap_or_else(|error| panic!("{name}: cannot decode: {error}"));
+    assert!(
+        same(&decoded, value),
+        "{name}: decodes to {decoded:?}, expected {value:?}"
+    );
+    assert_eq!(
+        hex(&encoded),
+        committed,
+        "{name}: the encoding changed (bump PROTOCOL_VERSION and bless)"
+    );
+}
+
+fn debug_eq<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+#[test]
+fn version_one_samples_still_decode_and_encode_identically() {
+    assert_eq!(
+        PROTOCOL_VERSION, 1,
+        "new version: write samples under tests/protocol-v{PROTOCOL_VERSION}"
+    );
+    let init = ToWorker::Init {
+        task: "grep".into(),
+        args_json: r#"{"pattern":"a+"}"#.into(),
+        input: InputPlan::File {
+            path: "/data/big.log".into(),
+        },
+        limits: WorkerLimits {
+            memory_bytes: Some(512 << 20),
+            cpu_seconds_per_item: Some(3),
+            core_dumps: false,
+        },
+        progress: Some("/proc/1/fd/7".into()),
+    };
+    check("to-worker-init", &init, debug_eq);
+    let batches = [
+        (
+            "to-worker-batch-range",
+            Batch {
+                id: 7,
+                first: 100,
+                items: BatchItems::Range { count: 16 },
+            },
+        ),
+        (
+            "to-worker-batch-chunks",
+            Batch {
+                id: 8,
+                first: 3,
+                items: BatchItems::Chunks(vec![Chunk { offset: 0, len: 4096 }, Chunk { offset: 4096, len: 17 }]),
+            },
+        ),
+        (
+            "to-worker-batch-files",
+            Batch {
+                id: 9,
+                first: 0,
+                items: BatchItems::Files(vec!["/a/b.jpg".into()]),
+            },
+        ),
+    ];
+    for (name, batch) in batches {
+        check(name, &ToWorker::Batch(batch), debug_eq);
+    }
+    check("to-worker-shutdown", &ToWorker::Shutdown, debug_eq);
+    check("from-worker-ready", &FromWorker::Ready, debug_eq);
+    check(
+        "from-worker-init-failed",
+        &FromWorker::InitFailed {
+            message: "no such file".into(),
+        },
+        debug_eq,
+    );
+    let results = FromWorker::Results {
+        batch: 7,
+        first: 100,
+        outcomes: vec![
+            Outcome {
+                elapsed_us: 12,
+                result: Ok(Value::UInt(u128::from(u64::MAX) + 1)),
+            },
+            Outcome {
+                elapsed_us: 3,
+                result: Ok(Value::Map(vec![
+                    ("w".into(), Value::Int(-2)),
+                    ("t".into(), Value::Text("x".into())),
+                ])),
+            },
+            Outcome {
+                elapsed_us: 0,
+                result: Err(TaskError {
+                    kind: TaskErrorKind::Panic,
+                    message: "boom".into(),
+                }),
+            },
+            Outcome {
+                elapsed_us: 1,
+                result: Ok(Value::List(vec![Value::Float(1.5), Value::Bool(true), Value::Null])),
+            },
+        ],
+    };
+    check("from-worker-results", &results, debug_eq);
+}
