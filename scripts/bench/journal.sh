@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The journal's cost: items/s of the same job with the journal (default), with `[output] journal = false`
-# (results streamed straight to the file, not resumable), and without any results file. The variants run
+# (the same pipeline through a private staging file, never fsync'ed, not resumable), and without any results
+# file. The variants run
 # interleaved, REPEAT times each, and the median wall time of each is reported with the ratio to the no-journal
 # run. Usage: scripts/bench/journal.sh [REPEAT]   (from any folder; builds the release binary first)
 set -euo pipefail

@@ -167,6 +167,7 @@ impl WorkersSpec {
                 self.start == StartMethod::Forkserver,
                 "[workers] start = \"forkserver\"",
             ),
+            (self.core_dumps, "[workers] core_dumps"),
         ]
         .into_iter()
         .find_map(|(set, key)| set.then_some(key))
@@ -554,7 +555,15 @@ impl JobSpec {
                 })
                 .transpose()
         };
-        let timeout = duration(raw.task.timeout, "timeout")?;
+        // A duration that must be above zero (a zero timeout would fail every item at random).
+        let positive = |value: Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, JobError> {
+            let span = value.as_ref().map(Spanned::span);
+            match (duration(value, key)?, span) {
+                (Some(d), Some(span)) if d.is_zero() => Err(fail(span, format!("`{key}` must be more than 0"))),
+                (d, _) => Ok(d),
+            }
+        };
+        let timeout = positive(raw.task.timeout, "timeout")?;
         let retry_backoff = duration(raw.task.retry_backoff, "retry_backoff")?.unwrap_or(Duration::ZERO);
         let task = TaskSpec {
             timeout,
@@ -620,7 +629,7 @@ impl JobSpec {
             executor: raw_workers.executor.map_or(Executor::Process, Spanned::into_inner),
             start: raw_workers.start.unwrap_or(StartMethod::Spawn),
             memory_limit,
-            cpu_limit: duration(raw_workers.cpu_limit, "cpu_limit")?,
+            cpu_limit: positive(raw_workers.cpu_limit, "cpu_limit")?,
             max_tasks,
             core_dumps: raw_workers.core_dumps.unwrap_or(false),
         };
@@ -639,7 +648,7 @@ impl JobSpec {
         };
         let supervise = SuperviseSpec {
             max_restarts: raw_supervise.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
-            within: duration(raw_supervise.within, "within")?.unwrap_or(DEFAULT_RESTART_WINDOW),
+            within: positive(raw_supervise.within, "within")?.unwrap_or(DEFAULT_RESTART_WINDOW),
             halt,
             grace: duration(raw_supervise.grace, "grace")?.unwrap_or(DEFAULT_GRACE),
         };
@@ -885,6 +894,10 @@ mod tests {
             error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ntimeout = \"30\"\n");
         assert_eq!(line, 5);
         assert!(message.contains("`timeout`: duration `30` has no unit"), "{message}");
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ntimeout = \"0s\"\n");
+        assert_eq!(line, 5);
+        assert!(message.contains("`timeout` must be more than 0"), "{message}");
         let (line, _, message) = error_of(
             "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[workers]\nmemory_limit = \"12\"\n",
         );

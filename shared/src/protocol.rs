@@ -57,7 +57,7 @@ pub struct WorkerLimits {
     pub memory_bytes: Option<u64>,
     /// CPU seconds one item may use (RLIMIT_CPU is re-armed before each item; SIGXCPU when exceeded).
     pub cpu_seconds_per_item: Option<u64>,
-    /// Keep RLIMIT_CORE as inherited instead of 0.
+    /// Allow core dumps (RLIMIT_CORE raised to its hard limit) instead of turning them off.
     pub core_dumps: bool,
 }
 

@@ -170,6 +170,8 @@ struct Worker {
     protocol_error: Option<String>,
     /// Set when the dispatcher killed it for running this item past the timeout.
     timed_out: Option<u64>,
+    /// Set when the dispatcher killed it to stop the job: its death says nothing about its item.
+    killed_to_stop: bool,
     /// Items handed to it (for `max_tasks`).
     assigned: u64,
     answered: u64,
@@ -548,9 +550,10 @@ impl Dispatcher {
         let mut unstarted: Vec<(u64, u64)> = queued
             .map(|(_, flight)| (flight.next, flight.end - flight.next))
             .collect();
-        if self.stopped.is_none()
-            && let Some((head_id, flight)) = head
-        {
+        // During a stop, a worker the dispatcher killed says nothing about its item (which stays not run); any
+        // other death is still the item's, e.g. a timeout or a crash while a `soon` halt lets work finish.
+        let attributable = self.stopped.is_none() || worker.timed_out.is_some() || !worker.killed_to_stop;
+        if attributable && let Some((head_id, flight)) = head {
             let snapshot = worker.progress.as_ref().and_then(ProgressReader::read);
             let running = snapshot.filter(|s| {
                 s.running
@@ -621,7 +624,8 @@ impl Dispatcher {
         let now = monotonic_ns();
         let limit = timeout.as_nanos() as u64;
         for worker in self.workers.values_mut() {
-            if worker.state != WorkerState::Ready || worker.timed_out.is_some() || worker.batches.is_empty() {
+            // Stopping workers still run the items they hold (a `soon` halt, a graceful stop): timeouts apply.
+            if worker.timed_out.is_some() || worker.batches.is_empty() || worker.pidfd.is_none() {
                 continue;
             }
             let Some(snapshot) = worker.progress.as_ref().and_then(ProgressReader::read) else {
@@ -792,6 +796,7 @@ impl Dispatcher {
                 batches: VecDeque::new(),
                 protocol_error: None,
                 timed_out: None,
+                killed_to_stop: false,
                 assigned: 0,
                 answered: 0,
                 channel_closed: false,
@@ -834,6 +839,11 @@ impl Dispatcher {
                     signal.name(),
                     crate::failure::human_duration(self.config.supervise.grace)
                 ));
+                if self.stopped.is_some() {
+                    // Already stopping (a halt): the signal bounds the wait for work in progress.
+                    self.kill_deadline
+                        .get_or_insert(TokioInstant::now() + self.config.supervise.grace);
+                }
                 self.stop(StopReason::Signal(signal));
             }
             StopAction::Kill => self.kill_all(),
@@ -878,6 +888,7 @@ impl Dispatcher {
         for worker in self.workers.values_mut() {
             worker.sender = None;
             worker.state = WorkerState::Stopping;
+            worker.killed_to_stop = true;
             worker.kill();
         }
     }

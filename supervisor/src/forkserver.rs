@@ -31,7 +31,8 @@ struct Request {
 /// Fork server → supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
-    /// A worker was forked; its stderr's read end is attached to the message.
+    /// A worker was forked; the read end of its stderr and a pidfd for it are attached, in that order (the
+    /// pidfd is opened by the worker's parent before it can be reaped, so it cannot name a recycled pid).
     Forked {
         pid: u32,
     },
@@ -116,20 +117,25 @@ impl ForkServer {
         }
     }
 
-    /// Asks for a worker connecting to `server_name`; returns its pid and the read end of its stderr.
+    /// Asks for a worker connecting to `server_name`; returns its pid, the read end of its stderr and a pidfd.
     /// Called from one thread at a time (the launcher), so replies come back in request order.
-    pub fn fork_worker(&self, server_name: &str) -> io::Result<(u32, OwnedFd)> {
+    pub fn fork_worker(&self, server_name: &str) -> io::Result<(u32, OwnedFd, Pidfd)> {
         let request = postcard::to_stdvec(&Request {
             server_name: server_name.to_string(),
         })
         .map_err(|error| io::Error::other(format!("cannot encode request: {error}")))?;
-        linux::send_message(self.control.as_fd(), &request, None)?;
+        linux::send_message(self.control.as_fd(), &request, &[])?;
         let replies = self
             .replies
             .lock()
             .map_err(|_| io::Error::other("fork server reply queue poisoned"))?;
         match replies.recv() {
-            Ok((Reply::Forked { pid }, Some(stderr))) => Ok((pid, stderr)),
+            Ok((Reply::Forked { pid }, fds)) => match <[OwnedFd; 2]>::try_from(fds) {
+                Ok([stderr, pidfd]) => Ok((pid, stderr, Pidfd::from_owned(pidfd))),
+                Err(_) => Err(io::Error::other(
+                    "the fork server sent a worker without its stderr and pidfd",
+                )),
+            },
             Ok((Reply::ForkFailed { error }, _)) => Err(io::Error::other(format!("fork server: {error}"))),
             Ok(other) => Err(io::Error::other(format!(
                 "fork server sent an unexpected reply: {other:?}"
@@ -164,7 +170,7 @@ impl ForkServer {
         let Ok(mut reaped) = self.reaped.lock() else { return };
         if !*reaped {
             // An empty message reads as end of stream to the fork server.
-            let _ = linux::send_message(self.control.as_fd(), &[], None);
+            let _ = linux::send_message(self.control.as_fd(), &[], &[]);
             let _ = linux::wait4(self.pid);
             *reaped = true;
         }
@@ -177,12 +183,12 @@ impl Drop for ForkServer {
     }
 }
 
-/// What the supervisor's reader thread receives: a reply with the fd that came with it.
-type Received = (Reply, Option<OwnedFd>);
+/// What the supervisor's reader thread receives: a reply with the fds that came with it.
+type Received = (Reply, Vec<OwnedFd>);
 
 fn read_replies(socket: &OwnedFd, sender: &std_mpsc::Sender<Received>, exits: &Mutex<ExitBoard>) {
     let mut buffer = vec![0u8; MAX_MESSAGE];
-    while let Ok((len @ 1.., fd)) = linux::recv_message(socket.as_fd(), &mut buffer) {
+    while let Ok((len @ 1.., fds)) = linux::recv_message(socket.as_fd(), &mut buffer) {
         match postcard::from_bytes::<Reply>(&buffer[..len]) {
             Ok(Reply::Exited { pid, info }) => {
                 let Ok(mut board) = exits.lock() else { break };
@@ -196,7 +202,7 @@ fn read_replies(socket: &OwnedFd, sender: &std_mpsc::Sender<Received>, exits: &M
                 }
             }
             Ok(reply) => {
-                if sender.send((reply, fd)).is_err() {
+                if sender.send((reply, fds)).is_err() {
                     break;
                 }
             }
@@ -240,7 +246,7 @@ fn serve(control: OwnedFd, supervisor: i32) -> io::Result<()> {
             if ready[index] {
                 let (pid, _) = workers.swap_remove(index - 1);
                 let info = linux::wait4(pid as i32).unwrap_or(LOST);
-                send(&control, &Reply::Exited { pid, info }, None)?;
+                send(&control, &Reply::Exited { pid, info }, &[])?;
             }
         }
         if ready[0] {
@@ -252,24 +258,25 @@ fn serve(control: OwnedFd, supervisor: i32) -> io::Result<()> {
                 .map_err(|error| io::Error::other(format!("bad request: {error}")))?;
             match fork_worker(&control, &request.server_name) {
                 Ok((pid, pidfd, stderr)) => {
+                    let sent = send(&control, &Reply::Forked { pid }, &[stderr.as_fd(), pidfd.as_fd()]);
                     workers.push((pid, pidfd));
-                    send(&control, &Reply::Forked { pid }, Some(stderr.as_fd()))?;
+                    sent?;
                 }
                 Err(error) => send(
                     &control,
                     &Reply::ForkFailed {
                         error: error.to_string(),
                     },
-                    None,
+                    &[],
                 )?,
             }
         }
     }
 }
 
-fn send(control: &OwnedFd, reply: &Reply, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+fn send(control: &OwnedFd, reply: &Reply, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let bytes = postcard::to_stdvec(reply).map_err(|error| io::Error::other(format!("cannot encode: {error}")))?;
-    linux::send_message(control.as_fd(), &bytes, fd)
+    linux::send_message(control.as_fd(), &bytes, fds)
 }
 
 /// Forks one worker; returns its pid, a pidfd to poll for its exit, and the read end of its stderr.

@@ -17,7 +17,8 @@
 //! ## The results file
 //! At the end, [`finalize`] derives the results file from the journal — sorted by item for `order = "input"`,
 //! as finished for `"completion"` — writes it to a temporary file in the same folder, fsyncs it, and renames it
-//! into place. Only then is the journal removed (kept when items are missing, or with `--keep-journal`).
+//! into place. Only then is the journal removed — it is kept when items are missing (for `--resume`), when
+//! items failed (for `--retry-failed`), or with `--keep-journal`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -390,7 +391,21 @@ async fn append_records(
     let mut buffer = Vec::with_capacity(1 << 16);
     let mut last_sync = Instant::now();
     let mut unsynced = false;
-    while let Some(records) = receiver.recv().await {
+    loop {
+        // Written records are fsync'ed within SYNC_INTERVAL, also when no new record comes to trigger it.
+        let sync_due = tokio::time::Instant::from_std(last_sync + SYNC_INTERVAL);
+        let records = tokio::select! {
+            records = receiver.recv() => match records {
+                Some(records) => records,
+                None => break,
+            },
+            () = tokio::time::sleep_until(sync_due), if unsynced => {
+                out.get_ref().sync_data().await.map_err(io)?;
+                last_sync = Instant::now();
+                unsynced = false;
+                continue;
+            }
+        };
         buffer.clear();
         for record in &records {
             serde_json::to_writer(&mut buffer, record).map_err(|error| io(error.into()))?;
@@ -399,11 +414,17 @@ async fn append_records(
         out.write_all(&buffer).await.map_err(io)?;
         // Each group reaches the kernel at once, so a killed supervisor loses nothing it had recorded.
         out.flush().await.map_err(io)?;
-        unsynced = durable;
-        if durable && last_sync.elapsed() >= SYNC_INTERVAL {
+        if !durable {
+            continue;
+        }
+        if last_sync.elapsed() >= SYNC_INTERVAL {
             out.get_ref().sync_data().await.map_err(io)?;
             last_sync = Instant::now();
             unsynced = false;
+        } else if !unsynced {
+            // The interval counts from the first unsynced write.
+            unsynced = true;
+            last_sync = Instant::now();
         }
     }
     out.flush().await.map_err(io)?;

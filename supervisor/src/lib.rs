@@ -15,9 +15,13 @@
 //! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer.
 //!
 //! **How a crash flows.** A dead worker is reaped at once by its waiter thread (`wait4`, with resource usage).
-//! Its unstarted batches go back in the queue; the unanswered items of the batch it was running are re-run one
-//! at a time, so the item that kills a worker alone is the one recorded as failed, with the signal or exit code
-//! and the worker's stderr tail.
+//! Its progress slot (a shared page it stamps before each item) names the item it was running: that item is
+//! recorded as failed (or retried), with the signal or exit code and the worker's stderr tail; the items it had
+//! not answered go back in the queue, uncharged. When the slot cannot be trusted, the unanswered items are re-run
+//! one at a time, so that the item that kills a worker alone is the one recorded.
+//!
+//! **How results last.** Records are appended to a journal as they finish; at the end the results file is
+//! written from it atomically. `--resume` reads the journal back and runs only what it does not record.
 //!
 //! **How a stop flows.** SIGINT/SIGTERM become a [`signal::StopSignal`]; the dispatcher stops handing out work,
 //! asks workers to shut down, kills them after a grace period (or at once on a second signal), writes what is

@@ -29,6 +29,20 @@ impl Pidfd {
         self.0.as_raw_fd()
     }
 
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// A second handle on the same process (to pass to another process).
+    pub fn try_clone(&self) -> io::Result<Pidfd> {
+        self.0.try_clone().map(Pidfd)
+    }
+
+    /// Adopts a pidfd received from another process.
+    pub fn from_owned(fd: OwnedFd) -> Pidfd {
+        Pidfd(fd)
+    }
+
     pub fn signal(&self, signal: i32) -> io::Result<()> {
         // SAFETY: pidfd_send_signal with a null siginfo and no flags; the fd is owned by self.
         let rc = unsafe {
@@ -145,31 +159,44 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Sends one message, with `fd` attached (`SCM_RIGHTS`) if given.
-pub fn send_message(socket: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+/// Most file descriptors one message carries.
+const MAX_FDS: usize = 4;
+
+/// Sends one message with `fds` attached (`SCM_RIGHTS`; at most four).
+pub fn send_message(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many file descriptors for one message",
+        ));
+    }
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: bytes.len(),
     };
-    // Room for one control message carrying one fd, aligned as cmsghdr requires.
+    // Room for one control message carrying MAX_FDS fds, aligned as cmsghdr requires.
     let mut control = [0u64; 8];
     // SAFETY: msghdr is plain old data; all-zero is valid (no name, no control).
     let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
     header.msg_iov = &mut iov;
     header.msg_iovlen = 1;
-    if let Some(fd) = fd {
+    if !fds.is_empty() {
+        let data_len = (size_of::<RawFd>() * fds.len()) as u32;
         // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
         header.msg_control = control.as_mut_ptr().cast();
         header.msg_controllen = space;
         // SAFETY: msg_control points at `control`, which is larger than `space` and aligned; CMSG_FIRSTHDR returns
-        // a pointer into it, and the fd is written within the message's data area.
+        // a pointer into it, and the fds are written within the message's data area.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(&header);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (k, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(k), fd.as_raw_fd());
+            }
         }
     }
     loop {
@@ -182,8 +209,8 @@ pub fn send_message(socket: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<
     }
 }
 
-/// Receives one message into `buffer`: its length (0 at end of stream) and the fd attached to it, if any.
-pub fn recv_message(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+/// Receives one message into `buffer`: its length (0 at end of stream) and the fds attached to it, in order.
+pub fn recv_message(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = libc::iovec {
         iov_base: buffer.as_mut_ptr().cast(),
         iov_len: buffer.len(),
@@ -196,21 +223,25 @@ pub fn recv_message(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<(us
     header.msg_control = control.as_mut_ptr().cast();
     header.msg_controllen = size_of_val(&control);
     let len = loop {
-        // SAFETY: header points at live, writable buffers; MSG_CMSG_CLOEXEC makes a received fd close-on-exec.
+        // SAFETY: header points at live, writable buffers; MSG_CMSG_CLOEXEC makes received fds close-on-exec.
         match check(unsafe { libc::recvmsg(socket.as_raw_fd(), &mut header, libc::MSG_CMSG_CLOEXEC) } as libc::c_long) {
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(error),
             Ok(len) => break len as usize,
         }
     };
-    let mut received = None;
-    // SAFETY: the kernel filled `control` and set msg_controllen; CMSG_FIRSTHDR/NXTHDR stay within it.
+    let mut received = Vec::new();
+    // SAFETY: the kernel filled `control` and set msg_controllen; CMSG_FIRSTHDR/NXTHDR stay within it, and the
+    // number of fds is derived from the message's own length.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&header);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-                received = Some(OwnedFd::from_raw_fd(fd));
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for k in 0..count {
+                    received.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(k))));
+                }
             }
             cmsg = libc::CMSG_NXTHDR(&header, cmsg);
         }
@@ -319,12 +350,14 @@ mod tests {
     fn messages_carry_a_file_descriptor() {
         let (a, b) = seqpacket_pair().expect("pair");
         let (read, write) = pipe().expect("pipe");
-        send_message(a.as_fd(), b"hello", Some(read.as_fd())).expect("send");
-        drop(read);
+        let (other_read, other_write) = pipe().expect("pipe");
+        send_message(a.as_fd(), b"hello", &[other_read.as_fd(), read.as_fd()]).expect("send");
+        drop((read, other_read, other_write));
         let mut buffer = [0u8; 64];
-        let (len, fd) = recv_message(b.as_fd(), &mut buffer).expect("recv");
+        let (len, mut fds) = recv_message(b.as_fd(), &mut buffer).expect("recv");
         assert_eq!(&buffer[..len], b"hello");
-        let mut received = std::fs::File::from(fd.expect("an fd came along"));
+        assert_eq!(fds.len(), 2);
+        let mut received = std::fs::File::from(fds.pop().expect("the second fd is the pipe written below"));
         std::io::Write::write_all(&mut std::fs::File::from(write), b"through the pipe").expect("write");
         let mut text = String::new();
         std::io::Read::read_to_string(&mut received, &mut text).expect("read");

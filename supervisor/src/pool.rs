@@ -56,6 +56,8 @@ impl Starter {
 /// A worker process that exists, with the means to drain its stderr and to learn its exit.
 struct Started {
     pid: u32,
+    /// A handle on exactly this process, opened before anything could reap it.
+    pidfd: Pidfd,
     stderr: File,
     wait: Box<dyn FnOnce() -> ExitInfo + Send>,
 }
@@ -178,6 +180,15 @@ fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::i
                     std::io::Error::new(error.kind(), format!("cannot start {}: {error}", exe.display()))
                 })?;
             let pid = child.id();
+            // Nothing reaps the child before its waiter starts (after this returns), so the pid still names it.
+            let pidfd = match Pidfd::open(pid as i32) {
+                Ok(pidfd) => pidfd,
+                Err(error) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(error);
+                }
+            };
             let stderr = match child.stderr.take() {
                 Some(stderr) => File::from(OwnedFd::from(stderr)),
                 None => File::open("/dev/null")?,
@@ -185,16 +196,19 @@ fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::i
             // Only the waiter reaps this pid; never waitpid(-1), which would steal other children's statuses.
             Ok(Started {
                 pid,
+                pidfd,
                 stderr,
                 wait: Box::new(move || wait4(pid as i32).unwrap_or(UNKNOWN_EXIT)),
             })
         }
         Starter::Thread => Err(std::io::Error::other("worker threads are not processes")),
         Starter::Fork(server) => {
-            let (pid, stderr) = server.fork_worker(name)?;
+            // The fork server opened the pidfd in the worker's parent, where it cannot race with reaping.
+            let (pid, stderr, pidfd) = server.fork_worker(name)?;
             let server = Arc::clone(server);
             Ok(Started {
                 pid,
+                pidfd,
                 stderr: File::from(stderr),
                 wait: Box::new(move || server.wait(pid)),
             })
@@ -217,18 +231,12 @@ fn launch(
         return launch_thread(id, events).map_err(|e| failed("cannot start worker thread", e));
     }
     let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|e| failed("cannot create channel", e))?;
-    let Started { pid, mut stderr, wait } =
-        start_process(exe, starter, &name).map_err(|e| failed("cannot start worker", e))?;
-    // Nothing reaps the worker before the waiter thread starts below, so the pid still names it here.
-    let pidfd = match Pidfd::open(pid as i32) {
-        Ok(pidfd) => pidfd,
-        Err(error) => {
-            // SAFETY: kill takes a pid and a signal; this pid is our unreaped worker.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            let _ = wait();
-            return Err(failed("pidfd_open", error));
-        }
-    };
+    let Started {
+        pid,
+        pidfd,
+        mut stderr,
+        wait,
+    } = start_process(exe, starter, &name).map_err(|e| failed("cannot start worker", e))?;
 
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (eof_sender, eof) = std_mpsc::channel::<()>();

@@ -19,6 +19,8 @@ const LINE_INTERVAL: Duration = Duration::from_secs(2);
 pub struct Progress {
     mode: Mode,
     total: u64,
+    /// Items an earlier run recorded (`--resume`): done, but not part of this run's rate.
+    resumed: u64,
     started: Instant,
     last_line: Instant,
 }
@@ -32,7 +34,8 @@ enum Mode {
 
 impl Progress {
     /// A bar when stderr is a terminal, plain lines otherwise, nothing when `quiet`.
-    pub fn new(total: u64, quiet: bool) -> Progress {
+    /// `resumed` items were recorded by an earlier run: they count as done but not in the rate.
+    pub fn new(total: u64, resumed: u64, quiet: bool) -> Progress {
         let mode = if quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
@@ -42,6 +45,8 @@ impl Progress {
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
+            bar.set_position(resumed);
+            bar.reset_eta();
             Mode::Bar(bar)
         } else {
             Mode::Lines
@@ -50,6 +55,7 @@ impl Progress {
         Progress {
             mode,
             total,
+            resumed,
             started: now,
             last_line: now,
         }
@@ -70,7 +76,7 @@ impl Progress {
                 } else {
                     done as f64 * 100.0 / self.total as f64
                 };
-                let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                let rate = done.saturating_sub(self.resumed) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
                 eprintln!(
                     "progress: {done}/{} items ({percent:.0}%), {failed} failed, {rate:.0} items/s",
                     self.total

@@ -1,20 +1,11 @@
-//! Result records, the results file writer, and the reduction shown in the summary.
-//!
-//! The writer is an async task fed by the dispatcher in groups of records. In `order = "input"` it holds back
-//! records until every earlier item is written (the dispatcher hands out items in order, so the buffer stays
-//! within a few batches); in `order = "completion"` it writes them as they come.
+//! Result records (one JSON line per item, in the journal and the results file) and the reduction shown in the
+//! summary. Writing them is the journal's job (see [`crate::journal`]).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
 use shared::item::Value;
-use shared::job::{Order, Reduce};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
-use crate::error::Error;
+use shared::job::Reduce;
 
 /// One line of the results file.
 #[derive(Debug, Clone, Serialize)]
@@ -110,99 +101,6 @@ fn value_as_json<S: serde::Serializer>(value: &Option<Value>, serializer: S) -> 
         Some(value) => value.json().serialize(serializer),
         None => serializer.serialize_none(),
     }
-}
-
-/// Handle on the writer task.
-#[derive(Debug)]
-pub struct ResultsWriter {
-    sender: mpsc::Sender<Vec<Record>>,
-    task: JoinHandle<Result<u64, Error>>,
-}
-
-impl ResultsWriter {
-    /// Creates (truncates) `path` and starts the writer task.
-    pub async fn create(path: PathBuf, order: Order) -> Result<ResultsWriter, Error> {
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|source| Error::Results {
-                    path: path.clone(),
-                    source,
-                })?;
-        }
-        let file = tokio::fs::File::create(&path).await.map_err(|source| Error::Results {
-            path: path.clone(),
-            source,
-        })?;
-        let (sender, receiver) = mpsc::channel(256);
-        let task = tokio::spawn(write_records(file, path, order, receiver));
-        Ok(ResultsWriter { sender, task })
-    }
-
-    /// Queues records; waits when the writer is behind. Returns false if the writer stopped (its error is
-    /// returned by [`ResultsWriter::finish`]).
-    pub async fn write(&self, records: Vec<Record>) -> bool {
-        self.sender.send(records).await.is_ok()
-    }
-
-    /// Flushes everything and returns the number of records written.
-    pub async fn finish(self) -> Result<u64, Error> {
-        drop(self.sender);
-        match self.task.await {
-            Ok(result) => result,
-            Err(join) => Err(Error::Internal {
-                message: format!("results writer failed: {join}"),
-            }),
-        }
-    }
-}
-
-async fn write_records(
-    file: tokio::fs::File,
-    path: PathBuf,
-    order: Order,
-    mut receiver: mpsc::Receiver<Vec<Record>>,
-) -> Result<u64, Error> {
-    let io_error = |source| Error::Results {
-        path: path.clone(),
-        source,
-    };
-    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-    let mut held: BTreeMap<u64, Record> = BTreeMap::new();
-    let mut next = 0u64;
-    let mut written = 0u64;
-    let mut line = Vec::with_capacity(256);
-    while let Some(records) = receiver.recv().await {
-        let mut ready = Vec::new();
-        match order {
-            Order::Completion => ready = records,
-            Order::Input => {
-                held.extend(records.into_iter().map(|record| (record.item, record)));
-                while let Some(record) = held.remove(&next) {
-                    ready.push(record);
-                    next += 1;
-                }
-            }
-        }
-        for record in &ready {
-            line.clear();
-            serde_json::to_writer(&mut line, record).map_err(|error| io_error(error.into()))?;
-            line.push(b'\n');
-            out.write_all(&line).await.map_err(io_error)?;
-            written += 1;
-        }
-    }
-    // Anything still held has a gap before it (the run was interrupted): write it in index order.
-    for record in held.values() {
-        line.clear();
-        serde_json::to_writer(&mut line, record).map_err(|error| io_error(error.into()))?;
-        line.push(b'\n');
-        out.write_all(&line).await.map_err(io_error)?;
-        written += 1;
-    }
-    out.flush().await.map_err(io_error)?;
-    out.get_mut().sync_all().await.map_err(io_error)?;
-    Ok(written)
 }
 
 /// Folds the values of ok items into the summary's `reduced` value.

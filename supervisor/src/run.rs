@@ -16,7 +16,7 @@ use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_pa
 use crate::plan::{self, Items};
 use crate::pool::Starter;
 use crate::report::{Progress, Summary};
-use crate::results::Reducer;
+use crate::results::{Failure, FailureKind, Record, Reducer, Status};
 
 /// Loads a job file, applies the command-line overrides of `run`, and checks its task.
 pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
@@ -124,7 +124,7 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
         max_tasks: spec.workers.max_tasks,
         supervise: spec.supervise.clone(),
     };
-    let progress = Progress::new(items.len(), args.quiet);
+    let progress = Progress::new(items.len(), prior.ok + prior.failed, args.quiet);
     let reducer = Reducer::new(spec.output.reduce);
     let outcome = dispatch::run(
         Arc::clone(&items),
@@ -265,25 +265,47 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
         &batch,
     )
     .map_err(|reason| Error::WorkersCannotStart { reason })?;
-    let elapsed_ms = outcome.elapsed_us as f64 / 1000.0;
-    let input = serde_json::to_value(items.describe(item)).unwrap_or_default();
-    let (line, code) = match &outcome.result {
-        Ok(value) => (
-            serde_json::json!({"item": item, "status": "ok", "value": value.json(), "elapsed_ms": elapsed_ms, "input": input}),
-            exit::OK,
-        ),
+    let (status, value, error) = match outcome.result {
+        Ok(value) => (Status::Ok, Some(value), None),
         Err(error) => {
-            let kind = match error.kind {
-                TaskErrorKind::Error => "error",
-                TaskErrorKind::Panic => "panic",
+            let (kind, message) = match error.kind {
+                TaskErrorKind::Error => (FailureKind::Error, error.message),
+                // The panic hook of this foreground run printed the message and location above.
+                TaskErrorKind::Panic => (
+                    FailureKind::Panic,
+                    format!("{} (see the panic message above)", error.message),
+                ),
             };
-            let error = serde_json::json!({"kind": kind, "message": error.message});
             (
-                serde_json::json!({"item": item, "status": "failed", "error": error, "elapsed_ms": elapsed_ms, "input": input}),
-                exit::ITEMS_FAILED,
+                Status::Failed,
+                None,
+                Some(Failure {
+                    kind,
+                    message,
+                    signal: None,
+                    code: None,
+                    stderr: None,
+                }),
             )
         }
     };
+    let code = if status == Status::Ok {
+        exit::OK
+    } else {
+        exit::ITEMS_FAILED
+    };
+    let record = Record {
+        item,
+        status,
+        value,
+        error,
+        attempts: 1,
+        attempt_errors: Vec::new(),
+        pid: std::process::id(),
+        elapsed_ms: outcome.elapsed_us as f64 / 1000.0,
+        input: items.describe(item),
+    };
+    let line = serde_json::to_string(&record).unwrap_or_default();
     println!("{line}");
     Ok(code)
 }

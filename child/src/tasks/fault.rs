@@ -63,6 +63,12 @@ pub(super) const ARGS: &[ArgInfo] = &[
         default: "\"2GiB\"",
         help: "an `oom` item gives up (returns an error) after this much without a memory limit",
     },
+    ArgInfo {
+        name: "once_dir",
+        kind: "path",
+        default: "none",
+        help: "if set, each listed item misbehaves only on its first attempt (a marker file `fault-<item>` there records it)",
+    },
 ];
 
 #[derive(Deserialize, Default)]
