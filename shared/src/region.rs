@@ -253,6 +253,9 @@ mod tests {
         assert!(SharedRegion::create(0).is_err());
         assert!(SharedRegion::create(12).is_err());
         // A page opened from a larger region maps only its first page.
-        assert_eq!(SharedPage::open(&region.proc_path()).expect("page").words().len(), SHARED_PAGE_BYTES / 8);
+        assert_eq!(
+            SharedPage::open(&region.proc_path()).expect("page").words().len(),
+            SHARED_PAGE_BYTES / 8
+        );
     }
 }

@@ -176,7 +176,12 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     let warmup = plan.start_warmup;
     let start_us = {
         let spawn = Stats::of(start::pool_start("spawn start", Starter::Spawn, spawn_n, warmup)?);
-        let fork = Stats::of(start::pool_start("forkserver start", forkserver.clone(), fork_n, warmup)?);
+        let fork = Stats::of(start::pool_start(
+            "forkserver start",
+            forkserver.clone(),
+            fork_n,
+            warmup,
+        )?);
         forkserver.shut_down();
         let thread = Stats::of(start::pool_start("thread start", Starter::Thread, thread_n, warmup)?);
         let bare = Stats::of(start::bare_thread(bare_n, warmup * 10)?);

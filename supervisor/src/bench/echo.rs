@@ -54,9 +54,13 @@ pub enum Up {
     Pong(u64),
     Mapped,
     /// A hand-off was received: the sum of the first byte of each of its pages.
-    Touched { sum: u64 },
+    Touched {
+        sum: u64,
+    },
     /// A request could not be served (e.g. the region cannot be mapped); the echo exits after sending this.
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
     /// Never sent by the echo: the bench sends it to its own bootstrap server when the echo died before
     /// connecting, to unblock `accept()`.
     NeverConnected,
@@ -191,6 +195,10 @@ mod tests {
         let region = SharedRegion::create(4 * PAGE).expect("memfd");
         region.write(0, &bytes).expect("fits");
         assert_eq!(touch_words(region.words(), bytes.len()), 10);
-        assert_eq!(touch_words(region.words(), 2 * PAGE), 3, "only the pages of the hand-off");
+        assert_eq!(
+            touch_words(region.words(), 2 * PAGE),
+            3,
+            "only the pages of the hand-off"
+        );
     }
 }

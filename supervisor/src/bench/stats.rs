@@ -123,7 +123,10 @@ mod tests {
     fn a_decreasing_map_swaps_min_and_max() {
         let us = Stats::of(vec![1.0, 2.0, 4.0]);
         let per_s = us.map(|us| 1e6 / us);
-        assert_eq!((per_s.min, per_s.median, per_s.max), (250_000.0, 500_000.0, 1_000_000.0));
+        assert_eq!(
+            (per_s.min, per_s.median, per_s.max),
+            (250_000.0, 500_000.0, 1_000_000.0)
+        );
     }
 
     #[test]

@@ -91,11 +91,7 @@ fn measure_one(
         }
         runs.push(run);
     }
-    let us_per_item = Stats::of(
-        runs.iter()
-            .map(|run| run.wall_s * 1e6 / run.items as f64)
-            .collect(),
-    );
+    let us_per_item = Stats::of(runs.iter().map(|run| run.wall_s * 1e6 / run.items as f64).collect());
     let batches: u64 = runs.iter().map(|run| run.batches).sum();
     let all_items: u64 = runs.iter().map(|run| run.items).sum();
     Ok(DispatchRow {

@@ -120,9 +120,7 @@ pub fn bandwidths(exe: &Path, plan: BandwidthPlan) -> Result<Bandwidths, Error> 
         region
             .write(0, &buffer)
             .map_err(|error| fail(format!("cannot fill the shared region: {error}")))?;
-        echo.send(Down::SharedFilled {
-            len: plan.bytes as u64,
-        })?;
+        echo.send(Down::SharedFilled { len: plan.bytes as u64 })?;
         echo.expect_touched(expected)?;
         if round >= plan.warmup {
             shared_memory.push(gb_per_s(started));
@@ -181,8 +179,7 @@ fn mpsc_round_trips(plan: RoundTripPlan) -> Result<Vec<f64>, Error> {
         }
     });
     drop(to_echo);
-    echo.join()
-        .map_err(|_| fail("the echo thread panicked".to_string()))?;
+    echo.join().map_err(|_| fail("the echo thread panicked".to_string()))?;
     samples
 }
 
@@ -294,13 +291,11 @@ impl Reaper {
             }
         };
         // The `Child` is dropped here without being waited for: the waiter reaps the pid.
-        let waiter = thread::Builder::new()
-            .name("bench-echo-waiter".into())
-            .spawn(move || {
-                let info = wait4(pid);
-                on_exit();
-                info
-            });
+        let waiter = thread::Builder::new().name("bench-echo-waiter".into()).spawn(move || {
+            let info = wait4(pid);
+            on_exit();
+            info
+        });
         match waiter {
             Ok(waiter) => Ok(Reaper {
                 pidfd,
