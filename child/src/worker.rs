@@ -145,8 +145,9 @@ fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), Work
         first: 0,
         outcomes: Vec::new(),
         last_send: Instant::now(),
+        open: true,
     }));
-    start_flusher(Arc::clone(&outbox));
+    let _flusher = start_flusher(Arc::clone(&outbox));
     loop {
         match from.recv().map_err(received("from the supervisor"))? {
             Some(ToWorker::Batch(batch)) => worker.run_batch(&batch, &outbox)?,
@@ -199,6 +200,9 @@ struct Outbox {
     first: u64,
     outcomes: Vec<Outcome>,
     last_send: Instant,
+    /// False once the worker loop ended: the flusher thread then ends too (a worker thread of the `thread`
+    /// executor lives inside the supervisor, where a leftover flusher would outlive it).
+    open: bool,
 }
 
 impl Outbox {
@@ -242,18 +246,31 @@ fn lock(outbox: &Mutex<Outbox>) -> Result<std::sync::MutexGuard<'_, Outbox>, Wor
         .map_err(|_| WorkerError("result outbox poisoned".to_string()))
 }
 
-fn start_flusher(outbox: Arc<Mutex<Outbox>>) {
+/// Closes the outbox when the worker loop ends, however it ends, so that the flusher thread stops.
+struct FlusherGuard(Arc<Mutex<Outbox>>);
+
+impl Drop for FlusherGuard {
+    fn drop(&mut self) {
+        if let Ok(mut outbox) = self.0.lock() {
+            outbox.open = false;
+        }
+    }
+}
+
+fn start_flusher(outbox: Arc<Mutex<Outbox>>) -> FlusherGuard {
     let interval = Duration::from_millis(RESULT_FLUSH_INTERVAL_MS);
+    let flushed = Arc::clone(&outbox);
     // Without the thread, results are still sent after each item once due and at the end of each batch.
     let _ = std::thread::Builder::new().name("flusher".into()).spawn(move || {
         loop {
             std::thread::sleep(interval);
-            let Ok(mut outbox) = outbox.lock() else { return };
-            if outbox.due() && outbox.flush().is_err() {
+            let Ok(mut outbox) = flushed.lock() else { return };
+            if !outbox.open || (outbox.due() && outbox.flush().is_err()) {
                 return;
             }
         }
     });
+    FlusherGuard(outbox)
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group; the supervisor decides when its workers
@@ -491,5 +508,81 @@ fn call_task(task: &mut dyn Task, item: Item<'_>) -> Result<shared::item::Value,
                 message,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Collect(Arc<Mutex<Vec<FromWorker>>>);
+
+    impl Uplink for Collect {
+        fn send(&self, message: FromWorker) -> Result<(), String> {
+            self.0.lock().map_err(|_| "poisoned".to_string())?.push(message);
+            Ok(())
+        }
+    }
+
+    fn flusher_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter(|task| {
+                        std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == "flusher")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Regression: each worker thread left its flusher running forever; a benchmark that started thousands of
+    /// worker threads ended with thousands of flushers waking every 20 ms.
+    #[test]
+    fn a_worker_thread_leaves_no_flusher_behind() {
+        for _ in 0..20 {
+            let messages = Arc::new(Mutex::new(Vec::new()));
+            let (sender, queue) = std::sync::mpsc::channel();
+            let init = ToWorker::Init {
+                task: "noop".into(),
+                args_json: "{}".into(),
+                input: InputPlan::Range {
+                    start: 0,
+                    end: 10,
+                    chunk: 1,
+                },
+                limits: WorkerLimits::default(),
+                progress: None,
+            };
+            sender.send(init).expect("send");
+            sender
+                .send(ToWorker::Batch(Batch {
+                    id: 0,
+                    first: 0,
+                    items: shared::item::BatchItems::Range { count: 10 },
+                }))
+                .expect("send");
+            sender.send(ToWorker::Shutdown).expect("send");
+            run_in_thread(Collect(Arc::clone(&messages)), &queue).expect("worker ran");
+            let answered: usize = messages
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|m| {
+                    if let FromWorker::Results { outcomes, .. } = m {
+                        outcomes.len()
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            assert_eq!(answered, 10);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while flusher_threads() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(flusher_threads(), 0);
     }
 }
