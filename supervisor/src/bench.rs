@@ -230,15 +230,14 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
         let ipc = Stats::of(samples.ipc_bytes);
         let shm = Stats::of(samples.shared_memory);
         let size = crate::report::human_bytes(plan.bandwidth.bytes as u64);
-        let ipc_us = plan.bandwidth.bytes as f64 / (ipc.median * 1e9) * 1e6;
+        let time_us = |gb_per_s: f64| micros(plan.bandwidth.bytes as f64 / (gb_per_s * 1e9) * 1e6);
         BandwidthReport {
             bytes: plan.bandwidth.bytes as u64,
             note: format!(
-                "shared memory hands off {size} {} as fast as IpcBytesSender; {size} over ipc-channel takes {}, \
-                 as long as {:.0} small round trips",
+                "shared memory hands off {size} {} as fast as IpcBytesSender: {} instead of {} per hand-off",
                 ratio(shm.median, ipc.median),
-                micros(ipc_us),
-                ipc_us / round_trip_us.ipc_channel.median,
+                time_us(shm.median),
+                time_us(ipc.median),
             ),
             ipc_bytes: ipc,
             shared_memory: shm,
@@ -254,7 +253,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
         let thread = throughput::measure(&exe, &scratch.path, "thread", plan.dispatch)?;
         DispatchReport {
             workers: throughput::WORKERS,
-            note: dispatch_note(&process, &thread, round_trip_us.ipc_channel.median),
+            note: dispatch_note(&process, &thread),
             process,
             thread,
         }
@@ -281,7 +280,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
-fn dispatch_note(process: &[DispatchRow], thread: &[DispatchRow], ipc_round_trip_us: f64) -> String {
+fn dispatch_note(process: &[DispatchRow], thread: &[DispatchRow]) -> String {
     let find = |rows: &[DispatchRow], batch: &str| {
         rows.iter()
             .find(|row| row.batch == batch)
@@ -292,15 +291,16 @@ fn dispatch_note(process: &[DispatchRow], thread: &[DispatchRow], ipc_round_trip
         .find(|row| row.batch == "auto")
         .map_or(f64::NAN, |row| row.items_per_batch);
     let (one, big, auto) = (find(process, "1"), find(process, "256"), find(process, "auto"));
+    let thread_one = find(thread, "1");
     format!(
-        "processes at batch 1 pay {} per item ({:.1} ipc round trips); batch 256 is {} cheaper, auto ({:.0} items \
-         per batch) {} the cost of batch 256; threads at batch 1 pay {} of the processes' cost",
+        "processes at batch 1 pay {} per item; batch 256 cuts that {}, and auto ({:.0} items per batch) costs {} \
+         of batch 256; worker threads at batch 1 pay {}, {} the processes' cost",
         micros(one),
-        one / ipc_round_trip_us,
         ratio(one, big),
         auto_batch,
         ratio(auto, big),
-        ratio(find(thread, "1"), one),
+        micros(thread_one),
+        ratio(thread_one, one),
     )
 }
 
@@ -318,7 +318,7 @@ fn print_start(report: &StartReport) {
         ("bare thread spawn+join", &report.bare_thread),
     ] {
         println!(
-            "  {name:<24} {:>9}  {:<24} n={}",
+            "  {name:<24} {:>10}  {:<24} n={}",
             micros(stats.median),
             range(stats, micros),
             stats.n
@@ -336,7 +336,7 @@ fn print_round_trips(report: &RoundTripReport) {
         ("raw pipe (processes)", &report.pipe),
     ] {
         println!(
-            "  {name:<24} {:>9}  {:<24} p99 {:>9}  n={}",
+            "  {name:<24} {:>10}  {:<24} p99 {:>9}  n={}",
             micros(stats.median),
             range(stats, micros),
             micros(stats.p99.unwrap_or(0.0)),
@@ -358,7 +358,7 @@ fn print_bandwidth(report: &BandwidthReport) {
         ("shared memory", &report.shared_memory),
     ] {
         println!(
-            "  {name:<24} {:>9}  {:<24} n={}",
+            "  {name:<24} {:>10}  {:<24} n={}",
             format!("{} GB/s", gb(stats.median)),
             range(stats, gb),
             stats.n

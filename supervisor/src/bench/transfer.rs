@@ -13,6 +13,12 @@
 //! and only a small notification crosses the channel. Before each hand-off the first byte of every page is
 //! changed, and the echo's sum is checked, so a stale or skipped page would be noticed.
 //!
+//! Neither side is pinned to a CPU: the numbers are what the scheduler gives the pool. On a 2-vCPU VM it mostly
+//! keeps a ping-pong pair on one vCPU (round trips of 2–4 µs) but sometimes runs them apart for a whole
+//! measurement (30–60 µs, the cost of waking the other vCPU), so a median can differ several-fold between two
+//! runs; the p99 shows the cross-vCPU wake-ups of a run that stayed together. `taskset -c 0 supervisor bench`
+//! pins everything to one CPU, for stable same-CPU numbers.
+//!
 //! The echo children are the same binary in a hidden mode (see [`super::echo`]); each is reaped before this
 //! module returns, also on errors (killed first if need be).
 
