@@ -22,12 +22,12 @@ const STATS: &[&str] = &[
     "/start_us/forkserver",
     "/start_us/thread",
     "/start_us/bare_thread",
-    "/round_trip_us/ipc_channel",
-    "/round_trip_us/thread_mpsc",
-    "/round_trip_us/pipe",
     "/bandwidth_gb_s/ipc_bytes",
     "/bandwidth_gb_s/shared_memory",
 ];
+
+/// The paths of every round-trip placement.
+const ROUND_TRIPS: &[&str] = &["ipc_channel", "thread_mpsc", "pipe"];
 
 const NOTES: &[&str] = &[
     "/start_us/note",
@@ -72,7 +72,17 @@ fn quick_json_report_has_every_number_finite_and_positive() {
     positive(&report, "/bandwidth_gb_s/bytes");
     positive(&report, "/dispatch/workers");
     for pointer in STATS {
-        check_stats(&report, pointer, pointer.starts_with("/round_trip_us/"));
+        check_stats(&report, pointer, false);
+    }
+    // Pinned to two different CPUs only where this process may use two.
+    let mut placements = vec!["scheduled", "same_cpu"];
+    if report["cpus"].as_u64() >= Some(2) {
+        placements.push("other_cpu");
+    }
+    for placement in placements {
+        for path in ROUND_TRIPS {
+            check_stats(&report, &format!("/round_trip_us/{placement}/{path}"), true);
+        }
     }
     for pointer in NOTES {
         let note = report

@@ -6,7 +6,7 @@
 //!    (`spawn`, `forkserver`, a worker thread), and a bare `std::thread::spawn` + `join` for scale.
 //! 2. **Round trip** ([`transfer`]): one `u64` there and back, one in flight, timed one by one (with p99):
 //!    ipc-channel to a child process, std `mpsc` between two threads, and a raw pipe to a child process (the
-//!    floor of any channel between processes).
+//!    floor of any channel between processes); each unpinned, pinned to one CPU, and pinned to two CPUs.
 //! 3. **Hand-off bandwidth** ([`transfer`]): 1 MiB to a child process through `IpcBytesSender` versus through a
 //!    shared memfd region with only a small notification on the channel.
 //! 4. **Dispatch overhead** ([`throughput`]): µs per item of the `noop` task under `supervisor run`, for batch
@@ -34,7 +34,7 @@ use shared::exit;
 
 use self::stats::{Stats, micros, rate, ratio};
 use self::throughput::{DispatchPlan, DispatchRow, Scratch};
-use self::transfer::{BandwidthPlan, RoundTripPlan};
+use self::transfer::{BandwidthPlan, Placement, RoundTripPlan};
 use crate::cli::BenchArgs;
 use crate::error::Error;
 use crate::forkserver::ForkServer;
@@ -78,7 +78,7 @@ impl Plan {
                 start: [n(200), n(300), n(1000), n(5000)],
                 start_warmup: 3,
                 round_trip: RoundTripPlan {
-                    repeat: n(20_000),
+                    repeat: n(10_000),
                     warmup: 200,
                 },
                 bandwidth: BandwidthPlan {
@@ -120,13 +120,36 @@ pub struct StartReport {
     pub note: String,
 }
 
-/// One small message there and back, in µs.
+/// One small message there and back, in µs, per placement of the two sides.
 #[derive(Debug, Serialize)]
 pub struct RoundTripReport {
+    /// Unpinned: wherever the scheduler puts them, as in the pool.
+    pub scheduled: RoundTrips,
+    /// Both sides pinned to one CPU.
+    pub same_cpu: RoundTrips,
+    /// Pinned to two different CPUs (absent when this process may use only one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_cpu: Option<RoundTrips>,
+    pub note: String,
+}
+
+/// The three paths of a round trip.
+#[derive(Debug, Serialize)]
+pub struct RoundTrips {
     pub ipc_channel: Stats,
     pub thread_mpsc: Stats,
     pub pipe: Stats,
-    pub note: String,
+}
+
+impl RoundTrips {
+    fn measure(exe: &std::path::Path, plan: RoundTripPlan, placement: Placement) -> Result<RoundTrips, Error> {
+        let samples = transfer::round_trips(exe, plan, placement)?;
+        Ok(RoundTrips {
+            ipc_channel: Stats::latency(samples.ipc_channel),
+            thread_mpsc: Stats::latency(samples.thread_mpsc),
+            pipe: Stats::latency(samples.pipe),
+        })
+    }
 }
 
 /// Hand-off of `bytes` to another process, in GB/s.
@@ -204,21 +227,21 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     }
 
     let round_trip_us = {
-        let samples = transfer::round_trips(&exe, plan.round_trip)?;
-        let ipc = Stats::latency(samples.ipc_channel);
-        let mpsc = Stats::latency(samples.thread_mpsc);
-        let pipe = Stats::latency(samples.pipe);
+        let allowed = crate::linux::allowed_cpus().map_err(|error| Error::Bench {
+            measurement: "pinning",
+            reason: format!("sched_getaffinity: {error}"),
+        })?;
+        let (first, second) = (allowed.first().copied().unwrap_or(0), allowed.get(1).copied());
+        let scheduled = RoundTrips::measure(&exe, plan.round_trip, Placement::Scheduled)?;
+        let same_cpu = RoundTrips::measure(&exe, plan.round_trip, Placement::SameCpu(first))?;
+        let other_cpu = second
+            .map(|second| RoundTrips::measure(&exe, plan.round_trip, Placement::OtherCpus(first, second)))
+            .transpose()?;
         RoundTripReport {
-            note: format!(
-                "ipc-channel round trip is {} the raw pipe floor; two threads over std mpsc take {} of it; \
-                 ipc-channel's p99 is {} its median",
-                ratio(ipc.median, pipe.median),
-                ratio(mpsc.median, pipe.median),
-                ratio(ipc.p99.unwrap_or(0.0), ipc.median),
-            ),
-            ipc_channel: ipc,
-            thread_mpsc: mpsc,
-            pipe,
+            note: round_trip_note(&scheduled, &same_cpu, other_cpu.as_ref()),
+            scheduled,
+            same_cpu,
+            other_cpu,
         }
     };
     if show {
@@ -280,6 +303,34 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     Ok(exit::OK)
 }
 
+fn round_trip_note(scheduled: &RoundTrips, same: &RoundTrips, other: Option<&RoundTrips>) -> String {
+    let ipc = same.ipc_channel.median;
+    let mut note = format!(
+        "on one CPU ipc-channel takes {} per round trip, {} the raw pipe floor, and threads over mpsc {}",
+        micros(ipc),
+        ratio(ipc, same.pipe.median),
+        ratio(same.thread_mpsc.median, same.pipe.median),
+    );
+    if let Some(other) = other {
+        let across = other.ipc_channel.median;
+        let unpinned = scheduled.ipc_channel.median;
+        // Nearer on a log scale: the two modes are an order of magnitude apart.
+        let like = if (unpinned / ipc).ln().abs() <= (unpinned / across).ln().abs() {
+            "one CPU"
+        } else {
+            "two CPUs"
+        };
+        note.push_str(&format!(
+            "; across two CPUs {} ({} its one-CPU time: waking the other CPU dominates); unpinned, this run's \
+             ipc-channel median ({}) is like {like}",
+            micros(across),
+            ratio(across, ipc),
+            micros(unpinned),
+        ));
+    }
+    note
+}
+
 fn dispatch_note(process: &[DispatchRow], thread: &[DispatchRow]) -> String {
     let find = |rows: &[DispatchRow], batch: &str| {
         rows.iter()
@@ -330,18 +381,27 @@ fn print_start(report: &StartReport) {
 fn print_round_trips(report: &RoundTripReport) {
     println!();
     println!("round trip of one u64, one in flight (median, min–max, p99)");
-    for (name, stats) in [
-        ("ipc-channel (processes)", &report.ipc_channel),
-        ("std mpsc (threads)", &report.thread_mpsc),
-        ("raw pipe (processes)", &report.pipe),
-    ] {
-        println!(
-            "  {name:<24} {:>10}  {:<24} p99 {:>9}  n={}",
-            micros(stats.median),
-            range(stats, micros),
-            micros(stats.p99.unwrap_or(0.0)),
-            stats.n
-        );
+    let placements = [
+        ("unpinned", Some(&report.scheduled)),
+        ("pinned to one CPU", Some(&report.same_cpu)),
+        ("pinned to two CPUs", report.other_cpu.as_ref()),
+    ];
+    for (placement, paths) in placements {
+        let Some(paths) = paths else { continue };
+        println!("  {placement}");
+        for (name, stats) in [
+            ("ipc-channel (processes)", &paths.ipc_channel),
+            ("std mpsc (threads)", &paths.thread_mpsc),
+            ("raw pipe (processes)", &paths.pipe),
+        ] {
+            println!(
+                "    {name:<24} {:>10}  {:<24} p99 {:>9}  n={}",
+                micros(stats.median),
+                range(stats, micros),
+                micros(stats.p99.unwrap_or(0.0)),
+                stats.n
+            );
+        }
     }
     println!("  → {}", report.note);
 }

@@ -13,11 +13,13 @@
 //! and only a small notification crosses the channel. Before each hand-off the first byte of every page is
 //! changed, and the echo's sum is checked, so a stale or skipped page would be noticed.
 //!
-//! Neither side is pinned to a CPU: the numbers are what the scheduler gives the pool. On a 2-vCPU VM it mostly
-//! keeps a ping-pong pair on one vCPU (round trips of 2–4 µs) but sometimes runs them apart for a whole
-//! measurement (30–60 µs, the cost of waking the other vCPU), so a median can differ several-fold between two
-//! runs; the p99 shows the cross-vCPU wake-ups of a run that stayed together. `taskset -c 0 supervisor bench`
-//! pins everything to one CPU, for stable same-CPU numbers.
+//! Where the two sides run decides the result more than the channel does. Unpinned ([`Placement::Scheduled`],
+//! what the pool gets), a 2-vCPU VM sometimes keeps a ping-pong pair on one vCPU for a whole measurement (round
+//! trips of 2–4 µs) and sometimes runs them apart (30–60 µs: waking the other vCPU), so a median can differ
+//! tenfold between two runs. So the round trips are measured pinned as well: both sides on one CPU
+//! ([`Placement::SameCpu`]), and on two different CPUs ([`Placement::OtherCpus`]); those numbers are stable and
+//! their ratios mean something. The bench thread pins itself (and is restored after), the echo child or thread
+//! is pinned by pid.
 //!
 //! The echo children are the same binary in a hidden mode (see [`super::echo`]); each is reaped before this
 //! module returns, also on errors (killed first if need be).
@@ -34,7 +36,66 @@ use shared::region::SharedRegion;
 
 use super::echo::{Down, ECHO_ARG, PAGE, Up, touch_bytes};
 use crate::error::Error;
-use crate::linux::{ExitInfo, ExitStatus, Pidfd, wait4};
+use crate::linux::{self, ExitInfo, ExitStatus, Pidfd, wait4};
+
+/// Where the two sides of a round trip run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Wherever the scheduler puts them.
+    Scheduled,
+    /// Both on this CPU.
+    SameCpu(usize),
+    /// The bench on the first CPU, the echo on the second.
+    OtherCpus(usize, usize),
+}
+
+impl Placement {
+    fn bench_cpu(self) -> Option<usize> {
+        match self {
+            Placement::Scheduled => None,
+            Placement::SameCpu(cpu) | Placement::OtherCpus(cpu, _) => Some(cpu),
+        }
+    }
+
+    fn echo_cpu(self) -> Option<usize> {
+        match self {
+            Placement::Scheduled => None,
+            Placement::SameCpu(cpu) | Placement::OtherCpus(_, cpu) => Some(cpu),
+        }
+    }
+}
+
+/// The calling thread pinned to one CPU; its previous CPUs are restored on drop.
+struct Pinned {
+    previous: Vec<usize>,
+}
+
+impl Pinned {
+    fn to(cpu: Option<usize>) -> Result<Option<Pinned>, Error> {
+        let Some(cpu) = cpu else { return Ok(None) };
+        let fail = |error: std::io::Error| failed("pinning")(format!("cannot pin the bench to CPU {cpu}: {error}"));
+        let previous = linux::allowed_cpus().map_err(fail)?;
+        linux::set_affinity(0, &[cpu]).map_err(fail)?;
+        Ok(Some(Pinned { previous }))
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // Cannot fail for CPUs this thread was allowed a moment ago; if it did, the rest of the bench would only
+        // run pinned, which changes numbers, not results.
+        let _ = linux::set_affinity(0, &self.previous);
+    }
+}
+
+/// Pins the echo (a child's pid, or 0 for the calling thread) to the placement's echo CPU, if any.
+fn pin_echo(tid: i32, placement: Placement) -> Result<(), Error> {
+    match placement.echo_cpu() {
+        None => Ok(()),
+        Some(cpu) => linux::set_affinity(tid, &[cpu])
+            .map_err(|error| failed("pinning")(format!("cannot pin the echo to CPU {cpu}: {error}"))),
+    }
+}
 
 /// Round trips per path, plus untimed warm-up ones.
 #[derive(Debug, Clone, Copy)]
@@ -70,13 +131,16 @@ fn failed(measurement: &'static str) -> impl Fn(String) -> Error {
     move |reason| Error::Bench { measurement, reason }
 }
 
-/// Measures the three round trips.
-pub fn round_trips(exe: &Path, plan: RoundTripPlan) -> Result<RoundTrips, Error> {
+/// Measures the three round trips with both sides placed as `placement` says.
+pub fn round_trips(exe: &Path, plan: RoundTripPlan, placement: Placement) -> Result<RoundTrips, Error> {
+    let _pinned = Pinned::to(placement.bench_cpu())?;
     let echo = IpcEcho::start(exe)?;
+    pin_echo(echo.reaper.pid, placement)?;
     let ipc_channel = timed(plan.repeat, plan.warmup, |n| echo.ping(n))?;
     echo.finish()?;
-    let thread_mpsc = mpsc_round_trips(plan)?;
+    let thread_mpsc = mpsc_round_trips(plan, placement)?;
     let mut pipe = PipeEcho::start(exe)?;
+    pin_echo(pipe.child.id() as i32, placement)?;
     let pipe_samples = timed(plan.repeat, plan.warmup, |n| pipe.ping(n))?;
     pipe.finish()?;
     Ok(RoundTrips {
@@ -160,13 +224,15 @@ fn timed(repeat: u32, warmup: u32, mut round: impl FnMut(u64) -> Result<(), Erro
     Ok(samples)
 }
 
-fn mpsc_round_trips(plan: RoundTripPlan) -> Result<Vec<f64>, Error> {
+fn mpsc_round_trips(plan: RoundTripPlan, placement: Placement) -> Result<Vec<f64>, Error> {
     let fail = failed("thread round trip");
     let (to_echo, requests) = mpsc::channel::<u64>();
     let (answers, from_echo) = mpsc::channel::<u64>();
+    let (pinned, pinning) = mpsc::channel::<Result<(), Error>>();
     let echo = thread::Builder::new()
         .name("bench-echo".into())
         .spawn(move || {
+            let _ = pinned.send(pin_echo(0, placement));
             for n in requests {
                 if answers.send(n).is_err() {
                     return;
@@ -174,16 +240,22 @@ fn mpsc_round_trips(plan: RoundTripPlan) -> Result<Vec<f64>, Error> {
             }
         })
         .map_err(|error| fail(format!("cannot start a thread: {error}")))?;
-    let samples = timed(plan.repeat, plan.warmup, |n| {
-        to_echo
-            .send(n)
-            .map_err(|_| fail("the echo thread is gone".to_string()))?;
-        match from_echo.recv() {
-            Ok(m) if m == n => Ok(()),
-            Ok(m) => Err(fail(format!("sent {n}, got {m} back"))),
-            Err(_) => Err(fail("the echo thread is gone".to_string())),
-        }
-    });
+    let samples = pinning
+        .recv()
+        .map_err(|_| fail("the echo thread is gone".to_string()))
+        .and_then(|pinned| pinned)
+        .and_then(|()| {
+            timed(plan.repeat, plan.warmup, |n| {
+                to_echo
+                    .send(n)
+                    .map_err(|_| fail("the echo thread is gone".to_string()))?;
+                match from_echo.recv() {
+                    Ok(m) if m == n => Ok(()),
+                    Ok(m) => Err(fail(format!("sent {n}, got {m} back"))),
+                    Err(_) => Err(fail("the echo thread is gone".to_string())),
+                }
+            })
+        });
     drop(to_echo);
     echo.join().map_err(|_| fail("the echo thread panicked".to_string()))?;
     samples
@@ -278,6 +350,7 @@ impl IpcEcho {
 /// Reaps one child on its own thread (`wait4` on its pid only), so that a child that dies early is noticed
 /// while the bench blocks elsewhere. Dropped without [`Reaper::finish`], it kills the child and still reaps it.
 struct Reaper {
+    pid: i32,
     pidfd: Pidfd,
     waiter: Option<JoinHandle<std::io::Result<ExitInfo>>>,
 }
@@ -304,6 +377,7 @@ impl Reaper {
         });
         match waiter {
             Ok(waiter) => Ok(Reaper {
+                pid,
                 pidfd,
                 waiter: Some(waiter),
             }),
