@@ -22,12 +22,13 @@ const STATS: &[&str] = &[
     "/start_us/forkserver",
     "/start_us/thread",
     "/start_us/bare_thread",
-    "/bandwidth_gb_s/ipc_bytes",
-    "/bandwidth_gb_s/shared_memory",
 ];
 
 /// The paths of every round-trip placement.
 const ROUND_TRIPS: &[&str] = &["ipc_channel", "thread_mpsc", "pipe"];
+
+/// The paths of every hand-off placement.
+const HAND_OFFS: &[&str] = &["ipc_bytes", "shared_memory"];
 
 const NOTES: &[&str] = &[
     "/start_us/note",
@@ -74,7 +75,7 @@ fn quick_json_report_has_every_number_finite_and_positive() {
     for pointer in STATS {
         check_stats(&report, pointer, false);
     }
-    // Pinned to two different CPUs only where this process may use two.
+    // Round trips and hand-offs are pinned to two different CPUs only where this process may use two.
     let mut placements = vec!["scheduled", "same_cpu"];
     if report["cpus"].as_u64() >= Some(2) {
         placements.push("other_cpu");
@@ -82,6 +83,9 @@ fn quick_json_report_has_every_number_finite_and_positive() {
     for placement in placements {
         for path in ROUND_TRIPS {
             check_stats(&report, &format!("/round_trip_us/{placement}/{path}"), true);
+        }
+        for path in HAND_OFFS {
+            check_stats(&report, &format!("/bandwidth_gb_s/{placement}/{path}"), false);
         }
     }
     for pointer in NOTES {

@@ -8,7 +8,7 @@
 //!    ipc-channel to a child process, std `mpsc` between two threads, and a raw pipe to a child process (the
 //!    floor of any channel between processes); each unpinned, pinned to one CPU, and pinned to two CPUs.
 //! 3. **Hand-off bandwidth** ([`transfer`]): 1 MiB to a child process through `IpcBytesSender` versus through a
-//!    shared memfd region with only a small notification on the channel.
+//!    shared memfd region with only a small notification on the channel; placed as the round trips.
 //! 4. **Dispatch overhead** ([`throughput`]): µs per item of the `noop` task under `supervisor run`, for batch
 //!    sizes 1, 16, 256 and auto, with worker processes and with worker threads.
 //!
@@ -78,12 +78,12 @@ impl Plan {
                 start: [n(200), n(300), n(1000), n(5000)],
                 start_warmup: 3,
                 round_trip: RoundTripPlan {
-                    repeat: n(10_000),
+                    repeat: n(5000),
                     warmup: 200,
                 },
                 bandwidth: BandwidthPlan {
                     bytes: 1 << 20,
-                    repeat: n(1000),
+                    repeat: n(500),
                     warmup: 20,
                 },
                 dispatch: DispatchPlan {
@@ -152,13 +152,32 @@ impl RoundTrips {
     }
 }
 
-/// Hand-off of `bytes` to another process, in GB/s.
+/// Hand-off of `bytes` to another process, in GB/s, per placement of the two sides (as for round trips).
 #[derive(Debug, Serialize)]
 pub struct BandwidthReport {
     pub bytes: u64,
+    pub scheduled: HandOffs,
+    pub same_cpu: HandOffs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_cpu: Option<HandOffs>,
+    pub note: String,
+}
+
+/// The two paths of a hand-off.
+#[derive(Debug, Serialize)]
+pub struct HandOffs {
     pub ipc_bytes: Stats,
     pub shared_memory: Stats,
-    pub note: String,
+}
+
+impl HandOffs {
+    fn measure(exe: &std::path::Path, plan: BandwidthPlan, placement: Placement) -> Result<HandOffs, Error> {
+        let samples = transfer::bandwidths(exe, plan, placement)?;
+        Ok(HandOffs {
+            ipc_bytes: Stats::of(samples.ipc_bytes),
+            shared_memory: Stats::of(samples.shared_memory),
+        })
+    }
 }
 
 /// Per-item overhead of `supervisor run` on noop items.
@@ -226,12 +245,13 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
         print_start(&start_us);
     }
 
+    // Pinned measurements use the first two CPUs this process may run on.
+    let allowed = crate::linux::allowed_cpus().map_err(|error| Error::Bench {
+        measurement: "pinning",
+        reason: format!("sched_getaffinity: {error}"),
+    })?;
+    let (first, second) = (allowed.first().copied().unwrap_or(0), allowed.get(1).copied());
     let round_trip_us = {
-        let allowed = crate::linux::allowed_cpus().map_err(|error| Error::Bench {
-            measurement: "pinning",
-            reason: format!("sched_getaffinity: {error}"),
-        })?;
-        let (first, second) = (allowed.first().copied().unwrap_or(0), allowed.get(1).copied());
         let scheduled = RoundTrips::measure(&exe, plan.round_trip, Placement::Scheduled)?;
         let same_cpu = RoundTrips::measure(&exe, plan.round_trip, Placement::SameCpu(first))?;
         let other_cpu = second
@@ -249,21 +269,18 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     }
 
     let bandwidth_gb_s = {
-        let samples = transfer::bandwidths(&exe, plan.bandwidth)?;
-        let ipc = Stats::of(samples.ipc_bytes);
-        let shm = Stats::of(samples.shared_memory);
-        let size = crate::report::human_bytes(plan.bandwidth.bytes as u64);
-        let time_us = |gb_per_s: f64| micros(plan.bandwidth.bytes as f64 / (gb_per_s * 1e9) * 1e6);
+        let plan = plan.bandwidth;
+        let scheduled = HandOffs::measure(&exe, plan, Placement::Scheduled)?;
+        let same_cpu = HandOffs::measure(&exe, plan, Placement::SameCpu(first))?;
+        let other_cpu = second
+            .map(|second| HandOffs::measure(&exe, plan, Placement::OtherCpus(first, second)))
+            .transpose()?;
         BandwidthReport {
-            bytes: plan.bandwidth.bytes as u64,
-            note: format!(
-                "shared memory hands off {size} {} as fast as IpcBytesSender: {} instead of {} per hand-off",
-                ratio(shm.median, ipc.median),
-                time_us(shm.median),
-                time_us(ipc.median),
-            ),
-            ipc_bytes: ipc,
-            shared_memory: shm,
+            bytes: plan.bytes as u64,
+            note: hand_off_note(plan.bytes, &same_cpu, other_cpu.as_ref()),
+            scheduled,
+            same_cpu,
+            other_cpu,
         }
     };
     if show {
@@ -327,6 +344,27 @@ fn round_trip_note(scheduled: &RoundTrips, same: &RoundTrips, other: Option<&Rou
             ratio(across, ipc),
             micros(unpinned),
         ));
+    }
+    note
+}
+
+fn hand_off_note(bytes: usize, same: &HandOffs, other: Option<&HandOffs>) -> String {
+    let size = crate::report::human_bytes(bytes as u64);
+    let time = |gb_per_s: f64| micros(bytes as f64 / (gb_per_s * 1e9) * 1e6);
+    let versus = |paths: &HandOffs| {
+        let (ipc, shm) = (paths.ipc_bytes.median, paths.shared_memory.median);
+        format!("{} ({} instead of {})", ratio(shm, ipc), time(shm), time(ipc))
+    };
+    let (placement, first, second) = match other {
+        Some(other) => ("across two CPUs", other, Some(same)),
+        None => ("on one CPU", same, None),
+    };
+    let mut note = format!(
+        "{placement} shared memory hands off {size} {} as fast as IpcBytesSender",
+        versus(first)
+    );
+    if let Some(same) = second {
+        note.push_str(&format!("; on one CPU {}", versus(same)));
     }
     note
 }
@@ -413,16 +451,25 @@ fn print_bandwidth(report: &BandwidthReport) {
         crate::report::human_bytes(report.bytes)
     );
     let gb = |value: f64| format!("{value:.2}");
-    for (name, stats) in [
-        ("IpcBytesSender", &report.ipc_bytes),
-        ("shared memory", &report.shared_memory),
-    ] {
-        println!(
-            "  {name:<24} {:>10}  {:<24} n={}",
-            format!("{} GB/s", gb(stats.median)),
-            range(stats, gb),
-            stats.n
-        );
+    let placements = [
+        ("unpinned", Some(&report.scheduled)),
+        ("pinned to one CPU", Some(&report.same_cpu)),
+        ("pinned to two CPUs", report.other_cpu.as_ref()),
+    ];
+    for (placement, paths) in placements {
+        let Some(paths) = paths else { continue };
+        println!("  {placement}");
+        for (name, stats) in [
+            ("IpcBytesSender", &paths.ipc_bytes),
+            ("shared memory", &paths.shared_memory),
+        ] {
+            println!(
+                "    {name:<24} {:>10}  {:<24} n={}",
+                format!("{} GB/s", gb(stats.median)),
+                range(stats, gb),
+                stats.n
+            );
+        }
     }
     println!("  → {}", report.note);
 }

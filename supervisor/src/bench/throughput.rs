@@ -85,7 +85,7 @@ fn measure_one(
         if runs.is_empty() && run.wall_s < plan.min_wall_s && items < MAX_ITEMS {
             // Too short to trust: scale up from the rate it showed, with a margin, at least doubling.
             let per_item = run.wall_s.max(1e-6) / items as f64;
-            let wanted = (plan.min_wall_s * 1.3 / per_item).ceil() as u64;
+            let wanted = (plan.min_wall_s * 1.2 / per_item).ceil() as u64;
             items = wanted.clamp(items.saturating_mul(2), MAX_ITEMS);
             continue;
         }

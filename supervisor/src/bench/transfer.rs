@@ -13,10 +13,11 @@
 //! and only a small notification crosses the channel. Before each hand-off the first byte of every page is
 //! changed, and the echo's sum is checked, so a stale or skipped page would be noticed.
 //!
-//! Where the two sides run decides the result more than the channel does. Unpinned ([`Placement::Scheduled`],
+//! Where the two sides run decides the result more than the channel does (for hand-offs too: on one CPU the
+//! bytes stay in its caches). Unpinned ([`Placement::Scheduled`],
 //! what the pool gets), a 2-vCPU VM sometimes keeps a ping-pong pair on one vCPU for a whole measurement (round
 //! trips of 2–4 µs) and sometimes runs them apart (30–60 µs: waking the other vCPU), so a median can differ
-//! tenfold between two runs. So the round trips are measured pinned as well: both sides on one CPU
+//! tenfold between two runs. So both are measured pinned as well: both sides on one CPU
 //! ([`Placement::SameCpu`]), and on two different CPUs ([`Placement::OtherCpus`]); those numbers are stable and
 //! their ratios mean something. The bench thread pins itself (and is restored after), the echo child or thread
 //! is pinned by pid.
@@ -150,10 +151,12 @@ pub fn round_trips(exe: &Path, plan: RoundTripPlan, placement: Placement) -> Res
     })
 }
 
-/// Measures both hand-off paths with one echo child.
-pub fn bandwidths(exe: &Path, plan: BandwidthPlan) -> Result<Bandwidths, Error> {
+/// Measures both hand-off paths with one echo child, both sides placed as `placement` says.
+pub fn bandwidths(exe: &Path, plan: BandwidthPlan, placement: Placement) -> Result<Bandwidths, Error> {
     let fail = failed("hand-off");
+    let _pinned = Pinned::to(placement.bench_cpu())?;
     let echo = IpcEcho::start(exe)?;
+    pin_echo(echo.reaper.pid, placement)?;
     let mut buffer: Vec<u8> = (0..plan.bytes).map(|i| (i % 251) as u8).collect();
     let rounds = plan.warmup + plan.repeat;
     let gb_per_s = |started: Instant| plan.bytes as f64 / started.elapsed().as_secs_f64() / 1e9;
