@@ -351,20 +351,27 @@ fn round_trip_note(scheduled: &RoundTrips, same: &RoundTrips, other: Option<&Rou
 fn hand_off_note(bytes: usize, same: &HandOffs, other: Option<&HandOffs>) -> String {
     let size = crate::report::human_bytes(bytes as u64);
     let time = |gb_per_s: f64| micros(bytes as f64 / (gb_per_s * 1e9) * 1e6);
-    let versus = |paths: &HandOffs| {
-        let (ipc, shm) = (paths.ipc_bytes.median, paths.shared_memory.median);
-        format!("{} ({} instead of {})", ratio(shm, ipc), time(shm), time(ipc))
-    };
-    let (placement, first, second) = match other {
-        Some(other) => ("across two CPUs", other, Some(same)),
-        None => ("on one CPU", same, None),
-    };
+    let first = other.unwrap_or(same);
+    let (first_ipc, first_shm) = (first.ipc_bytes.median, first.shared_memory.median);
     let mut note = format!(
-        "{placement} shared memory hands off {size} {} as fast as IpcBytesSender",
-        versus(first)
+        "{} a {size} hand-off takes {} through shared memory and {} through IpcBytesSender ({} as fast)",
+        if other.is_some() {
+            "across two CPUs"
+        } else {
+            "on one CPU"
+        },
+        time(first_shm),
+        time(first_ipc),
+        ratio(first_shm, first_ipc),
     );
-    if let Some(same) = second {
-        note.push_str(&format!("; on one CPU {}", versus(same)));
+    if other.is_some() {
+        let (same_ipc, same_shm) = (same.ipc_bytes.median, same.shared_memory.median);
+        note.push_str(&format!(
+            "; on one CPU {} and {} ({})",
+            time(same_shm),
+            time(same_ipc),
+            ratio(same_shm, same_ipc)
+        ));
     }
     note
 }
