@@ -1,7 +1,10 @@
-//! Read-only memory-mapped files: how workers see input without copying it through the channel.
+//! Memory mappings: read-only mapped files (how workers see input without copying it through the channel), and
+//! memory shared between processes (progress slots; bulk hand-offs).
 //!
-//! This module holds the crate's only `unsafe`: creating mappings, and viewing a shared page as atomics.
+//! This module holds the crate's only `unsafe`: creating mappings, viewing shared memory as atomics, and copying
+//! into it.
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::ops::Deref;
@@ -55,14 +58,127 @@ impl Deref for MappedFile {
     }
 }
 
-/// One page of memory shared between the supervisor and one worker, seen by both as 64-bit atomics.
+/// Memory shared between processes: an anonymous memfd (nothing on any filesystem; it vanishes with the last
+/// process holding it), mapped read-write and `MAP_SHARED` by each.
 ///
-/// The supervisor creates it as an anonymous memfd (nothing on any filesystem; it vanishes with the last
-/// process holding it) and tells the worker its `/proc/<pid>/fd/<n>` path, which the worker opens and maps.
+/// The creating process tells the other one its `/proc/<pid>/fd/<n>` path ([`SharedRegion::proc_path`]), which
+/// the other opens and maps. The bytes are never handed out as a Rust slice, since the other process may change
+/// them at any time: they are written with [`SharedRegion::write`] and read as atomic words
+/// ([`SharedRegion::words`]). Who writes what when is for the two processes to agree on, by message.
 #[derive(Debug)]
-pub struct SharedPage {
+pub struct SharedRegion {
     map: MmapRaw,
     file: File,
+}
+
+impl SharedRegion {
+    /// Creates a zeroed region of `len` bytes (a multiple of 8, so that it is all words).
+    pub fn create(len: usize) -> io::Result<SharedRegion> {
+        SharedRegion::create_named(c"supervisor-shared", len)
+    }
+
+    fn create_named(name: &CStr, len: usize) -> io::Result<SharedRegion> {
+        if len == 0 || !len.is_multiple_of(size_of::<u64>()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a shared region must be a non-zero multiple of 8 bytes, not {len}"),
+            ));
+        }
+        // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the fd was just created and is owned by nothing else.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(len as u64)?;
+        SharedRegion::map(file, len)
+    }
+
+    /// Opens a region created by another process from its `/proc/<pid>/fd/<n>` path, and maps all of it.
+    pub fn open(path: &Path) -> io::Result<SharedRegion> {
+        let file = File::options().read(true).write(true).open(path)?;
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "shared region is too large to map"))?;
+        if len == 0 || !len.is_multiple_of(size_of::<u64>()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shared region of {len} bytes is not a non-zero multiple of 8"),
+            ));
+        }
+        SharedRegion::map(file, len)
+    }
+
+    /// Opens a region like [`SharedRegion::open`], mapping only its first `len` bytes (it must have that many).
+    fn open_prefix(path: &Path, len: usize) -> io::Result<SharedRegion> {
+        let file = File::options().read(true).write(true).open(path)?;
+        if file.metadata()?.len() < len as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "shared region is too small"));
+        }
+        SharedRegion::map(file, len)
+    }
+
+    fn map(file: File, len: usize) -> io::Result<SharedRegion> {
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(SharedRegion { map, file })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always false: a region has at least one word.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// The path another process can open to map this region.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd()))
+    }
+
+    /// The region as 64-bit atomic words.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is `len` bytes long (a multiple of 8, checked when it was made), page-aligned (so
+        // aligned for u64), and lives as long as `self`. `AtomicU64` has the layout of `u64` and is interior
+        // mutable, so writes by `write` or by the other process do not break the shared reference; reads through
+        // the atomics cannot race in the sense of undefined behaviour. Any bit pattern is a valid u64.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.len() / size_of::<u64>()) }
+    }
+
+    /// Copies `bytes` into the region at byte `offset` (a plain `memcpy`, as fast as private memory).
+    ///
+    /// Another process reading these bytes while the copy runs may see some old and some new bytes: tell it by
+    /// message when the write is done.
+    pub fn write(&self, offset: usize, bytes: &[u8]) -> io::Result<()> {
+        if offset.checked_add(bytes.len()).is_none_or(|end| end > self.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cannot write {} bytes at offset {offset} of a {}-byte shared region",
+                    bytes.len(),
+                    self.len()
+                ),
+            ));
+        }
+        // SAFETY: the destination range `offset .. offset + bytes.len()` lies inside the mapping (checked above),
+        // which lives as long as `self`. The source is a Rust slice, which cannot point into the mapping (this
+        // type never hands out a byte slice of it), so the ranges do not overlap. The mapping is only ever
+        // accessed through raw pointers and interior-mutable atomics, so writing through `&self` invalidates no
+        // reference.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(offset), bytes.len()) };
+        Ok(())
+    }
+}
+
+/// One page of memory shared between the supervisor and one worker, seen by both as 64-bit atomics: a
+/// [`SharedRegion`] of [`SHARED_PAGE_BYTES`].
+///
+/// The supervisor creates it and tells the worker its `/proc/<pid>/fd/<n>` path, which the worker opens and maps.
+#[derive(Debug)]
+pub struct SharedPage {
+    region: SharedRegion,
 }
 
 /// Size of a [`SharedPage`] in bytes.
@@ -71,47 +187,24 @@ pub const SHARED_PAGE_BYTES: usize = 4096;
 impl SharedPage {
     /// Creates a zeroed page (supervisor side).
     pub fn create() -> io::Result<SharedPage> {
-        // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
-        let fd = unsafe { libc::memfd_create(c"supervisor-progress".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the fd was just created and is owned by nothing else.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(SHARED_PAGE_BYTES as u64)?;
-        SharedPage::map(file)
+        let region = SharedRegion::create_named(c"supervisor-progress", SHARED_PAGE_BYTES)?;
+        Ok(SharedPage { region })
     }
 
     /// Opens a page created by another process from its `/proc/<pid>/fd/<n>` path (worker side).
     pub fn open(path: &Path) -> io::Result<SharedPage> {
-        let file = File::options().read(true).write(true).open(path)?;
-        if file.metadata()?.len() < SHARED_PAGE_BYTES as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "shared page is too small"));
-        }
-        SharedPage::map(file)
-    }
-
-    fn map(file: File) -> io::Result<SharedPage> {
-        let map = MmapOptions::new().len(SHARED_PAGE_BYTES).map_raw(&file)?;
-        Ok(SharedPage { map, file })
+        let region = SharedRegion::open_prefix(path, SHARED_PAGE_BYTES)?;
+        Ok(SharedPage { region })
     }
 
     /// The path another process can open to map this page.
     pub fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd()))
+        self.region.proc_path()
     }
 
     /// The page as 64-bit atomic words.
     pub fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is SHARED_PAGE_BYTES long, page-aligned (so aligned for u64), and lives as long as
-        // `self`. `AtomicU64` has the layout of `u64`, and every access to the page, in this process and the
-        // other, goes through these atomics, so there are no data races. Any bit pattern is a valid u64.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.map.as_ptr().cast::<AtomicU64>(),
-                SHARED_PAGE_BYTES / size_of::<u64>(),
-            )
-        }
+        self.region.words()
     }
 }
 
@@ -141,5 +234,28 @@ mod tests {
         page.words()[3].store(0xdead_beef, Ordering::Release);
         assert_eq!(other.words()[3].load(Ordering::Acquire), 0xdead_beef);
         assert_eq!(other.words().len(), SHARED_PAGE_BYTES / 8);
+    }
+
+    #[test]
+    fn a_shared_region_of_any_size_is_shared_and_bounds_checked() {
+        use std::sync::atomic::Ordering;
+        let len = 3 * 4096 + 8;
+        let region = SharedRegion::create(len).expect("memfd");
+        let other = SharedRegion::open(&region.proc_path()).expect("open by path");
+        assert_eq!(other.len(), len);
+        assert_eq!(other.words().len(), len / 8);
+        region.write(len - 8, &7u64.to_le_bytes()).expect("last word");
+        region.write(4096, &[1, 2, 3]).expect("inside");
+        assert_eq!(other.words()[len / 8 - 1].load(Ordering::Acquire), 7);
+        assert_eq!(other.words()[512].load(Ordering::Acquire), 0x03_02_01);
+        assert!(region.write(len - 7, &[0; 8]).is_err(), "one byte past the end");
+        assert!(region.write(usize::MAX, &[0]).is_err(), "offset overflow");
+        assert!(SharedRegion::create(0).is_err());
+        assert!(SharedRegion::create(12).is_err());
+        // A page opened from a larger region maps only its first page.
+        assert_eq!(
+            SharedPage::open(&region.proc_path()).expect("page").words().len(),
+            SHARED_PAGE_BYTES / 8
+        );
     }
 }

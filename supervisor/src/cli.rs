@@ -28,6 +28,8 @@ pub enum Command {
     Tasks,
     /// Run a job under each executor (process, process/forkserver, thread, serial) and compare them.
     Compare(CompareArgs),
+    /// Measure this machine: worker start, message round trips, bulk hand-off bandwidth, per-item dispatch overhead.
+    Bench(BenchArgs),
     /// Run one item in the foreground, in this process, to reproduce a failure (e.g. under a debugger).
     Replay {
         /// The job file.
@@ -130,4 +132,17 @@ pub struct CompareArgs {
     /// Draw wall time and peak memory per executor as a grouped bar chart into this SVG file.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Repetitions of every measurement (default: chosen per measurement, so that the whole bench takes 10–20 s).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub repeat: Option<u32>,
+    /// Print every number as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Cut every repetition count and size so that the bench runs in a second or two (rough numbers; for tests).
+    #[arg(long)]
+    pub quick: bool,
 }

@@ -53,6 +53,8 @@ pub enum Error {
     ItemOutOfRange { item: u64, items: u64 },
     #[error("compare: {reason}")]
     CompareFailed { reason: String },
+    #[error("bench: {measurement}: {reason}")]
+    Bench { measurement: &'static str, reason: String },
     #[error("cannot draw the chart {path}: {message}")]
     Chart { path: PathBuf, message: String },
     #[error("internal error: {message}")]
@@ -79,6 +81,7 @@ impl Error {
             | Error::WorkersCannotStart { .. }
             | Error::Internal { .. }
             | Error::CompareFailed { .. }
+            | Error::Bench { .. }
             | Error::Chart { .. } => exit::INTERNAL,
         }
     }

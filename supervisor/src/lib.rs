@@ -28,6 +28,7 @@
 //! done, and exits 130/143. Workers also die with the supervisor through `PR_SET_PDEATHSIG`.
 
 pub mod batching;
+pub mod bench;
 pub mod chart;
 pub mod cli;
 pub mod compare;
@@ -52,11 +53,16 @@ use crate::error::Error;
 
 /// The whole program: parses arguments, runs the command, and maps the outcome to an exit code.
 ///
-/// When started as `supervisor __worker NAME` it is a worker instead, and never starts the async runtime.
+/// When started as `supervisor __worker NAME` it is a worker instead, and as `supervisor __bench-echo …` the far
+/// side of `supervisor bench`; neither starts the async runtime.
 pub fn main() -> i32 {
     let mut args = std::env::args_os();
-    if args.nth(1).as_deref() == Some(pool::WORKER_ARG.as_ref()) {
+    let mode = args.nth(1);
+    if mode.as_deref() == Some(pool::WORKER_ARG.as_ref()) {
         return worker_main(args.next());
+    }
+    if mode.as_deref() == Some(bench::echo::ECHO_ARG.as_ref()) {
+        return bench::echo::main(args);
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -68,6 +74,8 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Tasks => return run::tasks(),
         Command::Compare(args) => compare::run(&args),
+        // Starts its fork server first thing, while this process is still single-threaded.
+        Command::Bench(args) => bench::run(&args),
         Command::Check { job } => block_on(async move { run::check(&job).await }),
         // The job is loaded and the fork server (if any) started before the runtime: the fork server must be
         // forked while this process is single-threaded.

@@ -1,6 +1,7 @@
 //! Linux process primitives the pool needs and std/nix do not wrap: pidfds (signals that cannot hit a recycled
 //! pid), `wait4` with resource usage, signal names, and the socket and fork calls of the fork server
-//! (`SOCK_SEQPACKET` pairs, passing a file descriptor with `SCM_RIGHTS`, `fork`, `close_range`).
+//! (`SOCK_SEQPACKET` pairs, passing a file descriptor with `SCM_RIGHTS`, `fork`, `close_range`); and CPU
+//! affinity, with which `supervisor bench` pins the two ends of a round trip.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -117,6 +118,36 @@ pub fn thread_cpu_time() -> Duration {
     // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`), in increasing order.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes at most `size_of::<cpu_set_t>()` bytes into `set`, which is valid and
+    // exclusively borrowed for the call.
+    check(unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) } as libc::c_long)?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads bit `cpu` of the set, and `cpu` is below CPU_SETSIZE, the bits a set holds.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Restricts thread `tid` (0: the calling thread; a process's pid names its main thread) to `cpus`
+/// (`sched_setaffinity`). Threads it starts later inherit the restriction.
+pub fn set_affinity(tid: i32, cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no CPU {cpu}")));
+        }
+        // SAFETY: CPU_SET sets bit `cpu` of the set, and `cpu` is below CPU_SETSIZE (checked above).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: sched_setaffinity reads `size_of::<cpu_set_t>()` bytes from `set`, a valid, initialized set.
+    check(unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) } as libc::c_long)?;
+    Ok(())
 }
 
 /// `SIGSEGV` for 11, and so on; `signal N` for numbers without a name.
@@ -364,5 +395,21 @@ mod tests {
         assert_eq!(text, "through the pipe");
         drop(a);
         assert_eq!(recv_message(b.as_fd(), &mut buffer).expect("eof").0, 0);
+    }
+
+    #[test]
+    fn affinity_pins_a_thread_and_is_restored() {
+        // On a thread of its own, so that no other test runs pinned.
+        std::thread::spawn(|| {
+            let cpus = allowed_cpus().expect("sched_getaffinity");
+            assert!(!cpus.is_empty());
+            set_affinity(0, &cpus[..1]).expect("pin");
+            assert_eq!(allowed_cpus().expect("sched_getaffinity"), &cpus[..1]);
+            set_affinity(0, &cpus).expect("restore");
+            assert_eq!(allowed_cpus().expect("sched_getaffinity"), cpus);
+            assert!(set_affinity(0, &[libc::CPU_SETSIZE as usize]).is_err());
+        })
+        .join()
+        .expect("the test thread");
     }
 }
