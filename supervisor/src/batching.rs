@@ -10,6 +10,12 @@ use std::time::Duration;
 /// Task time a batch should hold.
 pub const TARGET_BATCH: Duration = Duration::from_millis(10);
 
+/// Work a worker's queue of batches should cover.
+pub const QUEUE_TARGET: Duration = Duration::from_micros(500);
+/// Batches queued per worker at the least (one running, one waiting) and at the most.
+pub const MIN_PREFETCH: usize = 2;
+pub const MAX_PREFETCH: usize = 32;
+
 /// Per-item time assumed at least, so that near-free items (noop) still get finite batches.
 const MIN_ITEM_NANOS: f64 = 50.0;
 
@@ -50,6 +56,17 @@ impl BatchSizer {
         let wanted = (TARGET_BATCH.as_nanos() as f64 / item_nanos.max(MIN_ITEM_NANOS)).max(1.0) as u64;
         let fair_share = remaining.div_ceil(workers.max(1) as u64 * 4);
         wanted.min(fair_share).min(self.cap).clamp(1, remaining)
+    }
+
+    /// How many batches of `size` items a worker should hold so that its queue covers [`QUEUE_TARGET`] of work:
+    /// two for batches of normal size (one running, one waiting), more for tiny ones (e.g. a fixed `batch = 1`
+    /// of cheap items), so that a worker never waits a cross-CPU round trip (tens of µs) between batches.
+    pub fn prefetch(&self, size: u64) -> usize {
+        let Some(item_nanos) = self.item_nanos else {
+            return MIN_PREFETCH;
+        };
+        let batch_nanos = (size.max(1) as f64 * item_nanos.max(MIN_ITEM_NANOS)).max(1.0);
+        ((QUEUE_TARGET.as_nanos() as f64 / batch_nanos) as usize).clamp(MIN_PREFETCH, MAX_PREFETCH)
     }
 
     /// Records that `items` items took `task_micros` of task time in total.
@@ -97,6 +114,20 @@ mod tests {
         // 80 items left for 2 workers: at most 10 per batch, so both get some.
         assert_eq!(sizer.next_size(80, 2), 10);
         assert_eq!(sizer.next_size(3, 2), 1);
+    }
+
+    #[test]
+    fn tiny_batches_are_queued_deeper() {
+        let mut sizer = BatchSizer::new(Some(1), 1 << 20);
+        assert_eq!(sizer.prefetch(1), MIN_PREFETCH);
+        sizer.observe(1000, 0); // ~free items: 50 ns floor → 10 000 per 500 µs
+        assert_eq!(sizer.prefetch(1), MAX_PREFETCH);
+        sizer.observe(10, 10_000); // 1 ms per item
+        assert!(sizer.prefetch(1) <= 3, "{}", sizer.prefetch(1));
+        let mut auto = BatchSizer::new(None, 1 << 20);
+        auto.observe(1000, 100);
+        let size = auto.next_size(1_000_000, 2);
+        assert_eq!(auto.prefetch(size), MIN_PREFETCH);
     }
 
     #[test]

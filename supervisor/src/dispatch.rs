@@ -4,8 +4,8 @@
 //! signals and timers in one `select!` loop, and nothing else mutates that state.
 //!
 //! ## An item's way
-//! Items are handed out in input order, in batches sized by [`BatchSizer`], at most [`PREFETCH`] batches queued
-//! per worker so that a worker never waits for its next batch. A worker answers each batch with consecutive
+//! Items are handed out in input order, in batches sized by [`BatchSizer`], a few batches queued per worker
+//! ([`BatchSizer::prefetch`]: two, or more when batches are tiny) so that a worker never waits for its next one. A worker answers each batch with consecutive
 //! results; a batch is done when every item is answered. Every item ends with exactly one record.
 //!
 //! ## When a worker dies
@@ -49,9 +49,6 @@ use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, WorkerSender, 
 use crate::report::Progress;
 use crate::results::{Failure, FailureKind, Record, Reducer, Status};
 use crate::signal::{Escalation, StopAction, StopSignal};
-
-/// Batches queued per worker: one running, one waiting.
-pub const PREFETCH: usize = 2;
 
 /// Workers in a row that fail before becoming ready before the job is abandoned.
 const MAX_START_FAILURES: u32 = 3;
@@ -645,7 +642,7 @@ impl Dispatcher {
         }
     }
 
-    /// Hands `id` work until it holds [`PREFETCH`] batches (or one item run alone), if it is ready and work is
+    /// Hands `id` work until it holds enough batches (or one item run alone), if it is ready and work is
     /// left.
     fn fill(&mut self, id: WorkerId) {
         if self.is_stopping() {
@@ -653,7 +650,10 @@ impl Dispatcher {
         }
         loop {
             let Some(worker) = self.workers.get(&id) else { return };
-            if worker.state != WorkerState::Ready || worker.batches.len() >= PREFETCH {
+            let prefetch = self
+                .sizer
+                .prefetch(self.sizer.next_size(self.unassigned(), self.target_workers));
+            if worker.state != WorkerState::Ready || worker.batches.len() >= prefetch {
                 return;
             }
             let quota = self

@@ -18,8 +18,9 @@ impl Task for LineCount {
     }
 }
 
+/// Counts `\n` bytes with memchr's SIMD search (several times faster than a byte loop on long lines).
 fn count_newlines(data: &[u8]) -> usize {
-    data.iter().filter(|&&b| b == b'\n').count()
+    memchr::memchr_iter(b'\n', data).count()
 }
 
 pub(super) fn build_line_count(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
