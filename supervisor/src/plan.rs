@@ -5,12 +5,12 @@
 //! are touched), a `glob` is expanded and sorted. Listing runs on tokio's blocking pool so that a slow
 //! filesystem does not stall the runtime.
 
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use child::task::{InputKind, TaskInfo};
 use shared::item::{Batch, BatchItems, Chunk, InputPlan, range_item_count};
 use shared::job::{InputSpec, JobSpec, Split};
-use shared::region::MappedFile;
 
 use crate::error::Error;
 use crate::results::InputDesc;
@@ -107,16 +107,19 @@ impl Items {
                 split,
                 chunk_bytes,
             } => {
-                let mapped = MappedFile::open(path).map_err(|source| Error::InputUnreadable {
+                // The file is read at each chunk boundary only, not mapped: the supervisor's memory stays
+                // independent of the input's size (mapping it would fault in ~64 KiB around every boundary).
+                let unreadable = |source| Error::InputUnreadable {
                     path: path.clone(),
                     source,
-                })?;
+                };
+                let file = std::fs::File::open(path).map_err(unreadable)?;
+                let size = file.metadata().map_err(unreadable)?.len();
                 let chunks = match split {
-                    Split::Lines => line_chunks(&mapped, *chunk_bytes),
-                    Split::None => vec![Chunk {
-                        offset: 0,
-                        len: mapped.len() as u64,
-                    }],
+                    Split::Lines => {
+                        line_chunks(size, *chunk_bytes, |at, buffer| file.read_at(buffer, at)).map_err(unreadable)?
+                    }
+                    Split::None => vec![Chunk { offset: 0, len: size }],
                 };
                 Ok(Items::Chunks {
                     path: path.clone(),
@@ -227,36 +230,61 @@ impl Items {
 }
 
 /// Splits `data` into chunks of about `chunk_bytes`, each ending just after a newline (or at the end).
-pub fn line_chunks(data: &[u8], chunk_bytes: u64) -> Vec<Chunk> {
-    let size = data.len();
-    let step = usize::try_from(chunk_bytes).unwrap_or(usize::MAX).max(1);
+pub fn line_chunks(
+    size: u64,
+    chunk_bytes: u64,
+    mut read_at: impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<Vec<Chunk>> {
+    let step = chunk_bytes.max(1);
+    let mut window = vec![0u8; 64 << 10];
     let mut chunks = Vec::new();
     let mut offset = 0;
     while offset < size {
         let target = offset.saturating_add(step);
-        let end = if target >= size {
-            size
-        } else {
-            memchr::memchr(b'\n', &data[target - 1..]).map_or(size, |at| target + at)
-        };
+        let mut end = size;
+        // Look for the first newline at or after byte `target - 1`: the chunk ends just after it.
+        let mut at = target - 1;
+        while target < size && at < size {
+            let want = window.len().min((size - at) as usize);
+            let read = read_at(at, &mut window[..want])?;
+            if read == 0 {
+                break;
+            }
+            if let Some(found) = memchr::memchr(b'\n', &window[..read]) {
+                end = at + found as u64 + 1;
+                break;
+            }
+            at += read as u64;
+        }
         chunks.push(Chunk {
-            offset: offset as u64,
-            len: (end - offset) as u64,
+            offset,
+            len: end - offset,
         });
         offset = end;
     }
-    chunks
+    Ok(chunks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `line_chunks` over bytes in memory, read through small windows to exercise the window loop.
+    fn chunks_of(data: &[u8], step: u64) -> Vec<Chunk> {
+        line_chunks(data.len() as u64, step, |at, buffer| {
+            let start = at as usize;
+            let end = (start + buffer.len().min(3)).min(data.len());
+            buffer[..end - start].copy_from_slice(&data[start..end]);
+            Ok(end - start)
+        })
+        .expect("in-memory reads cannot fail")
+    }
+
     #[test]
     fn chunks_are_line_aligned_and_cover_the_file() {
         let data = b"aaa\nbb\ncccccc\nd\n\ne";
         for step in 1..=data.len() as u64 + 2 {
-            let chunks = line_chunks(data, step);
+            let chunks = chunks_of(data, step);
             let mut offset = 0;
             for chunk in &chunks {
                 assert_eq!(chunk.offset, offset, "step {step}");
@@ -271,7 +299,7 @@ mod tests {
             assert_eq!(offset as usize, data.len(), "step {step}");
         }
         assert_eq!(
-            line_chunks(data, 4),
+            chunks_of(data, 4),
             vec![
                 Chunk { offset: 0, len: 4 },
                 Chunk { offset: 4, len: 10 },
@@ -279,6 +307,6 @@ mod tests {
                 Chunk { offset: 14, len: 4 },
             ]
         );
-        assert!(line_chunks(b"", 4).is_empty());
+        assert!(chunks_of(b"", 4).is_empty());
     }
 }
