@@ -33,12 +33,13 @@ use serde::Serialize;
 use shared::exit;
 
 use self::stats::{Stats, micros, rate, ratio};
-use self::throughput::{DispatchPlan, DispatchRow, Scratch};
+use self::throughput::{DispatchPlan, DispatchRow};
 use self::transfer::{BandwidthPlan, Placement, RoundTripPlan};
 use crate::cli::BenchArgs;
 use crate::error::Error;
 use crate::forkserver::ForkServer;
 use crate::pool::Starter;
+use crate::scratch::Scratch;
 
 /// Repetition counts and sizes of every measurement.
 #[derive(Debug, Clone, Copy)]
@@ -288,7 +289,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     }
 
     let dispatch = {
-        let scratch = Scratch::new()?;
+        let scratch = Scratch::new("bench")?;
         let process = throughput::measure(&exe, &scratch.path, "process", plan.dispatch)?;
         let thread = throughput::measure(&exe, &scratch.path, "thread", plan.dispatch)?;
         DispatchReport {

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use shared::exit;
 
+use crate::bench::stats::Stats;
 use crate::cli::CompareArgs;
 use crate::error::Error;
 use crate::linux::{ExitStatus, signal_name, wait4};
 use crate::report::human_bytes;
+use crate::scratch::Scratch;
 
 /// The executors compared, with the `run` flags that select them.
 const EXECUTORS: [(&str, &[&str]); 4] = [
@@ -84,7 +86,7 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
     let exe = std::env::current_exe().map_err(|error| Error::Internal {
         message: format!("current_exe: {error}"),
     })?;
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("compare")?;
     let mut reports = Vec::new();
     let mut first_results: Vec<(String, PathBuf)> = Vec::new();
     let mut items = 0;
@@ -162,28 +164,6 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
             eprintln!("error: the executors disagree: {difference}");
             Ok(exit::ITEMS_FAILED)
         }
-    }
-}
-
-/// A private scratch folder, removed on drop.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Result<Scratch, Error> {
-        let path = std::env::temp_dir().join(format!("supervisor-compare-{}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|source| Error::Results {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Scratch { path })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -320,35 +300,23 @@ fn kib_field(text: &str, field: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    }
-}
-
 fn summarize(name: &str, unavailable: Option<String>, samples: Vec<Sample>) -> ExecutorReport {
-    let mut walls: Vec<f64> = samples.iter().map(|s| s.wall_s).collect();
-    let mut cpus: Vec<f64> = samples.iter().map(|s| s.cpu_s).collect();
-    let mut firsts: Vec<f64> = samples.iter().filter_map(|s| s.first_result_s).collect();
+    let wall = Stats::of(samples.iter().map(|s| s.wall_s).collect());
+    let cpu = Stats::of(samples.iter().map(|s| s.cpu_s).collect());
+    let firsts: Vec<f64> = samples.iter().filter_map(|s| s.first_result_s).collect();
+    let first_result_s = (!firsts.is_empty()).then(|| Stats::of(firsts).median);
     ExecutorReport {
         executor: name.to_string(),
         unavailable,
-        wall_median_s: median(&mut walls),
-        wall_min_s: walls.first().copied().unwrap_or(0.0),
-        wall_max_s: walls.last().copied().unwrap_or(0.0),
-        cpu_median_s: median(&mut cpus),
+        wall_median_s: wall.median,
+        wall_min_s: wall.min,
+        wall_max_s: wall.max,
+        cpu_median_s: cpu.median,
         speedup_vs_serial: None,
         overhead_us_per_item: None,
         peak_rss_bytes: samples.iter().map(|s| s.peak_rss_bytes).max().unwrap_or(0),
         peak_pss_bytes: samples.iter().map(|s| s.peak_pss_bytes).max().unwrap_or(0),
-        first_result_s: (!firsts.is_empty()).then(|| median(&mut firsts)),
+        first_result_s,
         crash_takes_job_down: None,
         isolation_detail: None,
         samples,

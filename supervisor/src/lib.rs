@@ -43,6 +43,7 @@ pub mod pool;
 pub mod report;
 pub mod results;
 pub mod run;
+pub mod scratch;
 pub mod signal;
 
 use clap::Parser;

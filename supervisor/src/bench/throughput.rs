@@ -164,26 +164,3 @@ fn write_job(scratch: &Path, items: u64) -> Result<PathBuf, Error> {
     })?;
     Ok(path)
 }
-
-/// A private scratch folder for the job files, removed on drop.
-#[derive(Debug)]
-pub struct Scratch {
-    pub path: PathBuf,
-}
-
-impl Scratch {
-    pub fn new() -> Result<Scratch, Error> {
-        let path = std::env::temp_dir().join(format!("supervisor-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|source| Error::Results {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Scratch { path })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
