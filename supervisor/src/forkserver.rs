@@ -161,10 +161,6 @@ impl ForkServer {
         receiver.recv().unwrap_or(LOST)
     }
 
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Tells the fork server to exit and reaps it (its CPU time then counts in the supervisor's).
     pub fn shut_down(&self) {
         let Ok(mut reaped) = self.reaped.lock() else { return };

@@ -34,11 +34,6 @@ impl Pidfd {
         self.0.as_fd()
     }
 
-    /// A second handle on the same process (to pass to another process).
-    pub fn try_clone(&self) -> io::Result<Pidfd> {
-        self.0.try_clone().map(Pidfd)
-    }
-
     /// Adopts a pidfd received from another process.
     pub fn from_owned(fd: OwnedFd) -> Pidfd {
         Pidfd(fd)
