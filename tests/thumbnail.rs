@@ -1,5 +1,5 @@
-//! End-to-end tests of the `thumbnail` builtin: the real binary on images of every supported format, plus corrupt
-//! ones.
+//! End-to-end tests of the `thumbnail` builtin: the real binary on images of every supported format, plus a
+//! truncated JPEG, a text file and two decompression-bomb headers, each of which must fail only its own item.
 //!
 //! The inputs are encoded here with the `image` crate (a dev-dependency, used only to make inputs). The outputs are
 //! checked independently of it: the thumbnail's size is read from the PNG's IHDR chunk by hand, and the expected
@@ -161,7 +161,9 @@ fn thumbnails_of_every_format_have_the_right_size_and_bad_images_fail_alone() {
             b"this is not an image\n".to_vec(),
             Err("format could not be determined"),
         ),
+        // Wider than `max_side` (16384), and within it but needing more than `max_alloc` (9000² RGBA = 309 MiB).
         ("bomb.png", png_bomb(60_000, 60_000), Err("exceeds limit")),
+        ("bomb2.png", png_bomb(9_000, 9_000), Err("Memory limit exceeded")),
     ];
     let mut expected: BTreeMap<PathBuf, Expect> = BTreeMap::new();
     for (name, bytes, expect) in inputs {
@@ -236,6 +238,30 @@ fn thumbnails_of_every_format_have_the_right_size_and_bad_images_fail_alone() {
         .collect();
     present.sort();
     assert_eq!(present, written, "out_dir holds exactly the thumbnails");
+}
+
+#[test]
+fn a_whole_file_input_gives_one_thumbnail() {
+    let dir = temp_dir();
+    let source = write_file(
+        dir.path(),
+        "photo.jpeg",
+        encode(&rgb_picture(1000, 333), ImageFormat::Jpeg),
+    );
+    let job = write_file(
+        dir.path(),
+        "one.toml",
+        "[input]\nfile = \"photo.jpeg\"\nsplit = \"none\"\n[task]\nbuiltin = \"thumbnail\"\n\
+         args = { out_dir = \"small\", size = 50 }\n[output]\nresults = \"one.jsonl\"\n",
+    );
+    run(Path::new("/"), ["run", path_str(&job), "--quiet"], 0);
+    let records: Vec<Record<serde_json::Value>> = read_records(&dir.path().join("one.jsonl"));
+    assert_eq!(records.len(), 1);
+    let value = records[0].value.as_ref().expect("ok record");
+    let path = PathBuf::from(value["path"].as_str().expect("path is a string"));
+    assert_eq!(path.parent(), Some(dir.path().join("small").as_path()));
+    assert_eq!(png_size(&path), expected_size(1000, 333, 50));
+    assert_eq!(expected_size(1000, 333, 50), (50, 17), "16.65 rounds to 17");
 }
 
 #[test]
