@@ -243,7 +243,7 @@ fn thumbnails_of_every_format_have_the_right_size_and_bad_images_fail_alone() {
 #[test]
 fn a_whole_file_input_gives_one_thumbnail() {
     let dir = temp_dir();
-    let source = write_file(
+    write_file(
         dir.path(),
         "photo.jpeg",
         encode(&rgb_picture(1000, 333), ImageFormat::Jpeg),
