@@ -194,6 +194,52 @@ fn a_repeated_result_kills_the_worker_but_costs_no_item() {
     run.assert_replaced();
 }
 
+/// An honest worker whose task returns 100 MiB fails that item itself (kind `error`, not `protocol`): the value
+/// never crosses, the worker lives, and the results file stays small.
+#[test]
+fn a_huge_value_fails_its_item_in_the_worker() {
+    let job = Job::new(&format!(
+        r#"
+[input.range]
+start = 0
+end = {ITEMS}
+
+[task]
+builtin = "fault"
+
+[task.args]
+huge = [{BAD_ITEM}]
+huge_size = "100MiB"
+
+[workers]
+count = 2
+"#
+    ));
+    let run = job.run_honest();
+    run.assert_exit_code(EXIT_ITEMS_FAILED);
+    let records = run.records();
+    assert_eq!(records.len() as u64, ITEMS, "{run}");
+    for record in records {
+        if record.item == BAD_ITEM {
+            let error = record.error.as_ref().expect("an error");
+            assert_eq!(error.kind, "error", "{record:?}\n{run}");
+            assert!(
+                error
+                    .message
+                    .contains("takes 104857605 bytes encoded, more than the limit of 1048576 bytes"),
+                "{record:?}\n{run}"
+            );
+        } else {
+            // `fault` returns each healthy item's own number.
+            assert_eq!(record.value, Some(Json::from(record.item)), "{record:?}\n{run}");
+        }
+    }
+    let summary = run.summary();
+    assert_eq!(summary["workers_started"].as_u64(), Some(2), "no worker died\n{run}");
+    let size = std::fs::metadata(job.results()).expect("results file").len();
+    assert!(size < 64 << 10, "results file of {size} bytes\n{run}");
+}
+
 /// Workers that break the protocol before they are ready cannot run the job: after three, the run ends with
 /// "workers cannot start", naming the violation.
 fn cannot_start(mode: &str, says: &str) -> Finished {
@@ -286,7 +332,12 @@ impl Job {
         self.dir.path().join("results.jsonl.journal")
     }
 
-    /// Runs the job with workers in hostile `mode`, watching the supervisor's peak RSS and its descendants;
+    /// Runs the job with well-behaved workers.
+    fn run_honest(&self) -> Finished {
+        self.run("", None)
+    }
+
+    /// Runs the job with workers in hostile `mode` (none if empty), watching the supervisor's peak RSS and its descendants;
     /// sends a signal when asked. Fails the test if the run outlives [`RUN_DEADLINE`] or leaves a process.
     fn run(&self, mode: &str, signal_when: SignalWhen) -> Finished {
         let stdout_path = self.dir.path().join("stdout");
@@ -298,11 +349,14 @@ impl Job {
             .arg("--results")
             .arg(self.results())
             .arg("--json")
-            .env(HOSTILE_ENV, mode)
+            .env_remove(HOSTILE_ENV)
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).expect("stdout file"))
             .stderr(File::create(&stderr_path).expect("stderr file"));
+        if !mode.is_empty() {
+            command.env(HOSTILE_ENV, mode);
+        }
         let shown = format!("{command:?}");
         let mut child = command
             .spawn()

@@ -659,6 +659,77 @@ mod tests {
             .unwrap_or(0)
     }
 
+    #[test]
+    fn results_over_the_limits_fail_their_item_and_long_errors_are_cut() {
+        use shared::item::Value;
+        let big = within_limits(Ok(Value::Text("x".repeat(frame::MAX_RESULT_BYTES))));
+        let error = big.expect_err("a value over the limit fails");
+        assert_eq!(error.kind, TaskErrorKind::Error);
+        assert!(
+            error.message.contains("more than the limit of 1048576 bytes"),
+            "{}",
+            error.message
+        );
+        let small = Value::Text("x".repeat(frame::MAX_RESULT_BYTES - 16));
+        assert_eq!(within_limits(Ok(small.clone())), Ok(small));
+        let mut deep = Value::Null;
+        for _ in 0..frame::MAX_VALUE_DEPTH {
+            deep = Value::List(vec![deep]);
+        }
+        let error = within_limits(Ok(deep)).expect_err("a value nested too deep fails");
+        assert!(error.message.contains("levels deep"), "{}", error.message);
+        let long = within_limits(Err(TaskError {
+            kind: TaskErrorKind::Panic,
+            message: "p".repeat(1 << 20),
+        }))
+        .expect_err("stays an error");
+        assert_eq!(long.kind, TaskErrorKind::Panic);
+        assert!(
+            long.message.len() < frame::MAX_MESSAGE_BYTES + 64,
+            "{}",
+            long.message.len()
+        );
+    }
+
+    #[test]
+    fn pending_results_go_out_before_they_pass_the_flush_size() {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let mut outbox = Outbox {
+            to: Box::new(Collect(Arc::clone(&messages))),
+            batch: 1,
+            first: 0,
+            outcomes: Vec::new(),
+            pending_bytes: 0,
+            // Not due by time during this test.
+            last_send: Instant::now() + Duration::from_secs(3600),
+            open: true,
+        };
+        let outcome = Outcome {
+            elapsed_us: 1,
+            result: Ok(shared::item::Value::Text("y".repeat(300 << 10))),
+        };
+        for _ in 0..10 {
+            outbox.push(outcome.clone()).expect("pushed");
+        }
+        outbox.flush().expect("flushed");
+        let sizes: Vec<usize> = messages.lock().expect("lock").iter().map(encoded_size).collect();
+        assert!(sizes.len() >= 4, "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&size| size <= frame::MAX_FROM_WORKER as usize),
+            "{sizes:?}"
+        );
+        let answered: usize = messages
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|m| match m {
+                FromWorker::Results { outcomes, .. } => outcomes.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(answered, 10);
+    }
+
     /// Regression: each worker thread left its flusher running forever; a benchmark that started thousands of
     /// worker threads ended with thousands of flushers waking every 20 ms.
     #[test]

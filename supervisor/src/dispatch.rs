@@ -465,6 +465,9 @@ impl Dispatcher {
                 let reason = shared::frame::truncate_message(message);
                 self.abandon(Error::WorkersCannotStart { reason });
             }
+            // Told to stop while it was starting (the job ended meanwhile): its answer to `Init` comes late.
+            FromWorker::Ready | FromWorker::InitFailed { .. }
+                if worker.state == WorkerState::Stopping && worker.batches.is_empty() && worker.answered == 0 => {}
             FromWorker::Results { batch, first, outcomes } => self.on_results(id, batch, first, outcomes),
             other => self.protocol_violation(id, format!("sent an unexpected {} message", message_name(&other))),
         }

@@ -508,6 +508,38 @@ impl Tail {
 mod tests {
     use super::Tail;
 
+    /// The waiter shuts the socket down once the worker is dead; what the worker sent before must still be
+    /// read, and then the end.
+    #[test]
+    fn a_shut_down_socket_still_yields_what_was_sent_before() {
+        use std::io::Write;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+        (&theirs).write_all(b"last words").expect("write");
+        // `theirs` stays open, as if a grandchild held it.
+        ours.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut &ours, &mut got).expect("read");
+        assert_eq!(got, b"last words");
+        drop(theirs);
+    }
+
+    #[test]
+    fn a_reader_waits_while_a_worker_has_too_much_in_flight() {
+        use std::sync::Arc;
+        let budget = Arc::new(super::Budget::default());
+        budget.take(super::IN_FLIGHT_BYTES);
+        let waiter = {
+            let budget = Arc::clone(&budget);
+            std::thread::spawn(move || budget.wait_for_room())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "the reader went on with a full budget");
+        budget.give_back(super::IN_FLIGHT_BYTES);
+        waiter
+            .join()
+            .expect("the reader goes on once the dispatcher handled the frames");
+    }
+
     #[test]
     fn tail_keeps_the_end_of_a_bounded_buffer() {
         let mut tail = Tail::default();
