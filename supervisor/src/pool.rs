@@ -400,7 +400,8 @@ fn read_loop(id: WorkerId, socket: &UnixStream, events: &mpsc::Sender<Event>, co
     let mut buffer = Vec::new();
     match frame::read_into(socket, frame::MAX_FROM_WORKER, &mut buffer) {
         Ok(()) => counter.count_bytes(buffer.len()),
-        Err(FrameError::Closed) => return closed(None),
+        // Died before or while saying hello: a start failure, which its exit status explains.
+        Err(FrameError::Closed | FrameError::Io(_)) => return closed(None),
         Err(error) => return closed(Some(format!("broke the handshake: {error}"))),
     }
     match postcard::from_bytes::<FromWorker>(&buffer) {
