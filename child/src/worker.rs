@@ -1,10 +1,12 @@
 //! The worker loop: what a worker process runs from start to exit.
 //!
-//! The worker connects to the supervisor's bootstrap server, says hello with its own receiving channel, waits
-//! for `Init` (task and input), then runs batches until told to shut down or until the supervisor goes away.
+//! The worker finds its channel to the supervisor (a Unix socket) on stdin, says hello, waits for `Init` (task
+//! and input), then runs batches until told to shut down or until the supervisor goes away.
 //! It maps a `file` input once and each whole-file item as it comes; only descriptors and results cross the
 //! channel. Panics in a task are caught and reported as the item's failure; anything that kills the process
-//! (a signal, `exit`, an allocation failure) is for the supervisor to notice and attribute.
+//! (a signal, `exit`, an allocation failure) is for the supervisor to notice and attribute. A worker holds its
+//! results to the limits the supervisor enforces (`shared::frame`): an oversized or too deeply nested value
+//! fails its item here, long error messages are cut, and pending results are sent before they grow large.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};

@@ -10,7 +10,7 @@
 //!
 //! **How an item flows.** [`plan`] lists the input into items (sub-ranges, line-aligned byte ranges of one
 //! mapped file, or file paths). The dispatcher groups consecutive items into batches ([`batching`] sizes them
-//! from measured per-item time) and sends each batch to a worker as descriptors over ipc-channel. The worker
+//! from measured per-item time) and sends each batch to a worker as descriptors over its socket. The worker
 //! maps the input read-only, runs the task on each item, and sends back results in item order. The dispatcher
 //! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer.
 //!

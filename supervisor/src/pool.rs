@@ -118,7 +118,7 @@ pub enum Event {
     },
 }
 
-/// Sends messages to one worker through its writer thread (ipc-channel's `send` may block, so it never runs on
+/// Sends messages to one worker through its writer thread (a write may block, so it never runs on
 /// the dispatcher). Dropping it closes the worker's channel, which makes a healthy worker exit.
 #[derive(Debug, Clone)]
 pub struct WorkerSender(std_mpsc::Sender<ToWorker>);
