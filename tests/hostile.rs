@@ -120,6 +120,22 @@ fn a_giant_message_is_refused_before_it_is_read() {
 }
 
 #[test]
+fn a_giant_message_from_a_forked_worker_is_refused_before_it_is_read() {
+    let run = bad_item_fails_with(
+        "giant",
+        "forkserver",
+        "protocol",
+        "sent a message of 1073741824 bytes, more than the limit",
+    );
+    assert!(run.peak_rss_kib < 64 << 10, "peak RSS {} KiB\n{run}", run.peak_rss_kib);
+}
+
+#[test]
+fn a_flood_from_a_forked_worker_keeps_the_supervisor_small() {
+    bad_item_fails_with("flood", "forkserver", "protocol", "which it was not running");
+}
+
+#[test]
 fn results_for_a_batch_it_was_not_given_fail_its_item() {
     bad_item_fails("foreign-batch", "protocol", "which it was not running");
 }
