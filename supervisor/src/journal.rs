@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::Error;
 use crate::results::{Failure, Record, Status};
+use crate::shard::Shard;
 
 /// Version of the journal format; a journal of another version is refused.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -61,6 +62,9 @@ pub struct Fingerprint {
     /// The input: its kind, bounds or paths, sizes and modification times (a digest for globs).
     pub input: String,
     pub items: u64,
+    /// The shard this journal belongs to (absent when the run was not sharded); its items are the shard's block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 impl Fingerprint {
@@ -85,7 +89,20 @@ impl Fingerprint {
                 self.items, now.items
             ));
         }
+        if self.shard != now.shard {
+            let describe = |shard: Option<Shard>| shard.map_or("not sharded".to_string(), |s| format!("shard {s}"));
+            changes.push(format!(
+                "the shard changed: the journal is of {}, this run is {}",
+                describe(self.shard),
+                describe(now.shard)
+            ));
+        }
         changes
+    }
+
+    /// The items this journal's run owns: its shard's block, or every item.
+    pub fn span(&self) -> std::ops::Range<u64> {
+        self.shard.map_or(0..self.items, |shard| shard.span(self.items))
     }
 }
 
@@ -172,7 +189,13 @@ impl Journal {
             };
             let line = &rest[..end];
             match serde_json::from_slice::<Line<'_>>(line) {
-                Ok(parsed) if parsed.item < expected.items => lines.push(rest[..=end].to_vec()),
+                Ok(parsed) if expected.span().contains(&parsed.item) => lines.push(rest[..=end].to_vec()),
+                Ok(parsed) if parsed.item < expected.items => dropped.push(format!(
+                    "line {number}: item {} is not in this run's shard (items {}..{})",
+                    parsed.item,
+                    expected.span().start,
+                    expected.span().end
+                )),
                 Ok(parsed) => dropped.push(format!(
                     "line {number}: item {} is beyond the job's {} items",
                     parsed.item, expected.items
@@ -265,14 +288,14 @@ pub fn is_finished(path: &Path) -> bool {
     let Ok(header) = serde_json::from_slice::<Header>(&bytes[..header_end]) else {
         return false;
     };
-    let items = header.fingerprint.items;
-    let mut seen = vec![false; items as usize];
+    let span = header.fingerprint.span();
+    let mut seen = vec![false; (span.end - span.start) as usize];
     for line in bytes[header_end + 1..]
         .split_inclusive(|&b| b == b'\n')
         .filter(|line| line.ends_with(b"\n"))
     {
-        if let Some(item) = item_of(line).filter(|&item| item < items) {
-            seen[item as usize] = true;
+        if let Some(item) = item_of(line).filter(|item| span.contains(item)) {
+            seen[(item - span.start) as usize] = true;
         }
     }
     seen.iter().all(|&seen| seen)
@@ -521,7 +544,7 @@ fn item_of(line: &[u8]) -> Option<u64> {
 }
 
 /// A temporary path in the same folder as `path` (so that renaming it over `path` is atomic).
-fn temp_beside(path: &Path) -> PathBuf {
+pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -530,7 +553,7 @@ fn temp_beside(path: &Path) -> PathBuf {
 }
 
 /// Makes a rename in `path`'s folder durable.
-fn sync_parent(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
         _ => Ok(()),
@@ -548,6 +571,7 @@ mod tests {
             args: "{}".into(),
             input: "range 0..10".into(),
             items: 10,
+            shard: None,
         }
     }
 

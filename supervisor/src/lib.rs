@@ -32,18 +32,22 @@ pub mod bench;
 pub mod chart;
 pub mod cli;
 pub mod compare;
+pub mod cpus;
 pub mod dispatch;
 pub mod error;
+pub mod export;
 pub mod failure;
 pub mod forkserver;
 pub mod journal;
 pub mod linux;
+pub mod merge;
 pub mod plan;
 pub mod pool;
 pub mod report;
 pub mod results;
 pub mod run;
 pub mod scratch;
+pub mod shard;
 pub mod signal;
 
 use clap::Parser;
@@ -83,6 +87,11 @@ pub fn main() -> i32 {
         Command::Run(args) => run::load(&args.job, Some(&args))
             .and_then(|spec| Ok((run::starter(&spec)?, spec)))
             .and_then(|(starter, spec)| block_on(run::run(spec, args, starter))),
+        Command::Merge(args) => run::load(&args.job, None).and_then(|spec| {
+            let items = block_on_value(plan::Items::list(&spec))??;
+            merge::run(&args, spec, items.len())
+        }),
+        Command::Export(command) => export::run(&command),
         Command::Replay { job, item } => run::load(&job, None).and_then(|spec| {
             let items = block_on_value(plan::Items::list(&spec))??;
             run::replay(&spec, &items, item)
