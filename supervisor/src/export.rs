@@ -98,6 +98,19 @@ pub fn slurm_script(spec: &JobSpec, args: &SlurmArgs, supervisor: &Path) -> Resu
             }
         })
         .collect();
+    let example = spec
+        .output
+        .results
+        .as_ref()
+        .map_or("no results file".to_string(), |results| {
+            crate::shard::Shard {
+                index: 0,
+                count: shards,
+            }
+            .results_path(results)
+            .display()
+            .to_string()
+        });
     let mut s = String::new();
     let _ = writeln!(s, "#!/bin/bash");
     let _ = writeln!(
@@ -136,10 +149,10 @@ pub fn slurm_script(spec: &JobSpec, args: &SlurmArgs, supervisor: &Path) -> Resu
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "# Each array task runs one supervisor with its workers on its node. It takes its shard from\n\
-         # SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT (items split in contiguous blocks), and its workers from\n\
-         # the CPUs Slurm gave it (SLURM_CPUS_PER_TASK, the affinity mask, the cgroup quota). It writes its own\n\
-         # results file and journal (results.shard-0003-of-{shards:04}.jsonl).\n\
+        "# Each array task runs one supervisor with its workers on its node. Its shard is SLURM_ARRAY_TASK_ID of\n\
+         # --shard-count (contiguous blocks of items; `sbatch --array=1,3 THIS_FILE` runs shards 1 and 3 again);\n\
+         # its workers follow the CPUs Slurm gave it (SLURM_CPUS_PER_TASK, the affinity mask, the cgroup quota).\n\
+         # It writes its own results file and journal ({example}).\n\
          #\n\
          # exec: the supervisor is this batch step's main process and receives SIGTERM itself: at the time limit\n\
          # (--signal above), on scancel, on preemption. It then stops within [supervise] grace = {grace}s, keeping\n\
@@ -148,7 +161,7 @@ pub fn slurm_script(spec: &JobSpec, args: &SlurmArgs, supervisor: &Path) -> Resu
     let _ = writeln!(s, "set -euo pipefail");
     let _ = writeln!(
         s,
-        "exec {} run --resume{} {}",
+        "exec {} run --resume --shard-count {shards}{} {}",
         shell_quote(&supervisor.display().to_string()),
         workers_flag(spec, cpus),
         shell_quote(&job)

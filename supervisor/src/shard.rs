@@ -9,8 +9,9 @@
 //! batches runs of consecutive items, as without shards.
 //!
 //! ## Where a shard comes from
-//! In order: `--shard I/N`; Slurm's `SLURM_ARRAY_TASK_ID` with `SLURM_ARRAY_TASK_COUNT` (offset by
-//! `SLURM_ARRAY_TASK_MIN` and divided by `SLURM_ARRAY_TASK_STEP` when the array does not count 0, 1, 2…);
+//! In order: `--shard I/N`; Slurm's `SLURM_ARRAY_TASK_ID`, which is the shard index when the shard count is
+//! given (`--shard-count` or `[shard] count`), and otherwise counted among `SLURM_ARRAY_TASK_COUNT` tasks (offset
+//! by `SLURM_ARRAY_TASK_MIN` and divided by `SLURM_ARRAY_TASK_STEP` when the array does not count 0, 1, 2…);
 //! Kubernetes' `JOB_COMPLETION_INDEX` with the count from `--shard-count` or `[shard] count`. Without any of
 //! these the run owns every item and writes the plain results file.
 //!
@@ -162,13 +163,12 @@ pub fn choose(flags: ShardFlags, env: impl Fn(&str) -> Option<String>) -> Result
         }
     };
     if let Some(id) = number(SLURM_ID)? {
-        return slurm_shard(id, &number).map(Some);
+        return slurm_shard(id, fixed_count(flags), &number).map(Some);
     }
     if let Some(index) = number(K8S_INDEX)? {
-        let (count, from) = match (flags.count, flags.job_count) {
-            (Some(count), _) => (count, format!("--shard-count {count}")),
-            (None, Some(count)) => (count, format!("[shard] count = {count}")),
-            (None, None) => {
+        let (count, from) = match fixed_count(flags) {
+            Some(given) => given,
+            None => {
                 return Err(ShardError(format!(
                     "{K8S_INDEX}={index} is set (a Kubernetes Indexed Job) but the number of shards is unknown: \
                      pass --shard-count N or set [shard] count in the job file"
@@ -189,8 +189,27 @@ pub fn choose(flags: ShardFlags, env: impl Fn(&str) -> Option<String>) -> Result
     Ok(None)
 }
 
-/// The shard of a Slurm array task: `(ID − MIN) / STEP` of `COUNT`.
-fn slurm_shard(id: u64, number: &impl Fn(&str) -> Result<Option<u64>, ShardError>) -> Result<Chosen, ShardError> {
+/// The shard count given by `--shard-count` or `[shard] count`, with where it came from.
+fn fixed_count(flags: ShardFlags) -> Option<(u64, String)> {
+    match (flags.count, flags.job_count) {
+        (Some(count), _) => Some((count, format!("--shard-count {count}"))),
+        (None, Some(count)) => Some((count, format!("[shard] count = {count}"))),
+        (None, None) => None,
+    }
+}
+
+/// The shard of a Slurm array task. With a shard count given, the task id is the shard index, so a subset of
+/// the shards can be submitted again (`sbatch --array=1,3`); otherwise it is `(ID − MIN) / STEP` of `COUNT`.
+fn slurm_shard(
+    id: u64,
+    fixed: Option<(u64, String)>,
+    number: &impl Fn(&str) -> Result<Option<u64>, ShardError>,
+) -> Result<Chosen, ShardError> {
+    if let Some((count, from)) = fixed {
+        let why = format!("{SLURM_ID}={id}, {from}");
+        let shard = Shard::new(id, count).map_err(|error| ShardError(format!("{why}: {error}")))?;
+        return Ok(Chosen { shard, why });
+    }
     let count = number(SLURM_COUNT)?.ok_or_else(|| {
         ShardError(format!(
             "{SLURM_ID}={id} is set but {SLURM_COUNT} is not: cannot tell how many shards the array has \
@@ -370,5 +389,25 @@ mod tests {
             Some(Shard { index: 5, count: 6 })
         );
         assert!(choose(from_flag, env(&[])).expect_err("an error").0.contains("neither"));
+    }
+
+    #[test]
+    fn with_a_shard_count_a_slurm_task_id_is_the_shard_index() {
+        // `sbatch --array=3 job.sh` runs shard 3 again, although the array has one task starting at 3.
+        let vars = [(SLURM_ID, "3"), (SLURM_COUNT, "1"), (SLURM_MIN, "3")];
+        let flags = ShardFlags {
+            count: Some(4),
+            ..ShardFlags::default()
+        };
+        let chosen = choose(flags, env(&vars)).expect("no error").expect("sharded");
+        assert_eq!(chosen.shard, Shard { index: 3, count: 4 });
+        assert_eq!(chosen.why, "SLURM_ARRAY_TASK_ID=3, --shard-count 4");
+        let beyond = [(SLURM_ID, "4"), (SLURM_COUNT, "1")];
+        assert!(
+            choose(flags, env(&beyond))
+                .expect_err("an error")
+                .0
+                .contains("expected 0 to 3")
+        );
     }
 }
