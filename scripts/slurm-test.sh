@@ -4,6 +4,7 @@
 # shards with `supervisor merge`, and checks the merged results against a single-machine run and the known value.
 #
 # Usage: scripts/slurm-test.sh [SUPERVISOR]   (default: target/release/supervisor)
+# With SLURM_TEST_KEEP=DIR, the work folder (job file, sbatch script, task logs, results) is copied to DIR.
 #
 # It starts munged (as the munge user, on a private socket), slurmctld and slurmd directly (no systemd), with a
 # slurm.conf in a temporary folder pointed to by SLURM_CONF: one node on 127.0.0.1 with this machine's CPUs.
@@ -62,6 +63,9 @@ cleanup() {
         for file in "$tmp"/slurmctld.log "$tmp"/slurmd.log "$tmp"/work/slurm-*.out; do
             [[ -f $file ]] && { echo "---- $file (last 40 lines)" >&2; tail -n 40 "$file" >&2; }
         done
+    fi
+    if [[ -n ${SLURM_TEST_KEEP:-} ]]; then
+        mkdir -p "$SLURM_TEST_KEEP" && cp -r "$tmp/work/." "$SLURM_TEST_KEEP/"
     fi
     rm -rf "$tmp"
     exit "$status"
