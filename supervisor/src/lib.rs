@@ -26,6 +26,11 @@
 //! **How a stop flows.** SIGINT/SIGTERM become a [`signal::StopSignal`]; the dispatcher stops handing out work,
 //! asks workers to shut down, kills them after a grace period (or at once on a second signal), writes what is
 //! done, and exits 130/143. Workers also die with the supervisor through `PR_SET_PDEATHSIG`.
+//!
+//! **How a job spans machines.** A cluster scheduler starts one supervisor per [`shard`]: each runs a contiguous
+//! block of the item indices (the dispatcher gets it as a span), with its own results file and journal, and
+//! [`cpus`] sizes its pool to the CPUs the scheduler gave it. [`merge`] checks and combines the shards' results;
+//! [`export`] prints the scheduler's job description.
 
 pub mod batching;
 pub mod bench;
