@@ -645,6 +645,54 @@ mod tests {
     }
 
     #[test]
+    fn a_shards_journal_keeps_only_its_block_and_is_finished_when_the_block_is() {
+        let dir = temp_dir("shard");
+        // Shard 1 of 2 of 10 items owns items 5..10.
+        let sharded = Fingerprint {
+            shard: Some(Shard { index: 1, count: 2 }),
+            ..fingerprint()
+        };
+        let path = dir.join("r.jsonl.journal");
+        let header = serde_json::to_string(&Header {
+            journal: 1,
+            fingerprint: sharded.clone(),
+        })
+        .expect("json");
+        let body: String = (3..10).map(|item| line(item, "ok")).collect();
+        std::fs::write(&path, format!("{header}\n{body}")).expect("write");
+        let journal = Journal::recover(&path, &sharded).expect("recovers");
+        assert_eq!(journal.lines.len(), 5, "{:?}", journal.dropped);
+        assert!(
+            journal.dropped[0].contains("item 3 is not in this run's shard (items 5..10)"),
+            "{:?}",
+            journal.dropped
+        );
+        assert!(is_finished(&path), "items 5..10 are all recorded");
+        let body: String = (5..9).map(|item| line(item, "ok")).collect();
+        std::fs::write(&path, format!("{header}\n{body}")).expect("write");
+        assert!(!is_finished(&path), "item 9 is missing");
+        // The same journal as another shard, or unsharded, is refused.
+        let other = Fingerprint {
+            shard: Some(Shard { index: 0, count: 2 }),
+            ..fingerprint()
+        };
+        match Journal::recover(&path, &other) {
+            Err(Error::JournalMismatch { changes, .. }) => assert!(
+                changes.contains("the shard changed: the journal is of shard 1/2, this run is shard 0/2"),
+                "{changes}"
+            ),
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        match Journal::recover(&path, &fingerprint()) {
+            Err(Error::JournalMismatch { changes, .. }) => {
+                assert!(changes.contains("this run is not sharded"), "{changes}")
+            }
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
     fn a_changed_fingerprint_is_refused_naming_what_changed() {
         let dir = temp_dir("changed");
         let path = write_journal(&dir, "");
