@@ -44,6 +44,21 @@ fn absolute(path: &Path) -> Result<PathBuf, Error> {
     })
 }
 
+/// Shards write their records to their own results files, which `merge` combines: a job without one has nothing
+/// to merge.
+fn require_results(spec: &JobSpec) -> Result<(), Error> {
+    match spec.output.results {
+        Some(_) => Ok(()),
+        None => Err(Error::Export {
+            reason: format!(
+                "{} has no [output] results: each shard's records would be lost; set one so that `supervisor merge` \
+                 can combine them",
+                spec.path.display()
+            ),
+        }),
+    }
+}
+
 /// CPUs per copy: the flag, else the job's fixed `[workers] count`.
 fn cpus(spec: &JobSpec, flag: Option<u32>, flag_name: &str) -> Result<u32, Error> {
     match (flag, spec.workers.count) {
@@ -83,6 +98,7 @@ fn shell_quote(text: &str) -> String {
 
 /// The sbatch script of a job array running `spec` as `args.shards` shards.
 pub fn slurm_script(spec: &JobSpec, args: &SlurmArgs, supervisor: &Path) -> Result<String, Error> {
+    require_results(spec)?;
     let cpus = cpus(spec, args.cpus_per_task, "--cpus-per-task")?;
     let shards = args.shards;
     let grace = spec.supervise.grace.as_secs_f64().ceil() as u64;
@@ -188,6 +204,7 @@ fn yaml_string(text: &str) -> String {
 
 /// The Indexed Job manifest running `spec` as `args.shards` shards.
 pub fn k8s_manifest(spec: &JobSpec, args: &K8sArgs) -> Result<String, Error> {
+    require_results(spec)?;
     let cpus = cpus(spec, args.cpus, "--cpus")?;
     let shards = args.shards;
     let grace = spec.supervise.grace.as_secs_f64().ceil() as u64;
