@@ -641,14 +641,36 @@ fn export_slurm_prints_a_job_array_script() {
     }
     let script_file = write_file(dir.path(), "job.sbatch", &script);
     tool("bash", &["-n".as_ref(), script_file.as_os_str()], None, &[0]);
-    // With `count = "auto"` the CPUs per task must be given.
-    let (_, stderr) = run_env(
+    // With `count = "auto"` and no --cpus-per-task, each shard takes a whole node.
+    let (script, _) = run_env(
         dir.path(),
         &["export", "slurm", path_str(&job), "--shards", "4"],
         &[],
+        0,
+    );
+    assert!(script.lines().any(|l| l == "#SBATCH --exclusive"), "{script}");
+    assert!(!script.contains("--cpus-per-task="), "{script}");
+    // Without a results file there is nothing to merge.
+    let no_results = write_file(
+        dir.path(),
+        "nothing.toml",
+        "[input]\nrange = { start = 0, end = 10 }\n[task]\nbuiltin = \"noop\"\n",
+    );
+    let (_, stderr) = run_env(
+        dir.path(),
+        &[
+            "export",
+            "slurm",
+            path_str(&no_results),
+            "--shards",
+            "4",
+            "--cpus-per-task",
+            "1",
+        ],
+        &[],
         2,
     );
-    assert!(stderr.contains("pass --cpus-per-task C"), "{stderr}");
+    assert!(stderr.contains("has no [output] results"), "{stderr}");
 }
 
 #[test]
@@ -705,6 +727,21 @@ fn export_k8s_prints_an_indexed_job() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
+    // With `count = "auto"` and no --cpus: no CPU resources, and a comment saying so.
+    let auto = write_file(
+        dir.path(),
+        "auto.toml",
+        "[input]\nrange = { start = 0, end = 1000, chunk = 10 }\n[task]\nbuiltin = \"sum-squares\"\n\
+         [output]\nresults = \"r.jsonl\"\n",
+    );
+    let (auto_manifest, _) = run_env(
+        dir.path(),
+        &["export", "k8s", path_str(&auto), "--shards", "2", "--image", "img"],
+        &[],
+        0,
+    );
+    assert!(!auto_manifest.contains("resources:"), "{auto_manifest}");
+    assert!(auto_manifest.contains("Pass --cpus C"), "{auto_manifest}");
     if has_yaml {
         let command = tool(
             "python3",

@@ -59,26 +59,21 @@ fn require_results(spec: &JobSpec) -> Result<(), Error> {
     }
 }
 
-/// CPUs per copy: the flag, else the job's fixed `[workers] count`.
-fn cpus(spec: &JobSpec, flag: Option<u32>, flag_name: &str) -> Result<u32, Error> {
+/// CPUs per copy: the flag, else the job's fixed `[workers] count`; `None` (with `count = "auto"` and no flag):
+/// a whole node per copy.
+fn cpus(spec: &JobSpec, flag: Option<u32>) -> Option<u32> {
     match (flag, spec.workers.count) {
-        (Some(cpus), _) => Ok(cpus),
-        (None, WorkerCount::Fixed(n)) => Ok(n as u32),
-        (None, WorkerCount::Auto) => Err(Error::Export {
-            reason: format!(
-                "{}: [workers] count is \"auto\", so the CPUs each shard asks the scheduler for must be given: \
-                 pass {flag_name} C",
-                spec.path.display()
-            ),
-        }),
+        (Some(cpus), _) => Some(cpus),
+        (None, WorkerCount::Fixed(n)) => Some(n as u32),
+        (None, WorkerCount::Auto) => None,
     }
 }
 
 /// `--workers C` when the job fixes another count than the CPUs asked for (with `auto`, the supervisor follows the
 /// CPUs it is given by itself).
-fn workers_flag(spec: &JobSpec, cpus: u32) -> String {
-    match spec.workers.count {
-        WorkerCount::Fixed(n) if n != cpus as usize => format!(" --workers {cpus}"),
+fn workers_flag(spec: &JobSpec, cpus: Option<u32>) -> String {
+    match (spec.workers.count, cpus) {
+        (WorkerCount::Fixed(n), Some(cpus)) if n != cpus as usize => format!(" --workers {cpus}"),
         _ => String::new(),
     }
 }
@@ -99,7 +94,7 @@ fn shell_quote(text: &str) -> String {
 /// The sbatch script of a job array running `spec` as `args.shards` shards.
 pub fn slurm_script(spec: &JobSpec, args: &SlurmArgs, supervisor: &Path) -> Result<String, Error> {
     require_results(spec)?;
-    let cpus = cpus(spec, args.cpus_per_task, "--cpus-per-task")?;
+    let cpus = cpus(spec, args.cpus_per_task);
     let shards = args.shards;
     let grace = spec.supervise.grace.as_secs_f64().ceil() as u64;
     let job = spec.path.display().to_string();
@@ -149,7 +144,15 @@ pub fn slurm_script(spec: &JobSpec, args: &SlurmArgs, supervisor: &Path) -> Resu
         }
     }
     let _ = writeln!(s, "#SBATCH --ntasks=1");
-    let _ = writeln!(s, "#SBATCH --cpus-per-task={cpus}");
+    match cpus {
+        Some(cpus) => {
+            let _ = writeln!(s, "#SBATCH --cpus-per-task={cpus}");
+        }
+        // `count = "auto"` and no --cpus-per-task: each shard takes a whole node and runs a worker per CPU of it.
+        None => {
+            let _ = writeln!(s, "#SBATCH --exclusive");
+        }
+    }
     if let Some(partition) = &args.partition {
         let _ = writeln!(s, "#SBATCH --partition={partition}");
     }
@@ -205,7 +208,7 @@ fn yaml_string(text: &str) -> String {
 /// The Indexed Job manifest running `spec` as `args.shards` shards.
 pub fn k8s_manifest(spec: &JobSpec, args: &K8sArgs) -> Result<String, Error> {
     require_results(spec)?;
-    let cpus = cpus(spec, args.cpus, "--cpus")?;
+    let cpus = cpus(spec, args.cpus);
     let shards = args.shards;
     let grace = spec.supervise.grace.as_secs_f64().ceil() as u64;
     let job = spec.path.display().to_string();
@@ -224,7 +227,7 @@ pub fn k8s_manifest(spec: &JobSpec, args: &K8sArgs) -> Result<String, Error> {
         "--shard-count".into(),
         shards.to_string(),
     ];
-    if let WorkerCount::Fixed(n) = spec.workers.count
+    if let (WorkerCount::Fixed(n), Some(cpus)) = (spec.workers.count, cpus)
         && n != cpus as usize
     {
         command.extend(["--workers".to_string(), cpus.to_string()]);
@@ -317,11 +320,22 @@ pub fn k8s_manifest(spec: &JobSpec, args: &K8sArgs) -> Result<String, Error> {
     let _ = writeln!(s, "        - name: supervisor");
     let _ = writeln!(s, "          image: {}", yaml_string(&args.image));
     let _ = writeln!(s, "          command: [{command}]");
-    let _ = writeln!(s, "          resources:");
-    let _ = writeln!(s, "            requests:");
-    let _ = writeln!(s, "              cpu: \"{cpus}\"");
-    let _ = writeln!(s, "            limits:");
-    let _ = writeln!(s, "              cpu: \"{cpus}\"");
+    match cpus {
+        Some(cpus) => {
+            let _ = writeln!(s, "          resources:");
+            let _ = writeln!(s, "            requests:");
+            let _ = writeln!(s, "              cpu: \"{cpus}\"");
+            let _ = writeln!(s, "            limits:");
+            let _ = writeln!(s, "              cpu: \"{cpus}\"");
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "          # No CPU request or limit ([workers] count is \"auto\" and no --cpus was given): the pod runs a\n\
+                 \x20         # worker per CPU of its node. Pass --cpus C to give each pod C CPUs and C workers."
+            );
+        }
+    }
     let _ = writeln!(s, "          volumeMounts:");
     let _ = writeln!(s, "            - name: data");
     let _ = writeln!(s, "              mountPath: {}", yaml_string(&folder));
