@@ -189,9 +189,12 @@ victim=3
 journal=$work/results/primes.shard-0003-of-0004.jsonl.journal
 for _ in $(seq 2400); do
     if [[ -f $journal ]] && (($(wc -l <"$journal") > 20)); then break; fi
+    # The task ended (or failed) without getting there: no point waiting.
+    [[ -n $(squeue -h -j "${job}_$victim" -o %T 2>/dev/null) ]] || break
     sleep 0.05
 done
-[[ -f $journal ]] && (($(wc -l <"$journal") > 20)) || fail "shard $victim's journal never had 20 records"
+[[ -f $journal ]] && (($(wc -l <"$journal") > 20)) ||
+    fail "shard $victim's journal never had 20 records before the task ended (too fast to preempt, or it failed)"
 log "requeue ${job}_$victim with $(($(wc -l <"$journal") - 1)) records in its journal"
 scontrol requeue "${job}_$victim"
 # Slurm holds a requeued job back until a begin time some time ahead; once it is pending again, let it start now.
