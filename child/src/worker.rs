@@ -380,11 +380,16 @@ fn start_flusher(outbox: Arc<Mutex<Outbox>>) -> FlusherGuard {
     FlusherGuard(outbox)
 }
 
-/// Ctrl-C in a terminal signals the whole foreground process group; the supervisor decides when its workers
-/// stop (it finishes or kills them), so a worker ignores SIGINT.
+/// Ctrl-C in a terminal signals the whole foreground process group, and a cluster scheduler stopping a job
+/// (Slurm at a time limit, on `scancel` or preemption) sends SIGTERM to every process of it at once; the
+/// supervisor decides when its workers stop (it lets them finish their items or kills them), so a worker ignores
+/// both. Were it to die of the SIGTERM, its item would be recorded as failed and not run again on `--resume`.
 fn ignore_interrupts() {
     // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
 }
 
 thread_local! {

@@ -66,8 +66,20 @@ pub struct JobSpec {
     pub workers: WorkersSpec,
     pub supervise: SuperviseSpec,
     pub output: OutputSpec,
+    /// `[shard]`: how the job splits over a cluster scheduler's copies.
+    pub shard: ShardSpec,
     source: String,
 }
+
+/// `[shard]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardSpec {
+    /// `count`: the number of shards, for a Kubernetes Indexed Job (`JOB_COMPLETION_INDEX` gives only the index).
+    pub count: Option<u64>,
+}
+
+/// Largest `[shard] count`.
+pub const MAX_SHARDS: u64 = 1_000_000;
 
 /// `[input]`: exactly one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -337,6 +349,13 @@ struct RawJob {
     workers: Option<RawWorkers>,
     supervise: Option<RawSupervise>,
     output: Option<RawOutput>,
+    shard: Option<RawShard>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawShard {
+    count: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -666,6 +685,21 @@ impl JobSpec {
             journal: raw_output.journal.unwrap_or(true),
         };
 
+        let shard = match raw.shard.unwrap_or_default().count {
+            Some(count) if !(1..=MAX_SHARDS).contains(count.get_ref()) => {
+                return Err(fail(
+                    count.span(),
+                    format!(
+                        "`count` is {}: expected an integer from 1 to {MAX_SHARDS}",
+                        count.get_ref()
+                    ),
+                ));
+            }
+            count => ShardSpec {
+                count: count.map(Spanned::into_inner),
+            },
+        };
+
         let name = raw.name.unwrap_or_else(|| {
             path.file_stem()
                 .map_or_else(|| "job".to_string(), |stem| stem.to_string_lossy().into_owned())
@@ -679,6 +713,7 @@ impl JobSpec {
             workers,
             supervise,
             output,
+            shard,
             source,
         })
     }
@@ -857,6 +892,20 @@ mod tests {
             }
         );
         assert_eq!(spec.supervise.grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn shard_count_parses_and_is_checked() {
+        let spec = parse("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[shard]\ncount = 16\n")
+            .expect("valid");
+        assert_eq!(spec.shard.count, Some(16));
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[shard]\ncount = 0\n");
+        assert_eq!(line, 6);
+        assert!(
+            message.contains("`count` is 0: expected an integer from 1 to 1000000"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct DispatchConfig {
     pub limits: WorkerLimits,
     pub max_tasks: Option<u64>,
     pub supervise: SuperviseSpec,
+    /// The items this run owns: its shard's block of item indices, or every item.
+    pub span: std::ops::Range<u64>,
 }
 
 /// Why a run stopped before every item had a record.
@@ -215,7 +217,10 @@ struct Dispatcher {
     launcher: Launcher,
     counter: Arc<IpcCounter>,
     started: Instant,
+    /// Items this run owns (the length of its span).
     total: u64,
+    /// End of this run's span of item indices.
+    end: u64,
     target_workers: usize,
 
     workers: BTreeMap<WorkerId, Worker>,
@@ -283,7 +288,8 @@ pub async fn run(
     let mut signals = crate::signal::listen().map_err(|error| Error::Internal {
         message: format!("cannot listen for signals: {error}"),
     })?;
-    let total = items.len();
+    let span = config.span.start.min(items.len())..config.span.end.min(items.len());
+    let total = span.end - span.start;
     // No more workers than items: an empty job starts none.
     let target_workers = config.workers.min(usize::try_from(total).unwrap_or(usize::MAX));
     let sizer = BatchSizer::new(config.batch, items.batch_cap());
@@ -297,13 +303,14 @@ pub async fn run(
         counter,
         started: Instant::now(),
         total,
+        end: span.end,
         target_workers,
         workers: BTreeMap::new(),
         next_worker_id: 0,
         start_failures: 0,
         deaths: VecDeque::new(),
         worker_stats: Vec::new(),
-        next_item: 0,
+        next_item: span.start,
         done_before: prior.done,
         requeued: VecDeque::new(),
         suspects: VecDeque::new(),
@@ -719,7 +726,7 @@ impl Dispatcher {
                 };
                 (item, 1, true)
             } else {
-                let remaining = self.total - self.next_item + self.requeued.iter().map(|(_, len)| len).sum::<u64>();
+                let remaining = self.end - self.next_item + self.requeued.iter().map(|(_, len)| len).sum::<u64>();
                 let size = self.sizer.next_size(remaining, self.target_workers).min(quota);
                 if let Some((first, len)) = self.requeued.front_mut() {
                     let take = size.min(*len);
@@ -732,15 +739,15 @@ impl Dispatcher {
                     span
                 } else {
                     // Fresh items, skipping those an earlier run recorded: a batch is a run of consecutive items.
-                    while self.next_item < self.total && self.is_done_before(self.next_item) {
+                    while self.next_item < self.end && self.is_done_before(self.next_item) {
                         self.next_item += 1;
                     }
-                    if self.next_item >= self.total {
+                    if self.next_item >= self.end {
                         return;
                     }
                     let first = self.next_item;
                     let mut end = first + 1;
-                    while end < self.total && end - first < size && !self.is_done_before(end) {
+                    while end < self.end && end - first < size && !self.is_done_before(end) {
                         end += 1;
                     }
                     self.next_item = end;
@@ -793,10 +800,10 @@ impl Dispatcher {
         if self.is_stopping() {
             return;
         }
-        while self.next_item < self.total && self.is_done_before(self.next_item) {
+        while self.next_item < self.end && self.is_done_before(self.next_item) {
             self.next_item += 1;
         }
-        let work_left = self.next_item < self.total
+        let work_left = self.next_item < self.end
             || !self.requeued.is_empty()
             || !self.suspects.is_empty()
             || !self.retry_at.is_empty();
@@ -931,7 +938,7 @@ impl Dispatcher {
 
     /// Items not handed to any worker yet (an upper bound: items an earlier run recorded are counted too).
     fn unassigned(&self) -> u64 {
-        self.total - self.next_item
+        self.end - self.next_item
             + self.requeued.iter().map(|(_, len)| len).sum::<u64>()
             + self.suspects.len() as u64
             + self.retry_at.len() as u64

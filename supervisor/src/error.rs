@@ -57,6 +57,12 @@ pub enum Error {
     Bench { measurement: &'static str, reason: String },
     #[error("cannot draw the chart {path}: {message}")]
     Chart { path: PathBuf, message: String },
+    #[error("cannot choose a shard: {reason}")]
+    Shard { reason: String },
+    #[error("cannot merge the shards of {results}:\n{problems}")]
+    MergeIncomplete { results: PathBuf, problems: String },
+    #[error("cannot export: {reason}")]
+    Export { reason: String },
     #[error("internal error: {message}")]
     Internal { message: String },
 }
@@ -75,7 +81,10 @@ impl Error {
             | Error::JournalMismatch { .. }
             | Error::JournalExists { .. }
             | Error::ResumeWithoutResults
-            | Error::ResumeWithoutJournal => exit::USAGE,
+            | Error::ResumeWithoutJournal
+            | Error::Shard { .. }
+            | Error::MergeIncomplete { .. }
+            | Error::Export { .. } => exit::USAGE,
             Error::Results { .. }
             | Error::Journal { .. }
             | Error::WorkersCannotStart { .. }

@@ -218,8 +218,10 @@ fn serve(control: OwnedFd, supervisor: i32) -> io::Result<()> {
     // SAFETY: prctl/signal calls with constant arguments; this process is single-threaded.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-        // Ctrl-C reaches the whole foreground group; the supervisor decides when workers stop.
+        // Ctrl-C reaches the whole foreground group, and Slurm's SIGTERM every process of the job; the supervisor
+        // decides when workers stop.
         libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
         if libc::getppid() != supervisor {
             return Ok(());
         }

@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::Error;
 use crate::results::{Failure, Record, Status};
+use crate::shard::Shard;
 
 /// Version of the journal format; a journal of another version is refused.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -61,6 +62,9 @@ pub struct Fingerprint {
     /// The input: its kind, bounds or paths, sizes and modification times (a digest for globs).
     pub input: String,
     pub items: u64,
+    /// The shard this journal belongs to (absent when the run was not sharded); its items are the shard's block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 impl Fingerprint {
@@ -85,7 +89,20 @@ impl Fingerprint {
                 self.items, now.items
             ));
         }
+        if self.shard != now.shard {
+            let describe = |shard: Option<Shard>| shard.map_or("not sharded".to_string(), |s| format!("shard {s}"));
+            changes.push(format!(
+                "the shard changed: the journal is of {}, this run is {}",
+                describe(self.shard),
+                describe(now.shard)
+            ));
+        }
         changes
+    }
+
+    /// The items this journal's run owns: its shard's block, or every item.
+    pub fn span(&self) -> std::ops::Range<u64> {
+        self.shard.map_or(0..self.items, |shard| shard.span(self.items))
     }
 }
 
@@ -172,7 +189,13 @@ impl Journal {
             };
             let line = &rest[..end];
             match serde_json::from_slice::<Line<'_>>(line) {
-                Ok(parsed) if parsed.item < expected.items => lines.push(rest[..=end].to_vec()),
+                Ok(parsed) if expected.span().contains(&parsed.item) => lines.push(rest[..=end].to_vec()),
+                Ok(parsed) if parsed.item < expected.items => dropped.push(format!(
+                    "line {number}: item {} is not in this run's shard (items {}..{})",
+                    parsed.item,
+                    expected.span().start,
+                    expected.span().end
+                )),
                 Ok(parsed) => dropped.push(format!(
                     "line {number}: item {} is beyond the job's {} items",
                     parsed.item, expected.items
@@ -265,14 +288,14 @@ pub fn is_finished(path: &Path) -> bool {
     let Ok(header) = serde_json::from_slice::<Header>(&bytes[..header_end]) else {
         return false;
     };
-    let items = header.fingerprint.items;
-    let mut seen = vec![false; items as usize];
+    let span = header.fingerprint.span();
+    let mut seen = vec![false; (span.end - span.start) as usize];
     for line in bytes[header_end + 1..]
         .split_inclusive(|&b| b == b'\n')
         .filter(|line| line.ends_with(b"\n"))
     {
-        if let Some(item) = item_of(line).filter(|&item| item < items) {
-            seen[item as usize] = true;
+        if let Some(item) = item_of(line).filter(|item| span.contains(item)) {
+            seen[(item - span.start) as usize] = true;
         }
     }
     seen.iter().all(|&seen| seen)
@@ -521,7 +544,7 @@ fn item_of(line: &[u8]) -> Option<u64> {
 }
 
 /// A temporary path in the same folder as `path` (so that renaming it over `path` is atomic).
-fn temp_beside(path: &Path) -> PathBuf {
+pub(crate) fn temp_beside(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -530,7 +553,7 @@ fn temp_beside(path: &Path) -> PathBuf {
 }
 
 /// Makes a rename in `path`'s folder durable.
-fn sync_parent(path: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
         _ => Ok(()),
@@ -548,6 +571,7 @@ mod tests {
             args: "{}".into(),
             input: "range 0..10".into(),
             items: 10,
+            shard: None,
         }
     }
 
@@ -617,6 +641,54 @@ mod tests {
         assert!(done.done[0] && done.done[3] && done.done[5] && !done.done[4]);
         let retry = journal.done(10, true);
         assert!(!retry.done[3] && retry.failed == 0);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_shards_journal_keeps_only_its_block_and_is_finished_when_the_block_is() {
+        let dir = temp_dir("shard");
+        // Shard 1 of 2 of 10 items owns items 5..10.
+        let sharded = Fingerprint {
+            shard: Some(Shard { index: 1, count: 2 }),
+            ..fingerprint()
+        };
+        let path = dir.join("r.jsonl.journal");
+        let header = serde_json::to_string(&Header {
+            journal: 1,
+            fingerprint: sharded.clone(),
+        })
+        .expect("json");
+        let body: String = (3..10).map(|item| line(item, "ok")).collect();
+        std::fs::write(&path, format!("{header}\n{body}")).expect("write");
+        let journal = Journal::recover(&path, &sharded).expect("recovers");
+        assert_eq!(journal.lines.len(), 5, "{:?}", journal.dropped);
+        assert!(
+            journal.dropped[0].contains("item 3 is not in this run's shard (items 5..10)"),
+            "{:?}",
+            journal.dropped
+        );
+        assert!(is_finished(&path), "items 5..10 are all recorded");
+        let body: String = (5..9).map(|item| line(item, "ok")).collect();
+        std::fs::write(&path, format!("{header}\n{body}")).expect("write");
+        assert!(!is_finished(&path), "item 9 is missing");
+        // The same journal as another shard, or unsharded, is refused.
+        let other = Fingerprint {
+            shard: Some(Shard { index: 0, count: 2 }),
+            ..fingerprint()
+        };
+        match Journal::recover(&path, &other) {
+            Err(Error::JournalMismatch { changes, .. }) => assert!(
+                changes.contains("the shard changed: the journal is of shard 1/2, this run is shard 0/2"),
+                "{changes}"
+            ),
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
+        match Journal::recover(&path, &fingerprint()) {
+            Err(Error::JournalMismatch { changes, .. }) => {
+                assert!(changes.contains("this run is not sharded"), "{changes}")
+            }
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

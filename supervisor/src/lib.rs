@@ -26,24 +26,33 @@
 //! **How a stop flows.** SIGINT/SIGTERM become a [`signal::StopSignal`]; the dispatcher stops handing out work,
 //! asks workers to shut down, kills them after a grace period (or at once on a second signal), writes what is
 //! done, and exits 130/143. Workers also die with the supervisor through `PR_SET_PDEATHSIG`.
+//!
+//! **How a job spans machines.** A cluster scheduler starts one supervisor per [`shard`]: each runs a contiguous
+//! block of the item indices (the dispatcher gets it as a span), with its own results file and journal, and
+//! [`cpus`] sizes its pool to the CPUs the scheduler gave it. [`merge`] checks and combines the shards' results;
+//! [`export`] prints the scheduler's job description.
 
 pub mod batching;
 pub mod bench;
 pub mod chart;
 pub mod cli;
 pub mod compare;
+pub mod cpus;
 pub mod dispatch;
 pub mod error;
+pub mod export;
 pub mod failure;
 pub mod forkserver;
 pub mod journal;
 pub mod linux;
+pub mod merge;
 pub mod plan;
 pub mod pool;
 pub mod report;
 pub mod results;
 pub mod run;
 pub mod scratch;
+pub mod shard;
 pub mod signal;
 
 use clap::Parser;
@@ -83,6 +92,11 @@ pub fn main() -> i32 {
         Command::Run(args) => run::load(&args.job, Some(&args))
             .and_then(|spec| Ok((run::starter(&spec)?, spec)))
             .and_then(|(starter, spec)| block_on(run::run(spec, args, starter))),
+        Command::Merge(args) => run::load(&args.job, None).and_then(|spec| {
+            let items = block_on_value(plan::Items::list(&spec))??;
+            merge::run(&args, spec, items.len())
+        }),
+        Command::Export(command) => export::run(&command),
         Command::Replay { job, item } => run::load(&job, None).and_then(|spec| {
             let items = block_on_value(plan::Items::list(&spec))??;
             run::replay(&spec, &items, item)

@@ -147,6 +147,34 @@ pub struct Summary {
     pub stopped: Option<String>,
     /// The first failures (at most 20).
     pub failures: Vec<FailedItem>,
+    /// The shard this run was (absent when not sharded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ShardSummary>,
+    /// Why the run has this many workers (`--workers`, `[workers] count`, or the CPUs it may use).
+    pub workers_from: String,
+}
+
+/// A sharded run's shard, for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardSummary {
+    pub index: u64,
+    pub count: u64,
+    /// Its block of item indices, `first..end`, of the job's `job_items`.
+    pub first: u64,
+    pub end: u64,
+    pub job_items: u64,
+    /// Where the shard came from (`--shard 3/16`, `SLURM_ARRAY_TASK_ID=3, …`).
+    pub from: String,
+}
+
+impl std::fmt::Display for ShardSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "shard {}/{}: items {}..{} of {} (from {})",
+            self.index, self.count, self.first, self.end, self.job_items, self.from
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +231,8 @@ impl Summary {
                 .into_iter()
                 .map(|(item, failure)| FailedItem { item, failure })
                 .collect(),
+            shard: None,
+            workers_from: String::new(),
         }
     }
 
@@ -229,6 +259,9 @@ impl Summary {
             self.workers,
             if self.workers == 1 { "" } else { "s" },
         )?;
+        if let Some(shard) = &self.shard {
+            writeln!(out, "{shard}")?;
+        }
         if let Some(reason) = &self.stopped {
             writeln!(out, "{reason}: {} items were not run", self.not_run)?;
         }

@@ -9,14 +9,16 @@ use shared::job::{BatchSize, Executor, InputSpec, JobSpec, StartMethod, WorkerCo
 use shared::protocol::{TaskErrorKind, WorkerLimits};
 
 use crate::cli::RunArgs;
+use crate::cpus;
 use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
 use crate::forkserver::ForkServer;
 use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path, staging_path};
 use crate::plan::{self, Items};
 use crate::pool::Starter;
-use crate::report::{Progress, Summary};
+use crate::report::{Progress, ShardSummary, Summary};
 use crate::results::{Failure, FailureKind, Record, Reducer, Status};
+use crate::shard::{self, ShardFlags};
 
 /// Loads a job file, applies the command-line overrides of `run`, and checks its task.
 pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
@@ -70,8 +72,32 @@ pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
     }
 }
 
-pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, Error> {
+pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, Error> {
     let items = Arc::new(Items::list(&spec).await?);
+    let shard = choose_shard(&spec, &args)?;
+    let span = shard
+        .as_ref()
+        .map_or(0..items.len(), |chosen| chosen.shard.span(items.len()));
+    if let Some(chosen) = &shard {
+        spec.output.results = spec.output.results.map(|results| chosen.shard.results_path(&results));
+    }
+    let shard_summary = shard.as_ref().map(|chosen| ShardSummary {
+        index: chosen.shard.index,
+        count: chosen.shard.count,
+        first: span.start,
+        end: span.end,
+        job_items: items.len(),
+        from: chosen.why.clone(),
+    });
+    let (workers, workers_from) = worker_count(&spec, &args);
+    if !args.quiet {
+        if let Some(shard) = &shard_summary {
+            eprintln!("{shard}");
+        }
+        if args.workers.is_none() && spec.workers.count == WorkerCount::Auto {
+            eprintln!("workers: {workers} ({workers_from})");
+        }
+    }
     let resume = args.resume || args.retry_failed;
     let (writer, prior) = match &spec.output.results {
         None if resume => return Err(Error::ResumeWithoutResults),
@@ -79,7 +105,8 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
         Some(_) if !spec.output.journal && resume => return Err(Error::ResumeWithoutJournal),
         Some(results) => {
             let path = records_path(&spec, results);
-            let fingerprint = fingerprint(&spec, &items)?;
+            let mut fingerprint = fingerprint(&spec, &items)?;
+            fingerprint.shard = shard.as_ref().map(|chosen| chosen.shard);
             let recovered = if resume && path.exists() {
                 let journal = Journal::recover(&path, &fingerprint)?;
                 for dropped in &journal.dropped {
@@ -105,7 +132,7 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     let serial = spec.workers.executor == Executor::Serial;
     let config = DispatchConfig {
         // Serial: one thread, and the whole job as one batch.
-        workers: if serial { 1 } else { spec.workers.count.resolve() },
+        workers: if serial { 1 } else { workers },
         progress_slots: spec.workers.executor == Executor::Process,
         task: spec.task.builtin.clone(),
         args_json: spec.task.args.to_string(),
@@ -124,8 +151,9 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
         },
         max_tasks: spec.workers.max_tasks,
         supervise: spec.supervise.clone(),
+        span: span.clone(),
     };
-    let progress = Progress::new(items.len(), prior.ok + prior.failed, args.quiet);
+    let progress = Progress::new(span.end - span.start, prior.ok + prior.failed, args.quiet);
     let reducer = Reducer::new(spec.output.reduce);
     let outcome = dispatch::run(
         Arc::clone(&items),
@@ -167,6 +195,8 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     };
     let mut summary = Summary::new(spec.name.clone(), spec.output.results.clone(), outcome);
     summary.journal = journal_kept;
+    summary.shard = shard_summary;
+    summary.workers_from = workers_from;
     let mut out = std::io::stdout().lock();
     let printed = if args.json {
         summary.print_json(&mut out)
@@ -176,6 +206,29 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     // A closed stdout (e.g. piped into `head`) must not turn a finished job into a failure.
     let _ = printed.and_then(|()| out.flush());
     Ok(code)
+}
+
+/// This run's shard, from `--shard`, the scheduler's environment, `--shard-count` or `[shard] count`.
+fn choose_shard(spec: &JobSpec, args: &RunArgs) -> Result<Option<shard::Chosen>, Error> {
+    let flags = ShardFlags {
+        shard: args.shard,
+        count: args.shard_count,
+        job_count: spec.shard.count,
+    };
+    shard::choose(flags, |name| std::env::var(name).ok()).map_err(|error| Error::Shard { reason: error.0 })
+}
+
+/// How many workers a run gets, and why: `--workers`, else `[workers] count`, else the CPUs this process may use
+/// (see [`crate::cpus`]).
+pub fn worker_count(spec: &JobSpec, args: &RunArgs) -> (usize, String) {
+    match (args.workers, spec.workers.count) {
+        (Some(n), _) => (n as usize, "--workers".into()),
+        (None, WorkerCount::Fixed(n)) => (n, "[workers] count".into()),
+        (None, WorkerCount::Auto) => {
+            let cpus = cpus::available();
+            (cpus.count, format!("the CPUs this process may use: {}", cpus.why))
+        }
+    }
 }
 
 /// Where records go while the job runs: the journal, or a private staging file with `journal = false`.
@@ -228,6 +281,7 @@ fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
         args: spec.task.args.to_string(),
         input,
         items: items.len(),
+        shard: None,
     })
 }
 
@@ -240,7 +294,10 @@ pub async fn check(job: &Path) -> Result<i32, Error> {
         items.len(),
         plan::input_kind(&spec.input).describe(),
         spec.task.builtin,
-        spec.workers.count.resolve(),
+        match spec.workers.count {
+            WorkerCount::Fixed(n) => n,
+            WorkerCount::Auto => cpus::available().count,
+        },
         spec.output
             .results
             .as_ref()

@@ -1,0 +1,439 @@
+//! `supervisor merge`: the shards' results files back into the job's one results file, and the reduction across
+//! all of them.
+//!
+//! Every shard file (`results.shard-0003-of-0016.jsonl`, see [`crate::shard`]) is read and checked against the
+//! split: each item of the job must be recorded exactly once, by the shard whose block holds it. Missing shard
+//! files, missing items (a shard stopped early: its journal is named, for `--resume`), items recorded twice and
+//! items in the wrong shard are all reported, by shard and item, and nothing is written (exit 2). Otherwise the
+//! records are written to the results file atomically — by item for `order = "input"`, shard after shard as
+//! each finished for `"completion"` — and the values of the `ok` items are reduced as one run would.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use shared::exit;
+use shared::item::Value;
+use shared::job::{JobSpec, Order};
+
+use crate::cli::MergeArgs;
+use crate::error::Error;
+use crate::journal::{journal_path, sync_parent, temp_beside, value_from_json};
+use crate::report::FailedItem;
+use crate::results::{Failure, Reducer, Status};
+use crate::shard::Shard;
+
+/// Problems listed before the rest are only counted.
+const PROBLEMS_SHOWN: usize = 20;
+
+/// The part of a record merge reads.
+#[derive(Deserialize)]
+struct Line<'a> {
+    item: u64,
+    status: Status,
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    error: Option<Failure>,
+}
+
+/// What `merge` prints (`--json`).
+#[derive(Debug, Serialize)]
+pub struct MergeSummary {
+    pub job: String,
+    pub shards: u64,
+    pub items: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub reduce: String,
+    #[serde(serialize_with = "optional_value")]
+    pub reduced: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reduce_error: Option<String>,
+    pub results: PathBuf,
+    /// The first failures (at most 20).
+    pub failures: Vec<FailedItem>,
+}
+
+/// Merges the shard files of `spec` (a job of `items` items) and prints the summary.
+pub fn run(args: &MergeArgs, mut spec: JobSpec, items: u64) -> Result<i32, Error> {
+    if let Some(results) = &args.results {
+        spec.output.results = Some(std::path::absolute(results).map_err(|source| Error::Results {
+            path: results.clone(),
+            source,
+        })?);
+    }
+    let Some(results) = spec.output.results.clone() else {
+        return Err(Error::MergeIncomplete {
+            results: spec.path.clone(),
+            problems: "  the job has no results file: set [output] results or pass --results".into(),
+        });
+    };
+    let count = match args.shards {
+        Some(count) => count,
+        None => shard_count_from_files(&results)?,
+    };
+    let merged = merge(
+        &results,
+        count,
+        items,
+        spec.output.order,
+        Reducer::new(spec.output.reduce),
+    )?;
+    let summary = MergeSummary {
+        job: spec.name.clone(),
+        shards: count,
+        items,
+        ok: merged.ok,
+        failed: merged.failed,
+        reduce: merged.reducer.kind().to_string(),
+        reduced: merged.reducer.value(),
+        reduce_error: merged.reducer.problem.clone(),
+        results,
+        failures: merged.failures,
+    };
+    let mut out = std::io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer(&mut out, &summary)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
+    } else {
+        print_human(&summary, &mut out)
+    };
+    let _ = printed.and_then(|()| out.flush());
+    Ok(if summary.failed > 0 {
+        exit::ITEMS_FAILED
+    } else {
+        exit::OK
+    })
+}
+
+fn print_human(summary: &MergeSummary, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{}: merged {} shard{}: {} items, {} ok, {} failed",
+        summary.job,
+        summary.shards,
+        if summary.shards == 1 { "" } else { "s" },
+        summary.items,
+        summary.ok,
+        summary.failed
+    )?;
+    match (&summary.reduced, &summary.reduce_error) {
+        (_, Some(problem)) => writeln!(out, "reduced ({}): none, {problem}", summary.reduce)?,
+        (Some(value), None) => {
+            let text = serde_json::to_string(&value.json()).unwrap_or_default();
+            writeln!(out, "reduced ({}): {text}", summary.reduce)?;
+        }
+        (None, None) => {}
+    }
+    writeln!(out, "results: {}", summary.results.display())?;
+    if !summary.failures.is_empty() {
+        writeln!(
+            out,
+            "failed items{}:",
+            if summary.failed > 20 { " (first 20)" } else { "" }
+        )?;
+        for failed in &summary.failures {
+            writeln!(
+                out,
+                "  item {}: {}: {}",
+                failed.item, failed.failure.kind, failed.failure.message
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn optional_value<S: serde::Serializer>(value: &Option<Value>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => value.json().serialize(serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// The shard count named by the shard files beside `results`; they must all agree.
+fn shard_count_from_files(results: &Path) -> Result<u64, Error> {
+    let dir = results.parent().unwrap_or(Path::new("."));
+    let mut counts = BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if let Some(count) = shard_file_count(results, &entry.path()) {
+                counts.insert(count);
+            }
+        }
+    }
+    let example = Shard { index: 0, count: 4 }.results_path(results);
+    match counts.len() {
+        1 => Ok(counts.into_iter().next().unwrap_or(1)),
+        0 => Err(Error::MergeIncomplete {
+            results: results.to_path_buf(),
+            problems: format!(
+                "  no shard files found in {} (named like {})",
+                dir.display(),
+                example
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+            ),
+        }),
+        _ => Err(Error::MergeIncomplete {
+            results: results.to_path_buf(),
+            problems: format!(
+                "  shard files of different shard counts are there ({}): pass --shards N to choose",
+                counts.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        }),
+    }
+}
+
+/// The shard count of `path` if it is a shard file of `results` (its name is `results_path` of some shard).
+fn shard_file_count(results: &Path, path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let marker = name.find(".shard-")?;
+    let rest = &name[marker + ".shard-".len()..];
+    let (index, rest) = rest.split_once("-of-")?;
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    let count: u64 = rest[..digits].parse().ok()?;
+    let index: u64 = index.parse().ok()?;
+    let shard = Shard::new(index, count).ok()?;
+    (shard.results_path(results) == path).then_some(count)
+}
+
+/// What the shards recorded together.
+struct Merged {
+    ok: u64,
+    failed: u64,
+    reducer: Reducer,
+    failures: Vec<FailedItem>,
+}
+
+/// Checks the `count` shard files of `results` and writes the merged file.
+fn merge(results: &Path, count: u64, items: u64, order: Order, mut reducer: Reducer) -> Result<Merged, Error> {
+    let mut problems = Vec::new();
+    let mut missing_shards = Vec::new();
+    // Whether a shard file recorded each item already.
+    let mut seen: Vec<bool> = vec![false; items as usize];
+    let temp = temp_beside(results);
+    let write_error = |source| Error::Results {
+        path: results.to_path_buf(),
+        source,
+    };
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(write_error)?);
+    let (mut ok, mut failed) = (0, 0);
+    let mut failures = Vec::new();
+    for index in 0..count {
+        let shard = Shard { index, count };
+        let span = shard.span(items);
+        let path = shard.results_path(results);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                missing_shards.push(index);
+                problems.push(format!(
+                    "shard {shard} (items {}..{}): {} is missing{}",
+                    span.start,
+                    span.end,
+                    path.display(),
+                    journal_hint(&path)
+                ));
+                continue;
+            }
+            Err(source) => {
+                let _ = std::fs::remove_file(&temp);
+                return Err(Error::Results { path, source });
+            }
+        };
+        let mut lines: Vec<(u64, &[u8])> = Vec::new();
+        for (number, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
+            let text = line.strip_suffix(b"\n").unwrap_or(line);
+            if text.is_empty() {
+                continue;
+            }
+            let parsed = match serde_json::from_slice::<Line<'_>>(text) {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    problems.push(format!(
+                        "{} line {}: not a record ({error})",
+                        path.display(),
+                        number + 1
+                    ));
+                    continue;
+                }
+            };
+            let item = parsed.item;
+            if item >= items {
+                problems.push(format!(
+                    "{} line {}: item {item} is beyond the job's {items} items",
+                    path.display(),
+                    number + 1
+                ));
+                continue;
+            }
+            if !span.contains(&item) {
+                problems.push(format!(
+                    "{} line {}: item {item} is recorded in shard {shard}'s file (items {}..{}) but belongs to \
+                     shard {}/{count}: were the shards run with another shard count or input?",
+                    path.display(),
+                    number + 1,
+                    span.start,
+                    span.end,
+                    Shard::owner(item, items, count),
+                ));
+                continue;
+            }
+            if std::mem::replace(&mut seen[item as usize], true) {
+                problems.push(format!("item {item} is recorded twice in {}", path.display()));
+                continue;
+            }
+            match parsed.status {
+                Status::Ok => {
+                    ok += 1;
+                    reducer.add(&parsed.value.map_or(Value::Null, |value| value_from_json(value.get())));
+                }
+                Status::Failed => {
+                    failed += 1;
+                    if let Some(failure) = parsed.error
+                        && failures.len() < 20
+                    {
+                        failures.push(FailedItem { item, failure });
+                    }
+                }
+            }
+            let line: &[u8] = if line.ends_with(b"\n") { line } else { text };
+            lines.push((item, line));
+        }
+        let unrecorded = missing_ranges(&seen, span.clone());
+        if !unrecorded.is_empty() {
+            let total: u64 = unrecorded.iter().map(|r| r.end - r.start).sum();
+            problems.push(format!(
+                "shard {shard} (items {}..{}): {total} item{} missing from {}: {}{}",
+                span.start,
+                span.end,
+                if total == 1 { "" } else { "s" },
+                path.display(),
+                describe_ranges(&unrecorded),
+                journal_hint(&path)
+            ));
+        }
+        if problems.is_empty() {
+            if order == Order::Input {
+                lines.sort_by_key(|(item, _)| *item);
+            }
+            for (_, line) in lines {
+                out.write_all(line).map_err(write_error)?;
+                if !line.ends_with(b"\n") {
+                    out.write_all(b"\n").map_err(write_error)?;
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        drop(out);
+        let _ = std::fs::remove_file(&temp);
+        let shown = problems.len().min(PROBLEMS_SHOWN);
+        let mut text: Vec<String> = problems[..shown].iter().map(|p| format!("  {p}")).collect();
+        if problems.len() > shown {
+            text.push(format!("  … and {} more problems", problems.len() - shown));
+        }
+        if !missing_shards.is_empty() {
+            text.push(format!(
+                "  missing shards: {} of {count}",
+                missing_shards.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        return Err(Error::MergeIncomplete {
+            results: results.to_path_buf(),
+            problems: text.join("\n"),
+        });
+    }
+    let file = out.into_inner().map_err(|error| write_error(error.into_error()))?;
+    file.sync_all().map_err(write_error)?;
+    std::fs::rename(&temp, results).map_err(write_error)?;
+    sync_parent(results).map_err(write_error)?;
+    Ok(Merged {
+        ok,
+        failed,
+        reducer,
+        failures,
+    })
+}
+
+/// The maximal runs of items of `span` that no shard recorded.
+fn missing_ranges(seen: &[bool], span: Range<u64>) -> Vec<Range<u64>> {
+    let mut ranges: Vec<Range<u64>> = Vec::new();
+    for item in span {
+        if seen[item as usize] {
+            continue;
+        }
+        match ranges.last_mut() {
+            Some(last) if last.end == item => last.end = item + 1,
+            _ => ranges.push(item..item + 1),
+        }
+    }
+    ranges
+}
+
+/// `items 3, 10..20, 31` (the first ten runs).
+fn describe_ranges(ranges: &[Range<u64>]) -> String {
+    let mut parts: Vec<String> = ranges
+        .iter()
+        .take(10)
+        .map(|r| {
+            if r.end - r.start == 1 {
+                r.start.to_string()
+            } else {
+                format!("{}..{}", r.start, r.end)
+            }
+        })
+        .collect();
+    if ranges.len() > 10 {
+        parts.push(format!("… ({} more runs)", ranges.len() - 10));
+    }
+    format!("items {}", parts.join(", "))
+}
+
+/// A hint when the shard's journal is there: the shard stopped early and can be resumed.
+fn journal_hint(shard_results: &Path) -> String {
+    let journal = journal_path(shard_results);
+    if journal.exists() {
+        format!(
+            " — its journal {} exists: run that shard again with --resume",
+            journal.display()
+        )
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_items_are_grouped_into_runs() {
+        let seen = [true, false, false, true, false, true];
+        assert_eq!(missing_ranges(&seen, 0..6), vec![1..3, 4..5]);
+        assert_eq!(describe_ranges(&missing_ranges(&seen, 0..6)), "items 1..3, 4");
+    }
+
+    #[test]
+    fn shard_files_are_recognized_by_name() {
+        let results = Path::new("/r/out.jsonl");
+        assert_eq!(
+            shard_file_count(results, Path::new("/r/out.shard-0003-of-0016.jsonl")),
+            Some(16)
+        );
+        assert_eq!(
+            shard_file_count(results, Path::new("/r/out.shard-0003-of-0016.jsonl.journal")),
+            None
+        );
+        assert_eq!(
+            shard_file_count(results, Path::new("/r/other.shard-0003-of-0016.jsonl")),
+            None
+        );
+        assert_eq!(shard_file_count(results, Path::new("/r/out.shard-3-of-16.jsonl")), None);
+    }
+}
