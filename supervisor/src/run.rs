@@ -41,6 +41,9 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
             }
         }
         if let Some(results) = &args.results {
+            if results.is_dir() {
+                return Err(Error::ResultsIsFolder { path: results.clone() });
+            }
             spec.output.results = Some(std::path::absolute(results).map_err(|source| Error::Results {
                 path: results.clone(),
                 source,
