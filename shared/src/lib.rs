@@ -9,7 +9,9 @@
 //! - [`progress`]: the per-worker progress slot in a shared page: which item is running, since when.
 //! - [`units`]: human sizes (`4MiB`) and durations (`30s`).
 //! - [`exit`]: the process exit codes the CLI documents.
+//! - [`decode`]: receiving possibly corrupt messages without panicking.
 
+pub mod decode;
 pub mod exit;
 pub mod item;
 pub mod job;

@@ -338,9 +338,10 @@ fn read_loop(
     let closed = |error: Option<String>| {
         let _ = events.blocking_send(Event::ChannelClosed { id, error });
     };
-    let (receiver, first) = match server.accept() {
-        Ok(accepted) => accepted,
-        Err(error) => return closed(Some(format!("handshake failed: {error}"))),
+    let (receiver, first) = match shared::decode::guarded(|| server.accept()) {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(error)) => return closed(Some(format!("handshake failed: {error}"))),
+        Err(undecodable) => return closed(Some(format!("handshake failed: {undecodable}"))),
     };
     match first {
         FromWorker::Hello { version, to_worker, .. } if version == PROTOCOL_VERSION => {
@@ -378,15 +379,16 @@ fn read_loop(
         }
     }
     loop {
-        match receiver.recv() {
-            Ok(message) => {
+        match shared::decode::guarded(|| receiver.recv()) {
+            Err(undecodable) => return closed(Some(undecodable)),
+            Ok(Ok(message)) => {
                 counter.count(&message);
                 if events.blocking_send(Event::Message { id, message }).is_err() {
                     return;
                 }
             }
-            Err(IpcError::Disconnected) => return closed(None),
-            Err(error) => return closed(Some(format!("undecodable message: {error}"))),
+            Ok(Err(IpcError::Disconnected)) => return closed(None),
+            Ok(Err(error)) => return closed(Some(format!("undecodable message: {error}"))),
         }
     }
 }
