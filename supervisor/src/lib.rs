@@ -44,6 +44,7 @@ pub mod report;
 pub mod results;
 pub mod run;
 pub mod scratch;
+pub mod sigbus;
 pub mod signal;
 
 use clap::Parser;
