@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 20;
 pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(10);
 /// Default `[supervise] grace`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// Longest accepted duration (`timeout`, `retry_backoff`, `cpu_limit`, `within`, `grace`): a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default `[input] chunk_bytes` for file inputs.
 pub const DEFAULT_CHUNK_BYTES: u64 = 4 << 20;
 
@@ -577,10 +579,19 @@ impl JobSpec {
             unreachable!("exactly one input source was checked above")
         };
 
+        // Capped at a year: longer is a mistake, and would overflow the nanosecond clocks timeouts are kept in.
         let duration = |value: Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, JobError> {
             value
-                .map(|value| {
-                    parse_duration(value.get_ref()).map_err(|message| fail(value.span(), format!("`{key}`: {message}")))
+                .map(|value| match parse_duration(value.get_ref()) {
+                    Ok(d) if d > MAX_DURATION => Err(fail(
+                        value.span(),
+                        format!(
+                            "`{key}` = \"{}\" is too long: expected at most 8760h (a year)",
+                            value.get_ref()
+                        ),
+                    )),
+                    Ok(d) => Ok(d),
+                    Err(message) => Err(fail(value.span(), format!("`{key}`: {message}"))),
                 })
                 .transpose()
         };
