@@ -59,7 +59,7 @@ fn a_file_input_that_shrinks_fails_only_the_items_past_its_new_end() {
     );
     // Keep 5 pages: items 0–4 stay whole, items 5–15 are past the new end.
     let kept = 5 * PAGE;
-    run_truncating(dir, &job, || {
+    let supervisor = run_truncating(dir, &job, || {
         std::fs::OpenOptions::new()
             .write(true)
             .open(&input)
@@ -67,6 +67,8 @@ fn a_file_input_that_shrinks_fails_only_the_items_past_its_new_end() {
             .expect("truncate the input");
     });
 
+    let warning = format!("changed size during the job ({} → {kept} bytes)", 16 * PAGE);
+    assert!(supervisor.context().contains(&warning), "{}", supervisor.context());
     let records = read_records::<u64>(&dir.join("results.jsonl"));
     assert_eq!(records.len(), 16, "one record per listed item");
     for record in &records {

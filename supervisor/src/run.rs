@@ -141,6 +141,9 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     .await;
     starter.shut_down();
     let outcome = outcome?;
+    if let Some(warning) = crate::sigbus::changed_during_job(&items) {
+        eprintln!("{warning}");
+    }
     let mut journal_kept = None;
     if let Some(results) = &spec.output.results {
         let records = records_path(&spec, results);

@@ -46,3 +46,21 @@ fn describe(path: &Path, listed: Option<u64>, reading: &str) -> String {
         ),
     }
 }
+
+/// A warning when the `file` input's size now differs from the size it was listed with: items whose last page
+/// only partly lies past a new end read zeros there instead of faulting, so their results may be wrong without
+/// an error. `None` when the size is unchanged (or for other inputs).
+pub fn changed_during_job(items: &Items) -> Option<String> {
+    let Items::Chunks { path, chunks } = items else {
+        return None;
+    };
+    let listed = chunks.last().map_or(0, |last| last.offset + last.len);
+    let now = std::fs::metadata(path).map(|meta| meta.len()).ok()?;
+    (now != listed).then(|| {
+        format!(
+            "warning: input file {} changed size during the job ({listed} → {now} bytes): results of items that \
+             read it may be wrong",
+            path.display()
+        )
+    })
+}
