@@ -269,10 +269,10 @@ fn bad_thumbnail_args_are_rejected_before_running() {
     let dir = temp_dir();
     write_file(dir.path(), "x.png", encode(&rgba_picture(4, 4), ImageFormat::Png));
     for (args, words) in [
-        ("{ size = 64 }", "missing field `out_dir`"),
+        ("{ size = 64 }", "missing argument `out_dir`"),
         ("{ out_dir = \"t\", size = 0 }", "`size` must be at least 1"),
         ("{ out_dir = \"t\", max_alloc = \"lots\" }", "max_alloc"),
-        ("{ out_dir = \"t\", sise = 3 }", "unknown field `sise`"),
+        ("{ out_dir = \"t\", sise = 3 }", "unknown argument `sise`"),
     ] {
         let job = write_file(
             dir.path(),

@@ -89,7 +89,25 @@ pub fn lookup(name: &str) -> Option<&'static TaskInfo> {
 /// Deserializes a task's `args` into its typed form (which should deny unknown fields), with a message that
 /// names the task.
 pub fn parse_args<T: DeserializeOwned>(task: &str, args: &serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(args.clone()).map_err(|error| format!("bad args for task `{task}`: {error}"))
+    serde_path_to_error::deserialize(args).map_err(|error| {
+        // Name the argument (`abort[1]`), and say what is expected in TOML words rather than serde's.
+        let path = error.path().to_string();
+        let message = error
+            .inner()
+            .to_string()
+            .replace("unknown field", "unknown argument")
+            .replace("missing field", "missing argument")
+            .replace("there are no fields", "this task takes no arguments")
+            .replace("expected u64", "expected a non-negative integer")
+            .replace("expected i32", "expected an integer")
+            .replace("expected a sequence", "expected an array");
+        match path.as_str() {
+            // An unknown argument is named by the message already.
+            _ if message.starts_with("unknown argument") => format!("bad args for task `{task}`: {message}"),
+            "." | "" => format!("bad args for task `{task}`: {message}"),
+            _ => format!("bad args for task `{task}`: `{path}`: {message}"),
+        }
+    })
 }
 
 /// The bytes of an item, or an error naming the task that needs them.

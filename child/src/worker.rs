@@ -589,11 +589,18 @@ impl Worker {
             BatchItems::Chunks(chunks) => {
                 let chunk = chunks[k as usize];
                 let size = self.mapped.as_ref().map_or(0, |m| m.len() as u64);
+                let path = self
+                    .mapped
+                    .as_ref()
+                    .map(|m| m.path().display().to_string())
+                    .unwrap_or_default();
                 match chunk.offset.checked_add(chunk.len) {
                     Some(end) if end <= size => Ok(Prepared::Chunk(chunk.offset as usize, chunk.len as usize)),
                     _ => Err(format!(
-                        "chunk {}+{} is outside the mapped input ({size} bytes): was the file truncated?",
-                        chunk.offset, chunk.len
+                        "input file {path} is {size} bytes now, but this item is bytes {}..{} of it: the file \
+                         shrank after the job listed it (the input must not change during the job)",
+                        chunk.offset,
+                        chunk.offset.saturating_add(chunk.len)
                     )),
                 }
             }

@@ -29,13 +29,15 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 20;
 pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(10);
 /// Default `[supervise] grace`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// Longest accepted duration (`timeout`, `retry_backoff`, `cpu_limit`, `within`, `grace`): a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default `[input] chunk_bytes` for file inputs.
 pub const DEFAULT_CHUNK_BYTES: u64 = 4 << 20;
 
 /// A job file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("cannot read job file {path}: {source}")]
+    #[error("cannot read job file {path}: {}", read_reason(source))]
     Read {
         path: PathBuf,
         #[source]
@@ -50,6 +52,15 @@ pub enum JobError {
         /// The offending source line with a caret under the column.
         snippet: String,
     },
+}
+
+/// Why a job file cannot be read, in words: "stream did not contain valid UTF-8" is about a TOML file here.
+fn read_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::InvalidData => "it is not UTF-8 text: expected a TOML file".to_string(),
+        std::io::ErrorKind::IsADirectory => "it is a folder: expected a TOML file".to_string(),
+        _ => error.to_string(),
+    }
 }
 
 /// A validated job, with every path absolute and every default applied.
@@ -411,7 +422,7 @@ struct RawSupervise {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOutput {
-    results: Option<String>,
+    results: Option<Spanned<String>>,
     order: Option<Order>,
     reduce: Option<Reduce>,
     journal: Option<bool>,
@@ -437,7 +448,8 @@ impl JobSpec {
             Ok(raw) => raw,
             Err(error) => {
                 let span = error.span().unwrap_or(0..0);
-                return Err(located(path, &text, span, error.message().trim_end()));
+                let message = crate::toml_error::explain(&text, &span, error.message());
+                return Err(located(path, &text, span, &message));
             }
         };
         JobSpec::from_raw(path, raw, text)
@@ -495,8 +507,17 @@ impl JobSpec {
                 return Err(fail(
                     range_span,
                     format!(
-                        "range end {} is below its start {}: expected start <= end",
+                        "range end {} is below its start {}: expected start < end",
                         range.end, range.start
+                    ),
+                ));
+            }
+            if range.end == range.start {
+                return Err(fail(
+                    range_span,
+                    format!(
+                        "range {}..{} is empty (end = start): expected start < end",
+                        range.start, range.end
                     ),
                 ));
             }
@@ -527,13 +548,23 @@ impl JobSpec {
                 },
             };
             let span = file.span();
+            if file.get_ref().is_empty() {
+                return Err(fail(
+                    span,
+                    "`file` is empty: expected a path such as `data/input.txt`".into(),
+                ));
+            }
             let file_path = dir.join(file.into_inner());
             match std::fs::metadata(&file_path) {
                 Ok(meta) if meta.is_file() => {}
-                Ok(_) => {
+                Ok(meta) => {
                     return Err(fail(
                         span,
-                        format!("input file {} is not a regular file", file_path.display()),
+                        format!(
+                            "input file {} is {}: expected a regular file",
+                            file_path.display(),
+                            file_type_name(&meta.file_type())
+                        ),
                     ));
                 }
                 Err(error) => {
@@ -567,10 +598,19 @@ impl JobSpec {
             unreachable!("exactly one input source was checked above")
         };
 
+        // Capped at a year: longer is a mistake, and would overflow the nanosecond clocks timeouts are kept in.
         let duration = |value: Option<Spanned<String>>, key: &str| -> Result<Option<Duration>, JobError> {
             value
-                .map(|value| {
-                    parse_duration(value.get_ref()).map_err(|message| fail(value.span(), format!("`{key}`: {message}")))
+                .map(|value| match parse_duration(value.get_ref()) {
+                    Ok(d) if d > MAX_DURATION => Err(fail(
+                        value.span(),
+                        format!(
+                            "`{key}` = \"{}\" is too long: expected at most 8760h (a year)",
+                            value.get_ref()
+                        ),
+                    )),
+                    Ok(d) => Ok(d),
+                    Err(message) => Err(fail(value.span(), format!("`{key}`: {message}"))),
                 })
                 .transpose()
         };
@@ -678,8 +718,14 @@ impl JobSpec {
             reduce: None,
             journal: None,
         });
+        let results = match raw_output.results {
+            None => None,
+            Some(results) => {
+                Some(results_path(dir, results.get_ref()).map_err(|message| fail(results.span(), message))?)
+            }
+        };
         let output = OutputSpec {
-            results: raw_output.results.map(|results| dir.join(results)),
+            results,
             order: raw_output.order.unwrap_or(Order::Input),
             reduce: raw_output.reduce.unwrap_or(Reduce::None),
             journal: raw_output.journal.unwrap_or(true),
@@ -726,6 +772,43 @@ impl JobSpec {
     /// An error located at `span` of this job file (for checks made after loading, such as task arguments).
     pub fn error_at(&self, span: Range<usize>, message: &str) -> JobError {
         located(&self.path, &self.source, span, message)
+    }
+}
+
+/// `[output] results` resolved against the job's folder: a file path, not an existing folder (the results are
+/// written by renaming onto it at the end, which would fail only after the whole job ran).
+fn results_path(dir: &Path, results: &str) -> Result<PathBuf, String> {
+    if results.is_empty() || results.ends_with('/') {
+        return Err(format!(
+            "`results = \"{results}\"` is not a file name: expected a path such as `results/out.jsonl`"
+        ));
+    }
+    let path = dir.join(results);
+    if path.is_dir() {
+        return Err(format!(
+            "`results` {} is a folder: expected a file path such as `{}/out.jsonl`",
+            path.display(),
+            results.trim_end_matches('/')
+        ));
+    }
+    Ok(path)
+}
+
+/// "a folder", "a character device"… for messages about a path that should be a regular file.
+fn file_type_name(file_type: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "a folder"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_fifo() {
+        "a named pipe"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -964,7 +1047,7 @@ mod tests {
         let (line, column, message) =
             error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\ncolour = 3\n");
         assert_eq!((line, column), (5, 1));
-        assert!(message.contains("unknown field `colour`"), "{message}");
+        assert!(message.contains("unknown key `colour` in [task]"), "{message}");
     }
 
     #[test]

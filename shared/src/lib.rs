@@ -18,4 +18,5 @@ pub mod job;
 pub mod progress;
 pub mod protocol;
 pub mod region;
+mod toml_error;
 pub mod units;

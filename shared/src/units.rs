@@ -8,6 +8,9 @@ use std::time::Duration;
 /// 1000; `B` or no unit means bytes. Units are case-insensitive. Fractions are allowed (`"1.5GiB"`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("size `{text}` is negative: expected e.g. `4MiB` or `65536`"));
+    }
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
         .unwrap_or(text.len());
@@ -52,6 +55,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses a duration: a number followed by `ms`, `s`, `m` or `h` (`"30s"`, `"1.5s"`, `"250ms"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!(
+            "duration `{text}` is negative: expected e.g. `30s`, `250ms`, `5m` or `1h`"
+        ));
+    }
+    if !text.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "`{text}` is not a duration: expected a number and a unit, e.g. `30s`, `250ms`, `5m` or `1h`"
+        ));
+    }
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -103,5 +116,9 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("3 fortnights").is_err());
+        assert!(parse_duration("-1s").is_err_and(|e| e.contains("negative")));
+        assert!(parse_duration("fast").is_err_and(|e| e.contains("not a duration")));
+        assert!(parse_duration("99999999999999999999h").is_err_and(|e| e.contains("out of range")));
+        assert!(parse_size("-4MiB").is_err_and(|e| e.contains("negative")));
     }
 }

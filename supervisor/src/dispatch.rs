@@ -613,7 +613,13 @@ impl Dispatcher {
                         None => flight.dispatched.elapsed().as_micros() as u64,
                     };
                     let elapsed_ms = elapsed_us as f64 / 1000.0;
-                    self.item_failed(item, crash_failure(death), worker.pid, elapsed_ms);
+                    let mut failure = crash_failure(death);
+                    if info.status == crate::linux::ExitStatus::Signal(libc::SIGBUS)
+                        && let Some(cause) = crate::sigbus::explain(&self.items, item)
+                    {
+                        failure.message = cause;
+                    }
+                    self.item_failed(item, failure, worker.pid, elapsed_ms);
                     // Items before the culprit finished but their results were not sent yet; items after it never
                     // started. Both run again, uncharged.
                     unstarted.insert(0, (item + 1, flight.end - item - 1));

@@ -9,8 +9,12 @@ use shared::job::JobError;
 pub enum Error {
     #[error(transparent)]
     Job(#[from] JobError),
-    #[error("glob `{pattern}` matched no files")]
-    GlobNoMatch { pattern: String },
+    #[error("glob `{pattern}` matched no files{}", skipped_note(*.skipped))]
+    GlobNoMatch {
+        pattern: String,
+        /// Matches that are not regular files (folders, devices…), which are not items.
+        skipped: usize,
+    },
     #[error("glob `{pattern}`: {message}")]
     GlobInvalid { pattern: String, message: String },
     #[error("cannot read input {path}: {source}")]
@@ -19,6 +23,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("--results {path} is a folder: expected a file path")]
+    ResultsIsFolder { path: PathBuf },
     #[error("cannot write results to {path}: {source}")]
     Results {
         path: PathBuf,
@@ -49,7 +55,7 @@ pub enum Error {
     WorkersCannotStart { reason: String },
     #[error("{key} needs worker processes; it cannot apply to --executor {executor}")]
     ExecutorConflict { key: &'static str, executor: &'static str },
-    #[error("item {item} is out of range: the job has {items} items")]
+    #[error("item {item} is out of range: the job has {items} items, numbered from 0")]
     ItemOutOfRange { item: u64, items: u64 },
     #[error("compare: {reason}")]
     CompareFailed { reason: String },
@@ -80,6 +86,7 @@ impl Error {
             | Error::JournalInvalid { .. }
             | Error::JournalMismatch { .. }
             | Error::JournalExists { .. }
+            | Error::ResultsIsFolder { .. }
             | Error::ResumeWithoutResults
             | Error::ResumeWithoutJournal
             | Error::Shard { .. }
@@ -93,5 +100,14 @@ impl Error {
             | Error::Bench { .. }
             | Error::Chart { .. } => exit::INTERNAL,
         }
+    }
+}
+
+/// " (it matched 2 paths that are not regular files, e.g. folders)" when some were skipped.
+fn skipped_note(skipped: usize) -> String {
+    match skipped {
+        0 => String::new(),
+        1 => " (it matched 1 path that is not a regular file, e.g. a folder)".to_string(),
+        n => format!(" (it matched {n} paths that are not regular files, e.g. folders)"),
     }
 }

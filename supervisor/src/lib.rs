@@ -53,6 +53,7 @@ pub mod results;
 pub mod run;
 pub mod scratch;
 pub mod shard;
+pub mod sigbus;
 pub mod signal;
 
 use clap::Parser;

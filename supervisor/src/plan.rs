@@ -106,8 +106,12 @@ impl Items {
                 message: format!("listing input failed: {join}"),
             })?;
         listed.map_err(|error| match error {
-            Error::GlobNoMatch { .. } | Error::GlobInvalid { .. } => {
+            Error::GlobNoMatch { .. } | Error::InputUnreadable { .. } => {
                 spec.error_at(spec.input_span.clone(), &error.to_string()).into()
+            }
+            Error::GlobInvalid { pattern, message } => {
+                let message = glob_syntax_message(spec, &pattern, &message);
+                spec.error_at(spec.input_span.clone(), &message).into()
             }
             other => other,
         })
@@ -147,9 +151,10 @@ impl Items {
             InputSpec::Glob { pattern } => {
                 let entries = glob::glob(pattern).map_err(|error| Error::GlobInvalid {
                     pattern: pattern.clone(),
-                    message: error.to_string(),
+                    message: format!("{} at character {}", error.msg, error.pos),
                 })?;
                 let mut files = Vec::new();
+                let mut skipped = 0;
                 for entry in entries {
                     let path = entry.map_err(|error| Error::InputUnreadable {
                         path: error.path().to_path_buf(),
@@ -157,11 +162,14 @@ impl Items {
                     })?;
                     if path.is_file() {
                         files.push(path);
+                    } else {
+                        skipped += 1;
                     }
                 }
                 if files.is_empty() {
                     return Err(Error::GlobNoMatch {
                         pattern: pattern.clone(),
+                        skipped,
                     });
                 }
                 files.sort();
@@ -245,6 +253,29 @@ impl Items {
             },
         }
     }
+}
+
+/// A glob syntax error in terms of the pattern as written in the job file: the pattern the supervisor expands is
+/// absolute (the job's folder, escaped, then the pattern), so its byte positions mean nothing to the user.
+fn glob_syntax_message(spec: &JobSpec, pattern: &str, message: &str) -> String {
+    let folder = spec
+        .path
+        .parent()
+        .map(|dir| glob::Pattern::escape(&dir.to_string_lossy()));
+    let prefix = folder.map(|folder| format!("{folder}/")).unwrap_or_default();
+    // glob counts positions in characters from 0.
+    let (written, offset) = match pattern.strip_prefix(&prefix) {
+        Some(rest) if !prefix.is_empty() => (rest, prefix.chars().count()),
+        _ => (pattern, 0),
+    };
+    let detail = match message
+        .rsplit_once(" at character ")
+        .map(|(what, at)| (what, at.parse::<usize>()))
+    {
+        Some((what, Ok(at))) => format!("{what} at character {}", at.saturating_sub(offset) + 1),
+        _ => message.to_string(),
+    };
+    format!("`glob = \"{written}\"` is not a valid pattern: {detail}; expected a pattern such as `images/*.jpg`")
 }
 
 /// Splits `data` into chunks of about `chunk_bytes`, each ending just after a newline (or at the end).

@@ -43,6 +43,9 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
             }
         }
         if let Some(results) = &args.results {
+            if results.is_dir() {
+                return Err(Error::ResultsIsFolder { path: results.clone() });
+            }
             spec.output.results = Some(std::path::absolute(results).map_err(|source| Error::Results {
                 path: results.clone(),
                 source,
@@ -167,6 +170,9 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     .await;
     starter.shut_down();
     let outcome = outcome?;
+    if let Some(warning) = crate::sigbus::changed_during_job(&items) {
+        eprintln!("{warning}");
+    }
     let mut journal_kept = None;
     if let Some(results) = &spec.output.results {
         let records = records_path(&spec, results);

@@ -1,12 +1,14 @@
 //! `fault`: deterministic fault injection, for tests and demos of crash isolation.
 //!
-//! Each argument lists item indices that misbehave in one way; every other item returns its own index.
+//! Each argument lists item indices that misbehave in one way; every other item returns its own index. Items with
+//! bytes (file chunks, whole files) have one byte of each page read first, so that a mapped input that shrank
+//! under the worker faults here as it would in a real task (SIGBUS).
 
 use serde::Deserialize;
 use shared::item::Value;
 use shared::units::parse_size;
 
-use crate::task::{ArgInfo, Item, Task, parse_args};
+use crate::task::{ArgInfo, Item, ItemInput, Task, parse_args};
 
 pub(super) const ARGS: &[ArgInfo] = &[
     ArgInfo {
@@ -76,6 +78,18 @@ pub(super) const ARGS: &[ArgInfo] = &[
         help: "size of the value a `huge` item returns",
     },
     ArgInfo {
+        name: "wait",
+        kind: "[int]",
+        default: "[]",
+        help: "items that wait until the file `wait_for` exists (for tests that act while an item runs)",
+    },
+    ArgInfo {
+        name: "wait_for",
+        kind: "path",
+        default: "none",
+        help: "the file `wait` items wait for (checked every 10 ms)",
+    },
+    ArgInfo {
         name: "once_dir",
         kind: "path",
         default: "none",
@@ -100,6 +114,9 @@ struct FaultArgs {
     oom: Vec<u64>,
     #[serde(default)]
     error: Vec<u64>,
+    #[serde(default)]
+    wait: Vec<u64>,
+    wait_for: Option<std::path::PathBuf>,
     exit_code: Option<i32>,
     oom_cap: Option<String>,
     once_dir: Option<std::path::PathBuf>,
@@ -131,12 +148,24 @@ impl Task for Fault {
                 &a.oom,
                 &a.error,
                 &a.huge,
+                &a.wait,
             ]
             .iter()
             .any(|list| list.contains(&index));
             if listed && std::fs::File::create_new(&marker).is_err() {
                 return Ok(Value::UInt(u128::from(index)));
             }
+        }
+        if a.wait.contains(&index)
+            && let Some(path) = &a.wait_for
+        {
+            while !path.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        if let ItemInput::Bytes { data, .. } = item.input {
+            let pages = data.iter().step_by(4096).chain(data.last());
+            std::hint::black_box(pages.fold(0u8, |sum, b| sum.wrapping_add(*b)));
         }
         if a.segfault.contains(&index) {
             let address = std::hint::black_box(std::ptr::null_mut::<u8>());
@@ -200,6 +229,9 @@ pub(super) fn build(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
                 usize::try_from(size).map_err(|_| format!("bad args for task `fault`: `huge_size` {size} is too large"))
             })?,
     };
+    if !args.wait.is_empty() && args.wait_for.is_none() {
+        return Err("bad args for task `fault`: `wait` needs `wait_for`, the file to wait for".to_string());
+    }
     let exit_code = args.exit_code.unwrap_or(3);
     Ok(Box::new(Fault {
         args,

@@ -109,7 +109,18 @@ pub(super) fn build_grep(args: &serde_json::Value) -> Result<Box<dyn Task>, Stri
     let regex = RegexBuilder::new(&args.pattern)
         .case_insensitive(args.ignore_case)
         .build()
-        .map_err(|error| format!("bad args for task `grep`: `pattern` is not a valid regex: {error}"))?;
+        .map_err(|error| {
+            // The regex crate's message spans lines (the pattern, a caret, then `error: …`): keep the reason.
+            let text = error.to_string();
+            let reason = text
+                .lines()
+                .find_map(|line| line.strip_prefix("error: "))
+                .unwrap_or(&text);
+            format!(
+                "bad args for task `grep`: `pattern` {:?} is not a valid regex: {reason}",
+                args.pattern
+            )
+        })?;
     Ok(Box::new(Grep { regex }))
 }
 
