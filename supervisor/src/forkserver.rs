@@ -241,6 +241,8 @@ fn serve(control: OwnedFd, supervisor: i32) -> io::Result<()> {
             index -= 1;
             if ready[index] {
                 let (pid, _) = workers.swap_remove(index - 1);
+                // The worker is a zombie now (its pidfd is readable): its group id is still its own.
+                linux::kill_worker_group(pid as i32);
                 let info = linux::wait4(pid as i32).unwrap_or(LOST);
                 send(&control, &Reply::Exited { pid, info }, &[])?;
             }

@@ -36,6 +36,7 @@ pub mod dispatch;
 pub mod error;
 pub mod failure;
 pub mod forkserver;
+pub mod isolation;
 pub mod journal;
 pub mod linux;
 pub mod plan;

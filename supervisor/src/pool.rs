@@ -30,7 +30,7 @@ use shared::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker};
 use tokio::sync::mpsc;
 
 use crate::forkserver::ForkServer;
-use crate::linux::{ExitInfo, Pidfd, wait4};
+use crate::linux::{ExitInfo, Pidfd, wait4_and_kill_group};
 
 /// How worker processes are created.
 #[derive(Debug, Clone)]
@@ -193,12 +193,13 @@ fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::i
                 Some(stderr) => File::from(OwnedFd::from(stderr)),
                 None => File::open("/dev/null")?,
             };
-            // Only the waiter reaps this pid; never waitpid(-1), which would steal other children's statuses.
+            // Only the waiter reaps this pid; never waitpid(-1), which would steal other children's statuses. Before
+            // reaping, it kills what is left of the worker's process group (its task's children).
             Ok(Started {
                 pid,
                 pidfd,
                 stderr,
-                wait: Box::new(move || wait4(pid as i32).unwrap_or(UNKNOWN_EXIT)),
+                wait: Box::new(move || wait4_and_kill_group(pid as i32).unwrap_or(UNKNOWN_EXIT)),
             })
         }
         Starter::Thread => Err(std::io::Error::other("worker threads are not processes")),

@@ -48,6 +48,8 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
         }
     }
     plan::check_task(&spec)?;
+    // Users and groups must exist and the supervisor must be allowed to switch to them: found before running.
+    crate::isolation::resolve(&spec)?;
     Ok(spec)
 }
 
@@ -121,6 +123,7 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
             cpu_seconds_per_item: spec.workers.cpu_limit.map(|limit| limit.as_secs_f64().ceil() as u64),
             core_dumps: spec.workers.core_dumps,
         },
+        isolation: crate::isolation::resolve(&spec)?,
         max_tasks: spec.workers.max_tasks,
         supervise: spec.supervise.clone(),
     };
