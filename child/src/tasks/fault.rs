@@ -82,10 +82,16 @@ pub(super) const ARGS: &[ArgInfo] = &[
         help: "items that first start a `sleep 1000` child process, then go on (to a crash, a hang, or their value)",
     },
     ArgInfo {
+        name: "ignore_sigterm",
+        kind: "[int]",
+        default: "[]",
+        help: "items that make their worker ignore SIGTERM, then go on",
+    },
+    ArgInfo {
         name: "pid_dir",
         kind: "path",
         default: "none",
-        help: "if set, each listed item first writes `worker=<pid> child=<pid of its spawn, or 0>` to `item-<n>` there; absolute",
+        help: "if set, each listed item first writes `worker=<pid> child=<pid of its spawn, or 0> child_start=<its start time>` to `item-<n>` there; absolute",
     },
 ];
 
@@ -113,6 +119,8 @@ struct FaultArgs {
     write_input: Vec<u64>,
     #[serde(default)]
     spawn: Vec<u64>,
+    #[serde(default)]
+    ignore_sigterm: Vec<u64>,
     pid_dir: Option<std::path::PathBuf>,
 }
 
@@ -132,6 +140,10 @@ impl Task for Fault {
             if a.listed(index) && std::fs::File::create_new(&marker).is_err() {
                 return Ok(Value::UInt(u128::from(index)));
             }
+        }
+        if a.ignore_sigterm.contains(&index) {
+            // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
         }
         let spawned = if a.spawn.contains(&index) {
             Some(spawn_sleeper()?)
@@ -191,6 +203,7 @@ impl FaultArgs {
             &self.error,
             &self.write_input,
             &self.spawn,
+            &self.ignore_sigterm,
         ]
         .iter()
         .any(|list| list.contains(&index))
@@ -210,9 +223,18 @@ fn spawn_sleeper() -> Result<std::process::Child, String> {
         .map_err(|error| format!("fault: cannot start `sleep 1000`: {error}"))
 }
 
-/// Writes `worker=<pid> child=<pid>` to `<dir>/item-<index>`, atomically (a reader never sees half of it).
+/// Writes `worker=<pid> child=<pid> child_start=<start time>` to `<dir>/item-<index>`, atomically (a reader
+/// never sees half of it). The child's start time (field 22 of its `/proc/<pid>/stat`, 0 if unknown) lets a
+/// reader tell it from a later process that reuses its pid.
 fn record_pids(dir: &std::path::Path, index: u64, child: u32) -> Result<(), String> {
-    let text = format!("worker={} child={child}\n", std::process::id());
+    let start = std::fs::read_to_string(format!("/proc/{child}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields = stat.get(stat.rfind(')')? + 1..)?;
+            fields.split_whitespace().nth(22 - 3)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    let text = format!("worker={} child={child} child_start={start}\n", std::process::id());
     let staged = dir.join(format!(".item-{index}.tmp"));
     std::fs::write(&staged, text)
         .and_then(|()| std::fs::rename(&staged, dir.join(format!("item-{index}"))))
