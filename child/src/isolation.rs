@@ -73,6 +73,23 @@ extern "C" fn on_parent_death(_signal: libc::c_int) {
     }
 }
 
+/// Whether the worker's parent (supervisor or fork server) is gone: the worker was reparented. Always false
+/// when no parent was given (worker threads, which share the supervisor's process).
+pub fn parent_gone() -> bool {
+    let expected = PARENT.load(Ordering::Relaxed);
+    // SAFETY: getppid has no preconditions.
+    expected != 0 && unsafe { libc::getppid() } != expected
+}
+
+/// If the parent is gone, SIGKILLs the worker's process group and the worker: nobody is left to reap the task's
+/// children. A backstop for the parent-death signal, which a task could block or ignore, and which can arrive
+/// after a worker that saw its channel close has already exited. Returns only while the parent lives.
+pub fn leave_if_orphaned() {
+    if parent_gone() {
+        on_parent_death(PARENT_DEATH_SIGNAL);
+    }
+}
+
 fn install_parent_death_handler() -> Result<(), String> {
     // SAFETY: sigaction is plain old data; all-zero is a valid value (empty mask, no flags).
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };

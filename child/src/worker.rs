@@ -101,7 +101,10 @@ pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
             to_worker,
         },
     )?;
-    serve(to_supervisor, &from_supervisor, Place::Process)
+    let served = serve(to_supervisor, &from_supervisor, Place::Process);
+    // A closed channel may mean that the supervisor died: then take the task's children along.
+    crate::isolation::leave_if_orphaned();
+    served
 }
 
 /// Runs a worker on the calling thread, inside the supervisor's process (the `thread` and `serial` executors):
@@ -247,6 +250,8 @@ fn start_flusher(outbox: Arc<Mutex<Outbox>>) -> FlusherGuard {
     let _ = std::thread::Builder::new().name("flusher".into()).spawn(move || {
         loop {
             std::thread::sleep(interval);
+            // While an item runs nothing else notices a dead supervisor if the parent-death signal was lost.
+            crate::isolation::leave_if_orphaned();
             let Ok(mut outbox) = flushed.lock() else { return };
             if !outbox.open || (outbox.due() && outbox.flush().is_err()) {
                 return;

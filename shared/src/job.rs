@@ -1004,6 +1004,44 @@ mod tests {
     }
 
     #[test]
+    fn isolation_keys_parse_and_bad_ones_are_located() {
+        let base = "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[workers]\n";
+        let spec = parse(base).expect("valid");
+        assert_eq!(spec.workers.isolation.open_files, DEFAULT_OPEN_FILES);
+        assert!(!spec.workers.isolation.is_set());
+        let spec = parse(&format!(
+            "{base}open_files = 64\nenv_clear = true\nenv = {{ B = \"2\", A = \"1\" }}\nuser = \"nobody\"\ngroup = \"nogroup\"\n"
+        ))
+        .expect("valid");
+        let isolation = &spec.workers.isolation;
+        assert_eq!(isolation.open_files, 64);
+        assert!(isolation.env_clear);
+        assert_eq!(
+            isolation.env,
+            vec![("A".to_string(), "1".to_string()), ("B".to_string(), "2".to_string())]
+        );
+        assert_eq!(isolation.user.as_ref().map(|u| u.get_ref().as_str()), Some("nobody"));
+        assert_eq!(isolation.group.as_ref().map(|g| g.get_ref().as_str()), Some("nogroup"));
+
+        let (line, column, message) = error_of(&format!("{base}open_files = 3\n"));
+        assert_eq!((line, column), (6, 14));
+        assert!(message.contains("from 16 to 1048576"), "{message}");
+        let (line, _, message) = error_of(&format!("{base}env = {{ A = 1 }}\n"));
+        assert_eq!(line, 6);
+        assert!(message.contains("`env.A` is 1: expected a string"), "{message}");
+        let (line, _, message) = error_of(&format!("{base}env = {{ \"A=B\" = \"x\" }}\n"));
+        assert_eq!(line, 6);
+        assert!(message.contains("not a variable name"), "{message}");
+        let (line, _, message) = error_of(&format!("{base}user = \"\"\n"));
+        assert_eq!(line, 6);
+        assert!(message.contains("`user` is empty"), "{message}");
+        let (line, _, message) = error_of(&format!("{base}executor = \"thread\"\nenv_clear = true\n"));
+        assert_eq!(line, 6);
+        assert!(message.contains("needs worker processes"), "{message}");
+        assert!(env_allowed("PATH") && env_allowed("LC_ALL") && !env_allowed("AWS_SECRET_ACCESS_KEY"));
+    }
+
+    #[test]
     fn halt_policies() {
         assert_eq!(Halt::parse("never"), Ok(Halt::NEVER));
         let first = Halt::parse("first-failure").expect("valid");
