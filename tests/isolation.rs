@@ -252,6 +252,48 @@ batch = 1
     assert_dead(&spawned, &finished);
 }
 
+/// A child that left its worker's process group (as a daemon would) escapes the kill of the group, but once its
+/// worker is gone it is orphaned to the supervisor, a child subreaper, which kills it: after a crash, and after
+/// a worker that ended normally at the end of the job.
+fn children_that_left_the_group_are_killed_once_orphaned(start: &str) {
+    let job = Job::new(&format!(
+        r#"
+[input]
+range = {{ start = 0, end = 4 }}
+
+[task]
+builtin = "fault"
+
+[task.args]
+spawn_detached = [1, 2]
+segfault = [1]
+pid_dir = "{PIDS_PLACEHOLDER}"
+
+[workers]
+start = "{start}"
+count = 1
+batch = 1
+"#
+    ));
+    let finished = Run::start(&job, &[], None).wait();
+    assert_eq!(finished.status.code(), Some(1), "{finished}");
+    let records = records_by_item(&job);
+    assert_eq!(
+        records[&1].error.as_ref().and_then(|e| e.signal.as_deref()),
+        Some("SIGSEGV")
+    );
+    assert_eq!(records[&2].status, "ok", "{finished}");
+    let spawned: Vec<Proc> = [1, 2]
+        .iter()
+        .map(|&item| {
+            read_pids(&job, item)
+                .unwrap_or_else(|| panic!("no pid file for item {item}\n{finished}"))
+                .1
+        })
+        .collect();
+    assert_dead(&spawned, &finished);
+}
+
 /// `kill -9` of the supervisor takes its worker and the worker's child with it (the worker's parent-death
 /// signal kills its whole process group), and leaves no temp file.
 fn grandchildren_die_with_a_sigkilled_supervisor(start: &str) {
@@ -551,6 +593,7 @@ start_methods! {
     env_without_env_clear_adds_to_the_inherited_environment,
     grandchildren_die_with_their_worker,
     grandchildren_die_with_a_sigkilled_supervisor,
+    children_that_left_the_group_are_killed_once_orphaned,
     a_worker_ignoring_sigterm_is_killed_after_the_grace_period,
     writing_to_mapped_input_faults_and_changes_nothing,
     workers_switch_to_the_configured_user,

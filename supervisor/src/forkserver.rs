@@ -99,6 +99,7 @@ impl ForkServer {
             }
             Forked::Parent { child } => {
                 drop(theirs);
+                crate::orphans::register(child);
                 let (sender, replies) = std_mpsc::channel();
                 let exits = Arc::new(Mutex::new(ExitBoard::default()));
                 let reader_socket = ours.try_clone()?;
@@ -168,6 +169,7 @@ impl ForkServer {
             // An empty message reads as end of stream to the fork server.
             let _ = linux::send_message(self.control.as_fd(), &[], &[]);
             let _ = linux::wait4(self.pid);
+            crate::orphans::forget(self.pid);
             *reaped = true;
         }
     }

@@ -39,6 +39,7 @@ pub mod forkserver;
 pub mod isolation;
 pub mod journal;
 pub mod linux;
+pub mod orphans;
 pub mod plan;
 pub mod pool;
 pub mod report;

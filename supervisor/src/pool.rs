@@ -168,17 +168,22 @@ impl Launcher {
 fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::io::Result<Started> {
     match starter {
         Starter::Spawn => {
-            let mut child = Command::new(exe)
-                .arg(WORKER_ARG)
-                .arg(name)
-                .env(child::worker::PARENT_PID_ENV, std::process::id().to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|error| {
-                    std::io::Error::new(error.kind(), format!("cannot start {}: {error}", exe.display()))
-                })?;
+            // Registered as it starts, so that a sweep for orphans never takes it for one.
+            let mut child = crate::orphans::spawn_registered(|| {
+                let child = Command::new(exe)
+                    .arg(WORKER_ARG)
+                    .arg(name)
+                    .env(child::worker::PARENT_PID_ENV, std::process::id().to_string())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|error| {
+                        std::io::Error::new(error.kind(), format!("cannot start {}: {error}", exe.display()))
+                    })?;
+                let pid = child.id() as i32;
+                Ok((child, pid))
+            })?;
             let pid = child.id();
             // Nothing reaps the child before its waiter starts (after this returns), so the pid still names it.
             let pidfd = match Pidfd::open(pid as i32) {
@@ -186,6 +191,7 @@ fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::i
                 Err(error) => {
                     let _ = child.kill();
                     let _ = child.wait();
+                    crate::orphans::forget(pid as i32);
                     return Err(error);
                 }
             };
@@ -199,7 +205,11 @@ fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::i
                 pid,
                 pidfd,
                 stderr,
-                wait: Box::new(move || wait4_and_kill_group(pid as i32).unwrap_or(UNKNOWN_EXIT)),
+                wait: Box::new(move || {
+                    let info = wait4_and_kill_group(pid as i32).unwrap_or(UNKNOWN_EXIT);
+                    crate::orphans::forget(pid as i32);
+                    info
+                }),
             })
         }
         Starter::Thread => Err(std::io::Error::other("worker threads are not processes")),
@@ -259,6 +269,8 @@ fn launch(
         let name = name.clone();
         spawn_thread("worker-waiter", move || {
             let info = wait();
+            // Children of the task that left the worker's group and were orphaned are now ours.
+            crate::orphans::sweep();
             // The worker is dead: unblock accept() in case it never connected. Fails harmlessly otherwise.
             if let Ok(sender) = IpcSender::<FromWorker>::connect(name) {
                 let _ = sender.send(FromWorker::NeverConnected);

@@ -59,6 +59,11 @@ pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
     if spec.workers.executor != Executor::Process {
         return Ok(Starter::Thread);
     }
+    // Orphaned children of tasks come to this process, which kills them (see `orphans`). Not fatal: without it
+    // they go to init, as before.
+    if let Err(error) = crate::orphans::adopt() {
+        eprintln!("warning: cannot become a child subreaper: {error}");
+    }
     match spec.workers.start {
         StartMethod::Spawn => Ok(Starter::Spawn),
         StartMethod::Forkserver => {
@@ -140,6 +145,7 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
     )
     .await;
     starter.shut_down();
+    crate::orphans::sweep_until_clean();
     let outcome = outcome?;
     let mut journal_kept = None;
     if let Some(results) = &spec.output.results {

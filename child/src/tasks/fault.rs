@@ -82,6 +82,12 @@ pub(super) const ARGS: &[ArgInfo] = &[
         help: "items that first start a `sleep 1000` child process, then go on (to a crash, a hang, or their value)",
     },
     ArgInfo {
+        name: "spawn_detached",
+        kind: "[int]",
+        default: "[]",
+        help: "like `spawn`, but the child leaves the worker's process group (a process group of its own)",
+    },
+    ArgInfo {
         name: "ignore_sigterm",
         kind: "[int]",
         default: "[]",
@@ -120,6 +126,8 @@ struct FaultArgs {
     #[serde(default)]
     spawn: Vec<u64>,
     #[serde(default)]
+    spawn_detached: Vec<u64>,
+    #[serde(default)]
     ignore_sigterm: Vec<u64>,
     pid_dir: Option<std::path::PathBuf>,
 }
@@ -146,7 +154,9 @@ impl Task for Fault {
             unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
         }
         let spawned = if a.spawn.contains(&index) {
-            Some(spawn_sleeper()?)
+            Some(spawn_sleeper(false)?)
+        } else if a.spawn_detached.contains(&index) {
+            Some(spawn_sleeper(true)?)
         } else {
             None
         };
@@ -203,6 +213,7 @@ impl FaultArgs {
             &self.error,
             &self.write_input,
             &self.spawn,
+            &self.spawn_detached,
             &self.ignore_sigterm,
         ]
         .iter()
@@ -211,10 +222,16 @@ impl FaultArgs {
 }
 
 /// Starts `sleep 1000` with no standard streams: a grandchild of the supervisor that would outlive its worker
-/// unless something kills it.
-fn spawn_sleeper() -> Result<std::process::Child, String> {
+/// unless something kills it. A `detached` one leads a process group of its own, out of reach of a kill of the
+/// worker's group.
+fn spawn_sleeper(detached: bool) -> Result<std::process::Child, String> {
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    Command::new("sleep")
+    let mut command = Command::new("sleep");
+    if detached {
+        command.process_group(0);
+    }
+    command
         .arg("1000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
