@@ -26,6 +26,12 @@
 //! **How a stop flows.** SIGINT/SIGTERM become a [`signal::StopSignal`]; the dispatcher stops handing out work,
 //! asks workers to shut down, kills them after a grace period (or at once on a second signal), writes what is
 //! done, and exits 130/143. Workers also die with the supervisor through `PR_SET_PDEATHSIG`.
+//!
+//! **How a worker is confined.** Each worker confines itself (`child::isolation`): no inherited descriptors, its
+//! own process group, no new privileges, `/` as its folder; at `Init` a descriptor limit, the job's environment
+//! and, as root, another user ([`isolation`] resolves it). When a worker dies, its process group is killed before
+//! it is reaped ([`linux::wait4_and_kill_group`]), and children of its task that left the group are killed once
+//! they are orphaned to the supervisor, a child subreaper ([`orphans`]).
 
 pub mod batching;
 pub mod bench;
