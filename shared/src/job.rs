@@ -219,10 +219,11 @@ impl WorkersSpec {
                 "[workers] start = \"forkserver\"",
             ),
             (self.core_dumps, "[workers] core_dumps"),
-            (
-                self.isolation.is_set(),
-                "[workers] open_files, env_clear, env, user and group",
-            ),
+            (self.isolation.open_files != DEFAULT_OPEN_FILES, "[workers] open_files"),
+            (self.isolation.env_clear, "[workers] env_clear"),
+            (!self.isolation.env.is_empty(), "[workers] env"),
+            (self.isolation.user.is_some(), "[workers] user"),
+            (self.isolation.group.is_some(), "[workers] group"),
         ]
         .into_iter()
         .find_map(|(set, key)| set.then_some(key))
@@ -1037,7 +1038,10 @@ mod tests {
         assert!(message.contains("`user` is empty"), "{message}");
         let (line, _, message) = error_of(&format!("{base}executor = \"thread\"\nenv_clear = true\n"));
         assert_eq!(line, 6);
-        assert!(message.contains("needs worker processes"), "{message}");
+        assert!(
+            message.contains("[workers] env_clear needs worker processes"),
+            "{message}"
+        );
         assert!(env_allowed("PATH") && env_allowed("LC_ALL") && !env_allowed("AWS_SECRET_ACCESS_KEY"));
     }
 
