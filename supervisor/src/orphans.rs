@@ -61,37 +61,62 @@ pub fn forget(pid: i32) {
 }
 
 /// SIGKILLs and reaps every child of this process that is neither a worker nor the fork server; returns how many.
-/// Does nothing unless [`adopt`] was called.
+/// Does nothing unless [`adopt`] was called. Cheap: it reads this process's own threads' `children` files.
 pub fn sweep() -> usize {
     if !ADOPTING.load(Ordering::Relaxed) {
         return 0;
     }
-    let known = KNOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let orphans: Vec<i32> = children_of_self()
-        .into_iter()
-        .filter(|pid| !known.contains(pid))
-        .collect();
-    for &pid in &orphans {
-        // SAFETY: kill takes integers. `pid` is an unreaped child of this process, so it names that child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        let _ = crate::linux::wait4(pid);
-    }
-    orphans.len()
+    let candidates = thread_children().unwrap_or_else(children_by_scan);
+    kill_unknown(&candidates)
 }
 
-/// Sweeps until a sweep finds nothing (at most a few rounds a short while apart): a process killed by one sweep
-/// may leave orphans of its own, which reach this process only after it died.
+/// Sweeps with a full scan of `/proc` until a sweep finds nothing (at most a few rounds a short while apart): a
+/// process killed by one sweep may leave orphans of its own, which reach this process only after it died.
 pub fn sweep_until_clean() {
+    if !ADOPTING.load(Ordering::Relaxed) {
+        return;
+    }
     for _ in 0..5 {
-        if sweep() == 0 {
+        if kill_unknown(&children_by_scan()) == 0 {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
-/// The pids whose parent is this process (from `/proc/<pid>/stat`).
-fn children_of_self() -> Vec<i32> {
+/// Kills and reaps those of `candidates` (found without the lock) that are, with the lock held, still children of
+/// this process and not known. Under the lock a new worker is either already known or not yet started, and no
+/// other sweep can reap a candidate, so a pid checked here cannot be reused before it is killed.
+fn kill_unknown(candidates: &[i32]) -> usize {
+    let me = std::process::id() as i32;
+    let known = KNOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut killed = 0;
+    for &pid in candidates {
+        if known.contains(&pid) || parent_of(pid) != Some(me) {
+            continue;
+        }
+        // SAFETY: kill takes integers. `pid` is an unreaped child of this process, so it names that child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = crate::linux::wait4(pid);
+        killed += 1;
+    }
+    drop(known);
+    killed
+}
+
+/// The children of every thread of this process (`/proc/self/task/<tid>/children`), or `None` when the kernel
+/// does not provide those files.
+fn thread_children() -> Option<Vec<i32>> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let text = std::fs::read_to_string(task.ok()?.path().join("children")).ok()?;
+        children.extend(text.split_whitespace().filter_map(|pid| pid.parse::<i32>().ok()));
+    }
+    Some(children)
+}
+
+/// The pids whose parent is this process, from every `/proc/<pid>/stat`.
+fn children_by_scan() -> Vec<i32> {
     let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -269,8 +269,6 @@ fn launch(
         let name = name.clone();
         spawn_thread("worker-waiter", move || {
             let info = wait();
-            // Children of the task that left the worker's group and were orphaned are now ours.
-            crate::orphans::sweep();
             // The worker is dead: unblock accept() in case it never connected. Fails harmlessly otherwise.
             if let Ok(sender) = IpcSender::<FromWorker>::connect(name) {
                 let _ = sender.send(FromWorker::NeverConnected);
@@ -279,6 +277,9 @@ fn launch(
             let _ = eof.recv_timeout(Duration::from_millis(200));
             let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
             let _ = events.blocking_send(Event::Exited { id, info, stderr_tail });
+            // Children of the task that left the worker's group and were orphaned are now ours. After the event,
+            // so that the worker's replacement does not wait for the sweep.
+            crate::orphans::sweep();
         });
     }
 
