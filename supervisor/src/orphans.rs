@@ -5,7 +5,8 @@
 //! process loses its parent, the kernel hands it to the nearest ancestor that is a *child subreaper*
 //! (`PR_SET_CHILD_SUBREAPER`) instead of init. `supervisor run` makes itself one ([`adopt`]), so these orphans
 //! become its children, and after each worker's exit (and at the end of the run) it [`sweep`]s: every child that
-//! is not one of its own workers or its fork server is SIGKILLed and reaped.
+//! is not one of its own workers or its fork server is SIGKILLed and reaped. Sweeps after exits run on one sweeper
+//! thread and coalesce, at most one per `SWEEP_REST` (50 ms); the last one, at the end, scans all of `/proc`.
 //!
 //! Telling orphans from workers needs care: a worker just spawned is a child before anyone knows its pid. So
 //! workers are spawned while holding the registry lock ([`spawn_registered`]) and a sweep holds it too. A sweep
@@ -16,8 +17,9 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Mutex, OnceLock};
 
 /// Whether this process is a subreaper that sweeps (only `supervisor run` with worker processes).
 static ADOPTING: AtomicBool = AtomicBool::new(false);
@@ -59,6 +61,41 @@ pub fn forget(pid: i32) {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(&pid);
 }
+
+/// Asks for a [`sweep`] soon, on the sweeper thread (started on first use): requests that come while it sweeps
+/// or rests are served by one sweep, so a job whose workers die by the hundred does not pay a sweep per death.
+/// Does nothing unless [`adopt`] was called.
+pub fn request_sweep() {
+    if !ADOPTING.load(Ordering::Relaxed) {
+        return;
+    }
+    static SWEEPER: OnceLock<Option<std_mpsc::SyncSender<()>>> = OnceLock::new();
+    let sweeper = SWEEPER.get_or_init(|| {
+        let (sender, requests) = std_mpsc::sync_channel::<()>(1);
+        let started = std::thread::Builder::new()
+            .name("orphan-sweeper".into())
+            .spawn(move || {
+                while requests.recv().is_ok() {
+                    sweep();
+                    // Requests made meanwhile are already queued (one is enough); rest a little so they coalesce.
+                    std::thread::sleep(SWEEP_REST);
+                }
+            });
+        started.ok().map(|_| sender)
+    });
+    match sweeper {
+        // A full queue means a sweep is already due: nothing to add.
+        Some(sender) => {
+            let _ = sender.try_send(());
+        }
+        None => {
+            sweep();
+        }
+    }
+}
+
+/// Pause of the sweeper thread after each sweep.
+const SWEEP_REST: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// SIGKILLs and reaps every child of this process that is neither a worker nor the fork server; returns how many.
 /// Does nothing unless [`adopt`] was called. Cheap: it reads this process's own threads' `children` files.

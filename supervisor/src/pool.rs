@@ -277,9 +277,9 @@ fn launch(
             let _ = eof.recv_timeout(Duration::from_millis(200));
             let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
             let _ = events.blocking_send(Event::Exited { id, info, stderr_tail });
-            // Children of the task that left the worker's group and were orphaned are now ours. After the event,
-            // so that the worker's replacement does not wait for the sweep.
-            crate::orphans::sweep();
+            // Children of the task that left the worker's group and were orphaned are now ours: sweep soon, on
+            // the sweeper thread, so that nothing waits for it.
+            crate::orphans::request_sweep();
         });
     }
 
