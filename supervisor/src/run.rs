@@ -48,14 +48,15 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
         }
     }
     plan::check_task(&spec)?;
-    // Users and groups must exist and the supervisor must be allowed to switch to them: found before running.
-    crate::isolation::resolve(&spec)?;
     Ok(spec)
 }
 
 /// Prepares how workers will be started. For `forkserver` this forks the fork server, so it must run while
 /// the process is still single-threaded: before the async runtime exists.
 pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
+    // Users and groups must exist and the supervisor must be allowed to switch to them: found before anything
+    // starts. (`replay` runs no workers and does not care.)
+    crate::isolation::resolve(spec)?;
     if spec.workers.executor != Executor::Process {
         return Ok(Starter::Thread);
     }
@@ -241,6 +242,7 @@ fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
 
 pub async fn check(job: &Path) -> Result<i32, Error> {
     let spec = load(job, None)?;
+    crate::isolation::resolve(&spec)?;
     let items = Items::list(&spec).await?;
     println!(
         "{}: ok — {} items of {}, task `{}`, {} workers, results {}",
