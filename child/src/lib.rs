@@ -9,6 +9,7 @@
 //! A worker never decides policy (retries, timeouts, ordering): it runs what it is given and reports each item.
 
 pub mod hostile;
+pub mod isolation;
 pub mod limits;
 pub mod task;
 pub mod tasks;

@@ -66,3 +66,11 @@ pub fn arm_cpu_limit(seconds: u64) -> io::Result<()> {
     let soft = (cpu_seconds_used() + seconds + 1).min(hard);
     set(libc::RLIMIT_CPU, soft, hard)
 }
+
+/// Bounds the descriptors this process may hold to `count`, soft and hard (so the task cannot raise it), or to
+/// the current hard limit when that is lower (raising it would need a privilege).
+pub fn limit_open_files(count: u64) -> io::Result<()> {
+    let hard = get(libc::RLIMIT_NOFILE)?.rlim_max;
+    let count = count.min(hard);
+    set(libc::RLIMIT_NOFILE, count, count)
+}

@@ -18,10 +18,10 @@ use std::os::unix::net::UnixStream;
 use shared::frame::{self, FrameError, ReadError};
 use shared::item::{Batch, BatchItems, InputPlan};
 use shared::progress::ProgressWriter;
-use shared::protocol::WorkerLimits;
 use shared::protocol::{
     FromWorker, Outcome, PROTOCOL_VERSION, RESULT_FLUSH_INTERVAL_MS, TaskError, TaskErrorKind, ToWorker,
 };
+use shared::protocol::{Isolation, WorkerLimits};
 use shared::region::{MappedFile, SharedPage};
 use std::path::Path;
 
@@ -90,7 +90,7 @@ enum Place {
 /// `parent` is the pid that must be this process's parent (the supervisor, or the fork server that forked it):
 /// if it is already gone, the worker exits at once instead of running orphaned.
 pub fn run(parent: Option<i32>) -> Result<(), WorkerError> {
-    die_with_parent(parent)?;
+    crate::isolation::at_start(parent).map_err(WorkerError)?;
     ignore_interrupts();
     crate::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
     install_panic_capture();
@@ -111,7 +111,10 @@ pub fn run(parent: Option<i32>) -> Result<(), WorkerError> {
             pid: std::process::id(),
         },
     )?;
-    serve(uplink, &Socket(socket), Place::Process, hostile)
+    let served = serve(uplink, &Socket(socket), Place::Process, hostile);
+    // A closed channel may mean that the supervisor died: then take the task's children along.
+    crate::isolation::leave_if_orphaned();
+    served
 }
 
 /// Moves the channel off fd 0 to a close-on-exec descriptor (so that a program a task runs does not inherit
@@ -168,7 +171,16 @@ fn serve(
             input,
             limits,
             progress,
-        }) => match Worker::new(&task, &args_json, input, &limits, progress.as_deref(), place) {
+            isolation,
+        }) => match Worker::confined(
+            &task,
+            &args_json,
+            input,
+            &limits,
+            progress.as_deref(),
+            &isolation,
+            place,
+        ) {
             Ok(mut worker) => {
                 if let Some(hostile) = hostile {
                     hostile.at_init();
@@ -219,32 +231,6 @@ fn serve(
 fn send(to: &(impl Uplink + ?Sized), message: FromWorker) -> Result<(), WorkerError> {
     to.send(message)
         .map_err(|error| WorkerError(format!("cannot send to supervisor: {error}")))
-}
-
-/// Asks the kernel to SIGKILL this worker when the supervisor dies, then checks that the supervisor is still
-/// the parent (it may have died before the request was made).
-fn die_with_parent(expected: Option<i32>) -> Result<(), WorkerError> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and touches no memory of ours.
-        let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
-        if rc != 0 {
-            return Err(WorkerError(format!(
-                "prctl(PR_SET_PDEATHSIG): {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-    }
-    if let Some(expected) = expected {
-        // SAFETY: getppid has no preconditions.
-        let parent = unsafe { libc::getppid() };
-        if expected != parent {
-            return Err(WorkerError(format!(
-                "supervisor (pid {expected}) is gone before the worker started"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Results not sent yet, and the channel they go out on. Shared by the worker loop, which adds outcomes, and
@@ -371,6 +357,8 @@ fn start_flusher(outbox: Arc<Mutex<Outbox>>) -> FlusherGuard {
     let _ = std::thread::Builder::new().name("flusher".into()).spawn(move || {
         loop {
             std::thread::sleep(interval);
+            // While an item runs nothing else notices a dead supervisor if the parent-death signal was lost.
+            crate::isolation::leave_if_orphaned();
             let Ok(mut outbox) = flushed.lock() else { return };
             if !outbox.open || (outbox.due() && outbox.flush().is_err()) {
                 return;
@@ -451,6 +439,32 @@ struct Worker {
 }
 
 impl Worker {
+    /// A worker set up by `Init`: in a worker process, confined as `isolation` says (environment and descriptor
+    /// limit first; the switch of user last, once the progress slot and the input are open).
+    fn confined(
+        task_name: &str,
+        args_json: &str,
+        plan: InputPlan,
+        limits: &WorkerLimits,
+        progress: Option<&Path>,
+        isolation: &Isolation,
+        place: Place,
+    ) -> Result<Worker, String> {
+        if place == Place::Process {
+            crate::isolation::apply_init(isolation)?;
+        }
+        let worker = Worker::new(task_name, args_json, plan, limits, progress, place)?;
+        if let (Place::Process, Some(credentials)) = (place, isolation.credentials) {
+            crate::isolation::drop_privileges(credentials).map_err(|error| {
+                format!(
+                    "cannot switch to uid {} gid {}: {error}",
+                    credentials.uid, credentials.gid
+                )
+            })?;
+        }
+        Ok(worker)
+    }
+
     fn new(
         task_name: &str,
         args_json: &str,
@@ -761,6 +775,7 @@ mod tests {
                 },
                 limits: WorkerLimits::default(),
                 progress: None,
+                isolation: Default::default(),
             };
             sender.send(init).expect("send");
             sender

@@ -150,6 +150,57 @@ pub struct WorkersSpec {
     pub max_tasks: Option<u64>,
     /// `core_dumps`: allow workers to dump core (off by default).
     pub core_dumps: bool,
+    /// Isolation keys (`open_files`, `env_clear`, `env`, `user`, `group`): how each worker process is confined.
+    pub isolation: IsolationSpec,
+}
+
+/// Default `[workers] open_files`.
+pub const DEFAULT_OPEN_FILES: u64 = 1024;
+
+/// Variables a worker keeps with `[workers] env_clear = true` (besides `[workers] env` and every `LC_*`).
+pub const ENV_ALLOW_LIST: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+    "SUPERVISOR_PARENT_PID",
+];
+
+/// Whether `name` is kept by `env_clear`: on [`ENV_ALLOW_LIST`], or a locale variable `LC_*`.
+pub fn env_allowed(name: &str) -> bool {
+    ENV_ALLOW_LIST.contains(&name) || name.starts_with("LC_")
+}
+
+/// `[workers]` keys that confine worker processes (see docs/job-file.md and the README's security model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsolationSpec {
+    /// `open_files`: RLIMIT_NOFILE (soft and hard) of each worker; default [`DEFAULT_OPEN_FILES`].
+    pub open_files: u64,
+    /// `env_clear`: workers keep only [`env_allowed`] variables, plus `env`.
+    pub env_clear: bool,
+    /// `env`: variables set in every worker (after `env_clear`), sorted by name.
+    pub env: Vec<(String, String)>,
+    /// `user`: the user (name or numeric id) workers switch to after `Init`; needs a root supervisor.
+    pub user: Option<Spanned<String>>,
+    /// `group`: the group workers switch to; default the user's primary group.
+    pub group: Option<Spanned<String>>,
+}
+
+impl IsolationSpec {
+    /// Whether any key differs from its default (the keys need worker processes).
+    pub fn is_set(&self) -> bool {
+        self.open_files != DEFAULT_OPEN_FILES
+            || self.env_clear
+            || !self.env.is_empty()
+            || self.user.is_some()
+            || self.group.is_some()
+    }
 }
 
 /// `[workers] executor`: what runs the task.
@@ -191,6 +242,11 @@ impl WorkersSpec {
                 "[workers] start = \"forkserver\"",
             ),
             (self.core_dumps, "[workers] core_dumps"),
+            (self.isolation.open_files != DEFAULT_OPEN_FILES, "[workers] open_files"),
+            (self.isolation.env_clear, "[workers] env_clear"),
+            (!self.isolation.env.is_empty(), "[workers] env"),
+            (self.isolation.user.is_some(), "[workers] user"),
+            (self.isolation.group.is_some(), "[workers] group"),
         ]
         .into_iter()
         .find_map(|(set, key)| set.then_some(key))
@@ -408,6 +464,11 @@ struct RawWorkers {
     cpu_limit: Option<Spanned<String>>,
     max_tasks: Option<Spanned<u64>>,
     core_dumps: Option<bool>,
+    open_files: Option<Spanned<u64>>,
+    env_clear: Option<bool>,
+    env: Option<Spanned<toml::Table>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -682,6 +743,14 @@ impl JobSpec {
             other => other.map(Spanned::into_inner),
         };
         let executor_span = raw_workers.executor.as_ref().map(Spanned::span);
+        let isolation = isolation_spec(
+            raw_workers.open_files,
+            raw_workers.env_clear,
+            raw_workers.env,
+            raw_workers.user,
+            raw_workers.group,
+        )
+        .map_err(|(span, message)| fail(span, message))?;
         let workers = WorkersSpec {
             count,
             batch,
@@ -691,6 +760,7 @@ impl JobSpec {
             cpu_limit: positive(raw_workers.cpu_limit, "cpu_limit")?,
             max_tasks,
             core_dumps: raw_workers.core_dumps.unwrap_or(false),
+            isolation,
         };
         if let (Some(key), Some(span)) = (workers.process_only_conflict(&task), executor_span) {
             let executor = workers.executor.name();
@@ -810,6 +880,67 @@ fn file_type_name(file_type: &std::fs::FileType) -> &'static str {
     } else {
         "not a regular file"
     }
+}
+
+/// Validates the isolation keys of `[workers]`; an error is a span and a message.
+fn isolation_spec(
+    open_files: Option<Spanned<u64>>,
+    env_clear: Option<bool>,
+    env: Option<Spanned<toml::Table>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+) -> Result<IsolationSpec, (Range<usize>, String)> {
+    let open_files = match open_files {
+        None => DEFAULT_OPEN_FILES,
+        Some(n) if !(16..=1 << 20).contains(n.get_ref()) => {
+            return Err((
+                n.span(),
+                format!(
+                    "`open_files` is {}: expected an integer from 16 to 1048576",
+                    n.get_ref()
+                ),
+            ));
+        }
+        Some(n) => n.into_inner(),
+    };
+    let mut variables = Vec::new();
+    if let Some(table) = env {
+        let span = table.span();
+        for (name, value) in table.into_inner() {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err((
+                    span,
+                    format!("`env`: `{name}` is not a variable name (it must be non-empty, without `=` or NUL)"),
+                ));
+            }
+            match value {
+                toml::Value::String(text) if !text.contains('\0') => variables.push((name, text)),
+                other => {
+                    return Err((
+                        span,
+                        format!("`env.{name}` is {other}: expected a string without NUL characters"),
+                    ));
+                }
+            }
+        }
+    }
+    for (key, name) in [("user", &user), ("group", &group)] {
+        if let Some(name) = name
+            && (name.get_ref().is_empty() || name.get_ref().contains('\0'))
+        {
+            return Err((
+                name.span(),
+                format!("`{key}` is empty: expected a name such as \"nobody\" or an id"),
+            ));
+        }
+    }
+    Ok(IsolationSpec {
+        open_files,
+        env_clear: env_clear.unwrap_or(false),
+        env: variables,
+        user,
+        group,
+    })
 }
 
 /// A size given as an integer number of bytes or a string with a unit.
@@ -1003,6 +1134,47 @@ mod tests {
         );
         assert_eq!(line, 7);
         assert!(message.contains("[task] timeout needs worker processes"), "{message}");
+    }
+
+    #[test]
+    fn isolation_keys_parse_and_bad_ones_are_located() {
+        let base = "[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\n[workers]\n";
+        let spec = parse(base).expect("valid");
+        assert_eq!(spec.workers.isolation.open_files, DEFAULT_OPEN_FILES);
+        assert!(!spec.workers.isolation.is_set());
+        let spec = parse(&format!(
+            "{base}open_files = 64\nenv_clear = true\nenv = {{ B = \"2\", A = \"1\" }}\nuser = \"nobody\"\ngroup = \"nogroup\"\n"
+        ))
+        .expect("valid");
+        let isolation = &spec.workers.isolation;
+        assert_eq!(isolation.open_files, 64);
+        assert!(isolation.env_clear);
+        assert_eq!(
+            isolation.env,
+            vec![("A".to_string(), "1".to_string()), ("B".to_string(), "2".to_string())]
+        );
+        assert_eq!(isolation.user.as_ref().map(|u| u.get_ref().as_str()), Some("nobody"));
+        assert_eq!(isolation.group.as_ref().map(|g| g.get_ref().as_str()), Some("nogroup"));
+
+        let (line, column, message) = error_of(&format!("{base}open_files = 3\n"));
+        assert_eq!((line, column), (6, 14));
+        assert!(message.contains("from 16 to 1048576"), "{message}");
+        let (line, _, message) = error_of(&format!("{base}env = {{ A = 1 }}\n"));
+        assert_eq!(line, 6);
+        assert!(message.contains("`env.A` is 1: expected a string"), "{message}");
+        let (line, _, message) = error_of(&format!("{base}env = {{ \"A=B\" = \"x\" }}\n"));
+        assert_eq!(line, 6);
+        assert!(message.contains("not a variable name"), "{message}");
+        let (line, _, message) = error_of(&format!("{base}user = \"\"\n"));
+        assert_eq!(line, 6);
+        assert!(message.contains("`user` is empty"), "{message}");
+        let (line, _, message) = error_of(&format!("{base}executor = \"thread\"\nenv_clear = true\n"));
+        assert_eq!(line, 6);
+        assert!(
+            message.contains("[workers] env_clear needs worker processes"),
+            "{message}"
+        );
+        assert!(env_allowed("PATH") && env_allowed("LC_ALL") && !env_allowed("AWS_SECRET_ACCESS_KEY"));
     }
 
     #[test]

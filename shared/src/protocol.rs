@@ -42,6 +42,8 @@ pub enum ToWorker {
         limits: WorkerLimits,
         /// Where to map the progress slot (see [`crate::progress`]); `None` runs without one.
         progress: Option<PathBuf>,
+        /// How the worker confines itself before it answers `Ready`.
+        isolation: Isolation,
     },
     /// Process these items.
     Batch(Batch),
@@ -59,6 +61,27 @@ pub struct WorkerLimits {
     pub cpu_seconds_per_item: Option<u64>,
     /// Allow core dumps (RLIMIT_CORE raised to its hard limit) instead of turning them off.
     pub core_dumps: bool,
+}
+
+/// What a worker process does to itself at `Init`, besides its [`WorkerLimits`]: the `[workers]` keys
+/// `open_files`, `env_clear`, `env`, `user` and `group`, with names resolved to ids by the supervisor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// RLIMIT_NOFILE, soft and hard; `None` keeps the inherited limit.
+    pub open_files: Option<u64>,
+    /// Remove every variable not on the allow-list (`shared::job::env_allowed`) before setting `env`.
+    pub env_clear: bool,
+    /// Variables to set.
+    pub env: Vec<(String, String)>,
+    /// Switch to this user and group after `Init` has opened everything it needs.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user and group to run as (numeric: names were resolved by the supervisor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// Worker → supervisor.

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::item::{Batch, BatchItems, Chunk, InputPlan, Value};
-use shared::protocol::{FromWorker, Outcome, PROTOCOL_VERSION, TaskError, TaskErrorKind, ToWorker, WorkerLimits};
+use shared::protocol::{
+    Credentials, FromWorker, Isolation, Outcome, PROTOCOL_VERSION, TaskError, TaskErrorKind, ToWorker, WorkerLimits,
+};
 
 fn samples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protocol-v2")
@@ -68,6 +70,12 @@ fn version_two_samples_still_decode_and_encode_identically() {
             core_dumps: false,
         },
         progress: Some("/proc/1/fd/7".into()),
+        isolation: Isolation {
+            open_files: Some(1024),
+            env_clear: true,
+            env: vec![("LANG".into(), "C.UTF-8".into())],
+            credentials: Some(Credentials { uid: 65534, gid: 65534 }),
+        },
     };
     check("to-worker-init", &init, debug_eq);
     let batches = [

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use shared::item::Value;
 use shared::job::SuperviseSpec;
 use shared::progress::{ProgressReader, monotonic_ns};
-use shared::protocol::{FromWorker, Outcome, TaskErrorKind, ToWorker, WorkerLimits};
+use shared::protocol::{FromWorker, Isolation, Outcome, TaskErrorKind, ToWorker, WorkerLimits};
 use shared::region::SharedPage;
 use tokio::sync::mpsc;
 use tokio::time::{Instant as TokioInstant, sleep_until};
@@ -69,6 +69,8 @@ pub struct DispatchConfig {
     pub retries: u32,
     pub retry_backoff: Duration,
     pub limits: WorkerLimits,
+    /// What each worker process does to itself at `Init` (see `crate::isolation`).
+    pub isolation: Isolation,
     pub max_tasks: Option<u64>,
     pub supervise: SuperviseSpec,
     /// The items this run owns: its shard's block of item indices, or every item.
@@ -403,6 +405,7 @@ impl Dispatcher {
                     input: self.items.input_plan(),
                     limits: self.config.limits,
                     progress: worker.progress.as_ref().map(ProgressReader::path),
+                    isolation: self.config.isolation.clone(),
                 });
                 worker.sender = Some(to_worker);
                 worker.state = WorkerState::Initializing;

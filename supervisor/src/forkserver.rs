@@ -100,6 +100,7 @@ impl ForkServer {
             }
             Forked::Parent { child } => {
                 drop(theirs);
+                crate::orphans::register(child);
                 let (sender, replies) = std_mpsc::channel();
                 let exits = Arc::new(Mutex::new(ExitBoard::default()));
                 let reader_socket = ours.try_clone()?;
@@ -167,6 +168,7 @@ impl ForkServer {
             // An empty message reads as end of stream to the fork server.
             let _ = linux::send_message(self.control.as_fd(), &[], &[]);
             let _ = linux::wait4(self.pid);
+            crate::orphans::forget(self.pid);
             *reaped = true;
         }
     }
@@ -242,6 +244,8 @@ fn serve(control: OwnedFd, supervisor: i32) -> io::Result<()> {
             index -= 1;
             if ready[index] {
                 let (pid, _) = workers.swap_remove(index - 1);
+                // The worker is a zombie now (its pidfd is readable): its group id is still its own.
+                linux::kill_worker_group(pid as i32);
                 let info = linux::wait4(pid as i32).unwrap_or(LOST);
                 send(&control, &Reply::Exited { pid, info }, &[])?;
             }

@@ -31,6 +31,12 @@
 //! block of the item indices (the dispatcher gets it as a span), with its own results file and journal, and
 //! [`cpus`] sizes its pool to the CPUs the scheduler gave it. [`merge`] checks and combines the shards' results;
 //! [`export`] prints the scheduler's job description.
+//!
+//! **How a worker is confined.** Each worker confines itself (`child::isolation`): no inherited descriptors, its
+//! own process group, no new privileges, `/` as its folder; at `Init` a descriptor limit, the job's environment
+//! and, as root, another user ([`isolation`] resolves it). When a worker dies, its process group is killed before
+//! it is reaped ([`linux::wait4_and_kill_group`]), and children of its task that left the group are killed once
+//! they are orphaned to the supervisor, a child subreaper ([`orphans`]).
 
 pub mod batching;
 pub mod bench;
@@ -43,9 +49,11 @@ pub mod error;
 pub mod export;
 pub mod failure;
 pub mod forkserver;
+pub mod isolation;
 pub mod journal;
 pub mod linux;
 pub mod merge;
+pub mod orphans;
 pub mod plan;
 pub mod pool;
 pub mod report;

@@ -107,6 +107,40 @@ pub fn wait4(pid: i32) -> io::Result<ExitInfo> {
     })
 }
 
+/// Blocks until child `pid` has exited, without reaping it: it stays a zombie, so its pid (and the process
+/// group it leads) cannot be reused until [`wait4`] reaps it.
+pub fn wait_exited(pid: i32) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain old data; all-zero is valid. waitid writes into it through a valid pointer.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: see above; P_PID with WNOWAIT leaves the child waitable.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// SIGKILLs what is left of the process group a worker led: the children and grandchildren its task started
+/// and that did not leave the group. Call it while the worker is dead but not reaped (see [`wait_exited`]):
+/// then the group id is still the worker's own pid and cannot name anyone else's group. A group that no longer
+/// exists (no member left) is not an error.
+pub fn kill_worker_group(pid: i32) {
+    // SAFETY: killpg takes integers only; see above for why the group is the worker's.
+    unsafe { libc::killpg(pid, libc::SIGKILL) };
+}
+
+/// Waits for child `pid` to exit, kills what is left of its process group, then reaps it.
+pub fn wait4_and_kill_group(pid: i32) -> io::Result<ExitInfo> {
+    wait_exited(pid)?;
+    kill_worker_group(pid);
+    wait4(pid)
+}
+
 /// CPU time the calling thread has used.
 pub fn thread_cpu_time() -> Duration {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -34,7 +34,7 @@ use shared::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker};
 use tokio::sync::mpsc;
 
 use crate::forkserver::ForkServer;
-use crate::linux::{ExitInfo, Pidfd, wait4};
+use crate::linux::{ExitInfo, Pidfd, wait4_and_kill_group};
 
 /// How worker processes are created.
 #[derive(Debug, Clone)]
@@ -234,16 +234,21 @@ impl Launcher {
 fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> std::io::Result<Started> {
     match starter {
         Starter::Spawn => {
-            let mut child = Command::new(exe)
-                .arg(WORKER_ARG)
-                .env(child::worker::PARENT_PID_ENV, std::process::id().to_string())
-                .stdin(Stdio::from(channel))
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|error| {
-                    std::io::Error::new(error.kind(), format!("cannot start {}: {error}", exe.display()))
-                })?;
+            // Registered as it starts, so that a sweep for orphans never takes it for one.
+            let mut child = crate::orphans::spawn_registered(|| {
+                let child = Command::new(exe)
+                    .arg(WORKER_ARG)
+                    .env(child::worker::PARENT_PID_ENV, std::process::id().to_string())
+                    .stdin(Stdio::from(channel))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|error| {
+                        std::io::Error::new(error.kind(), format!("cannot start {}: {error}", exe.display()))
+                    })?;
+                let pid = child.id() as i32;
+                Ok((child, pid))
+            })?;
             let pid = child.id();
             // Nothing reaps the child before its waiter starts (after this returns), so the pid still names it.
             let pidfd = match Pidfd::open(pid as i32) {
@@ -251,6 +256,7 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
                 Err(error) => {
                     let _ = child.kill();
                     let _ = child.wait();
+                    crate::orphans::forget(pid as i32);
                     return Err(error);
                 }
             };
@@ -258,12 +264,17 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
                 Some(stderr) => File::from(OwnedFd::from(stderr)),
                 None => File::open("/dev/null")?,
             };
-            // Only the waiter reaps this pid; never waitpid(-1), which would steal other children's statuses.
+            // Only the waiter reaps this pid; never waitpid(-1), which would steal other children's statuses. Before
+            // reaping, it kills what is left of the worker's process group (its task's children).
             Ok(Started {
                 pid,
                 pidfd,
                 stderr,
-                wait: Box::new(move || wait4(pid as i32).unwrap_or(UNKNOWN_EXIT)),
+                wait: Box::new(move || {
+                    let info = wait4_and_kill_group(pid as i32).unwrap_or(UNKNOWN_EXIT);
+                    crate::orphans::forget(pid as i32);
+                    info
+                }),
             })
         }
         Starter::Thread => Err(std::io::Error::other("worker threads are not processes")),
@@ -330,6 +341,9 @@ fn launch(
             let _ = eof.recv_timeout(Duration::from_millis(200));
             let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
             let _ = events.blocking_send(Event::Exited { id, info, stderr_tail });
+            // Children of the task that left the worker's group and were orphaned are now ours: sweep soon, on
+            // the sweeper thread, so that nothing waits for it.
+            crate::orphans::request_sweep();
         });
     }
 

@@ -60,8 +60,16 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
 /// Prepares how workers will be started. For `forkserver` this forks the fork server, so it must run while
 /// the process is still single-threaded: before the async runtime exists.
 pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
+    // Users and groups must exist and the supervisor must be allowed to switch to them: found before anything
+    // starts. (`replay` runs no workers and does not care.)
+    crate::isolation::resolve(spec)?;
     if spec.workers.executor != Executor::Process {
         return Ok(Starter::Thread);
+    }
+    // Orphaned children of tasks come to this process, which kills them (see `orphans`). Not fatal: without it
+    // they go to init, as before.
+    if let Err(error) = crate::orphans::adopt() {
+        eprintln!("warning: cannot become a child subreaper: {error}");
     }
     match spec.workers.start {
         StartMethod::Spawn => Ok(Starter::Spawn),
@@ -152,6 +160,7 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
             cpu_seconds_per_item: spec.workers.cpu_limit.map(|limit| limit.as_secs_f64().ceil() as u64),
             core_dumps: spec.workers.core_dumps,
         },
+        isolation: crate::isolation::resolve(&spec)?,
         max_tasks: spec.workers.max_tasks,
         supervise: spec.supervise.clone(),
         span: span.clone(),
@@ -169,6 +178,7 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     )
     .await;
     starter.shut_down();
+    crate::orphans::sweep_until_clean();
     let outcome = outcome?;
     if let Some(warning) = crate::sigbus::changed_during_job(&items) {
         eprintln!("{warning}");
@@ -293,6 +303,7 @@ fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
 
 pub async fn check(job: &Path) -> Result<i32, Error> {
     let spec = load(job, None)?;
+    crate::isolation::resolve(&spec)?;
     let items = Items::list(&spec).await?;
     println!(
         "{}: ok — {} items of {}, task `{}`, {} workers, results {}",

@@ -93,7 +93,37 @@ pub(super) const ARGS: &[ArgInfo] = &[
         name: "once_dir",
         kind: "path",
         default: "none",
-        help: "if set, each listed item misbehaves only on its first attempt (a marker file `fault-<item>` there records it)",
+        help: "if set, each listed item misbehaves only on its first attempt (a marker file `fault-<item>` there records it); absolute",
+    },
+    ArgInfo {
+        name: "write_input",
+        kind: "[int]",
+        default: "[]",
+        help: "items that write through the pointer to their mapped input bytes (SIGSEGV: the mapping is read-only)",
+    },
+    ArgInfo {
+        name: "spawn",
+        kind: "[int]",
+        default: "[]",
+        help: "items that first start a `sleep 1000` child process, then go on (to a crash, a hang, or their value)",
+    },
+    ArgInfo {
+        name: "spawn_detached",
+        kind: "[int]",
+        default: "[]",
+        help: "like `spawn`, but the child leaves the worker's process group (a process group of its own)",
+    },
+    ArgInfo {
+        name: "ignore_sigterm",
+        kind: "[int]",
+        default: "[]",
+        help: "items that make their worker ignore SIGTERM, then go on",
+    },
+    ArgInfo {
+        name: "pid_dir",
+        kind: "path",
+        default: "none",
+        help: "if set, each listed item first writes `worker=<pid> child=<pid of its spawn, or 0> child_start=<its start time>` to `item-<n>` there; absolute",
     },
 ];
 
@@ -123,6 +153,15 @@ struct FaultArgs {
     #[serde(default)]
     huge: Vec<u64>,
     huge_size: Option<String>,
+    #[serde(default)]
+    write_input: Vec<u64>,
+    #[serde(default)]
+    spawn: Vec<u64>,
+    #[serde(default)]
+    spawn_detached: Vec<u64>,
+    #[serde(default)]
+    ignore_sigterm: Vec<u64>,
+    pid_dir: Option<std::path::PathBuf>,
 }
 
 struct Fault {
@@ -139,20 +178,7 @@ impl Task for Fault {
         if let Some(dir) = &a.once_dir {
             // create_new fails when the marker exists: this item already misbehaved once, so it behaves now.
             let marker = dir.join(format!("fault-{index}"));
-            let listed = [
-                &a.segfault,
-                &a.abort,
-                &a.panic,
-                &a.exit,
-                &a.hang,
-                &a.oom,
-                &a.error,
-                &a.huge,
-                &a.wait,
-            ]
-            .iter()
-            .any(|list| list.contains(&index));
-            if listed && std::fs::File::create_new(&marker).is_err() {
+            if a.listed(index) && std::fs::File::create_new(&marker).is_err() {
                 return Ok(Value::UInt(u128::from(index)));
             }
         }
@@ -166,6 +192,26 @@ impl Task for Fault {
         if let ItemInput::Bytes { data, .. } = item.input {
             let pages = data.iter().step_by(4096).chain(data.last());
             std::hint::black_box(pages.fold(0u8, |sum, b| sum.wrapping_add(*b)));
+        }
+        if a.ignore_sigterm.contains(&index) {
+            // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+        }
+        let spawned = if a.spawn.contains(&index) {
+            Some(spawn_sleeper(false)?)
+        } else if a.spawn_detached.contains(&index) {
+            Some(spawn_sleeper(true)?)
+        } else {
+            None
+        };
+        if let Some(dir) = a.pid_dir.as_ref().filter(|_| a.listed(index)) {
+            let child = spawned.as_ref().map_or(0, std::process::Child::id);
+            record_pids(dir, index, child)?;
+        }
+        // The child is neither waited for nor killed: whether it outlives the worker is what the test is about.
+        drop(spawned);
+        if a.write_input.contains(&index) {
+            write_through_input(&item);
         }
         if a.segfault.contains(&index) {
             let address = std::hint::black_box(std::ptr::null_mut::<u8>());
@@ -201,6 +247,82 @@ impl Task for Fault {
     }
 }
 
+impl FaultArgs {
+    /// Whether item `index` is in any of the lists.
+    fn listed(&self, index: u64) -> bool {
+        [
+            &self.segfault,
+            &self.abort,
+            &self.panic,
+            &self.exit,
+            &self.hang,
+            &self.oom,
+            &self.error,
+            &self.huge,
+            &self.wait,
+            &self.write_input,
+            &self.spawn,
+            &self.spawn_detached,
+            &self.ignore_sigterm,
+        ]
+        .iter()
+        .any(|list| list.contains(&index))
+    }
+}
+
+/// Starts `sleep 1000` with no standard streams: a grandchild of the supervisor that would outlive its worker
+/// unless something kills it. A `detached` one leads a process group of its own, out of reach of a kill of the
+/// worker's group.
+fn spawn_sleeper(detached: bool) -> Result<std::process::Child, String> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let mut command = Command::new("sleep");
+    if detached {
+        command.process_group(0);
+    }
+    command
+        .arg("1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|error| format!("fault: cannot start `sleep 1000`: {error}"))
+}
+
+/// Writes `worker=<pid> child=<pid> child_start=<start time>` to `<dir>/item-<index>`, atomically (a reader
+/// never sees half of it). The child's start time (field 22 of its `/proc/<pid>/stat`, 0 if unknown) lets a
+/// reader tell it from a later process that reuses its pid.
+fn record_pids(dir: &std::path::Path, index: u64, child: u32) -> Result<(), String> {
+    let start = std::fs::read_to_string(format!("/proc/{child}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields = stat.get(stat.rfind(')')? + 1..)?;
+            fields.split_whitespace().nth(22 - 3)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    let text = format!("worker={} child={child} child_start={start}\n", std::process::id());
+    let staged = dir.join(format!(".item-{index}.tmp"));
+    std::fs::write(&staged, text)
+        .and_then(|()| std::fs::rename(&staged, dir.join(format!("item-{index}"))))
+        .map_err(|error| format!("fault: cannot record pids in {}: {error}", dir.display()))
+}
+
+/// Writes one byte through the pointer to the item's mapped input. The mapping is read-only, so the write
+/// faults and the kernel kills the worker with SIGSEGV; the file is never changed. An item without bytes (a
+/// range item, an empty file) returns and succeeds.
+fn write_through_input(item: &Item<'_>) {
+    if let crate::task::ItemInput::Bytes { data, .. } = item.input
+        && !data.is_empty()
+    {
+        let address = std::hint::black_box(data.as_ptr().cast_mut());
+        // SAFETY: not safe, on purpose: this is the injected fault. The bytes are in a read-only mapping, so the
+        // write faults before anything is written (and the file was opened read-only, so no mapping of it can
+        // be made writable).
+        unsafe { address.write_volatile(!address.read_volatile()) };
+        unreachable!("a write to read-only mapped input returned");
+    }
+}
+
 /// Allocates and touches 16 MiB blocks. Under a memory limit the allocator fails and Rust aborts the process;
 /// without one, gives up at `cap` bytes and returns the message to report.
 fn allocate_until_failure(cap: u64) -> String {
@@ -233,6 +355,17 @@ pub(super) fn build(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
         return Err("bad args for task `fault`: `wait` needs `wait_for`, the file to wait for".to_string());
     }
     let exit_code = args.exit_code.unwrap_or(3);
+    // Workers run in `/`: a relative folder would not mean what the job file's author meant.
+    for (key, dir) in [("once_dir", &args.once_dir), ("pid_dir", &args.pid_dir)] {
+        if let Some(dir) = dir
+            && !dir.is_absolute()
+        {
+            return Err(format!(
+                "bad args for task `fault`: `{key}` = {:?} must be an absolute path (workers run in /)",
+                dir.display().to_string()
+            ));
+        }
+    }
     Ok(Box::new(Fault {
         args,
         exit_code,

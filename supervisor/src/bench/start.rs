@@ -108,6 +108,7 @@ impl Worker {
                         },
                         limits: WorkerLimits::default(),
                         progress: None,
+                        isolation: Default::default(),
                     });
                     to_worker = Some(sender);
                 }
