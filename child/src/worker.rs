@@ -7,6 +7,7 @@
 //! (a signal, `exit`, an allocation failure) is for the supervisor to notice and attribute.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -22,10 +23,14 @@ use shared::protocol::{
 use shared::region::{MappedFile, SharedPage};
 use std::path::Path;
 
-use crate::task::{Item, ItemInput, Task, lookup};
+use crate::task::{Item, ItemContext, ItemInput, Task, lookup};
 
 /// Environment variable through which the supervisor passes its pid to an exec'ed worker (see [`run`]).
 pub const PARENT_PID_ENV: &str = "SUPERVISOR_PARENT_PID";
+
+/// First argument of a worker process: the supervisor starts `supervisor __worker NAME` (or, for a
+/// `worker_bin` job, `the-user-binary __worker NAME`).
+pub const WORKER_ARG: &str = "__worker";
 
 /// Why a worker stopped abnormally (its exit code is then non-zero; the message goes to stderr).
 #[derive(Debug)]
@@ -84,6 +89,12 @@ enum Place {
 /// `parent` is the pid that must be this process's parent (the supervisor, or the fork server that forked it):
 /// if it is already gone, the worker exits at once instead of running orphaned.
 pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
+    run_with(server_name, parent, None)
+}
+
+/// [`run`] with the task compiled into this binary (`custom`, see [`crate::serve`]) instead of the one `Init`
+/// names.
+pub fn run_with(server_name: &str, parent: Option<i32>, custom: Option<Box<dyn Task>>) -> Result<(), WorkerError> {
     die_with_parent(parent)?;
     ignore_interrupts();
     crate::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
@@ -101,18 +112,23 @@ pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
             to_worker,
         },
     )?;
-    serve(to_supervisor, &from_supervisor, Place::Process)
+    serve(to_supervisor, &from_supervisor, Place::Process, custom)
 }
 
 /// Runs a worker on the calling thread, inside the supervisor's process (the `thread` and `serial` executors):
 /// the same loop and task code as a worker process, without isolation.
 pub fn run_in_thread(to: impl Uplink, from: &std::sync::mpsc::Receiver<ToWorker>) -> Result<(), WorkerError> {
     install_panic_capture();
-    serve(to, from, Place::Thread)
+    serve(to, from, Place::Thread, None)
 }
 
 /// The worker loop after the handshake: `Init`, then batches until `Shutdown` or a closed channel.
-fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), WorkerError> {
+fn serve(
+    to: impl Uplink,
+    from: &impl Downlink,
+    place: Place,
+    custom: Option<Box<dyn Task>>,
+) -> Result<(), WorkerError> {
     fn received(what: &'static str) -> impl Fn(String) -> WorkerError {
         move |error| WorkerError(format!("cannot receive {what}: {error}"))
     }
@@ -123,7 +139,7 @@ fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), Work
             input,
             limits,
             progress,
-        }) => match Worker::new(&task, &args_json, input, &limits, progress.as_deref(), place) {
+        }) => match Worker::new(&task, &args_json, input, &limits, progress.as_deref(), place, custom) {
             Ok(worker) => worker,
             Err(message) => {
                 send(
@@ -152,6 +168,10 @@ fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), Work
         match from.recv().map_err(received("from the supervisor"))? {
             Some(ToWorker::Batch(batch)) => worker.run_batch(&batch, &outbox)?,
             Some(ToWorker::Shutdown) | None => return Ok(()),
+            Some(ToWorker::Identity { worker: id }) => worker.context.worker = id,
+            Some(ToWorker::Attempt { item, attempt }) => {
+                worker.attempts.insert(item, attempt);
+            }
             Some(other @ ToWorker::Init { .. }) => {
                 return Err(WorkerError(format!("unexpected message after Init: {other:?}")));
             }
@@ -323,6 +343,7 @@ pub fn run_one(task_name: &str, args_json: &str, plan: InputPlan, batch: &Batch)
         &WorkerLimits::default(),
         None,
         Place::Process,
+        None,
     )?;
     Ok(worker.run_item(batch, 0))
 }
@@ -334,6 +355,10 @@ struct Worker {
     mapped: Option<MappedFile>,
     progress: Option<ProgressWriter>,
     cpu_seconds_per_item: Option<u64>,
+    /// The worker's id and the current item's attempt, for the user's processes.
+    context: ItemContext,
+    /// Attempt numbers of retried items not yet run (told by `ToWorker::Attempt`).
+    attempts: HashMap<u64, u32>,
 }
 
 impl Worker {
@@ -344,6 +369,7 @@ impl Worker {
         limits: &WorkerLimits,
         progress: Option<&Path>,
         place: Place,
+        custom: Option<Box<dyn Task>>,
     ) -> Result<Worker, String> {
         if place == Place::Process {
             crate::limits::apply(limits).map_err(|error| format!("cannot apply resource limits: {error}"))?;
@@ -357,10 +383,18 @@ impl Worker {
             }
             None => None,
         };
-        let info = lookup(task_name).ok_or_else(|| format!("unknown task `{task_name}`"))?;
-        let args: serde_json::Value =
-            serde_json::from_str(args_json).map_err(|error| format!("task args are not JSON: {error}"))?;
-        let task = (info.build)(&args)?;
+        let task = match custom {
+            Some(task) => task,
+            None => match crate::user::build(task_name, args_json) {
+                Some(task) => task?,
+                None => {
+                    let info = lookup(task_name).ok_or_else(|| format!("unknown task `{task_name}`"))?;
+                    let args: serde_json::Value =
+                        serde_json::from_str(args_json).map_err(|error| format!("task args are not JSON: {error}"))?;
+                    (info.build)(&args)?
+                }
+            },
+        };
         let mapped = match &plan {
             InputPlan::File { path } => Some(
                 MappedFile::open(path).map_err(|error| format!("cannot map input file {}: {error}", path.display()))?,
@@ -374,6 +408,8 @@ impl Worker {
             mapped,
             progress,
             cpu_seconds_per_item,
+            context: ItemContext { worker: 0, attempt: 1 },
+            attempts: HashMap::new(),
         })
     }
 
@@ -388,6 +424,11 @@ impl Worker {
 
     fn run_item(&mut self, batch: &Batch, k: u64) -> Outcome {
         let index = batch.first + k;
+        self.context.attempt = if self.attempts.is_empty() {
+            1
+        } else {
+            self.attempts.remove(&index).unwrap_or(1)
+        };
         if let Some(seconds) = self.cpu_seconds_per_item {
             // Failing to arm the limit leaves the item without one; the wall-clock timeout still applies.
             let _ = crate::limits::arm_cpu_limit(seconds);
@@ -425,7 +466,7 @@ impl Worker {
                             path: &path,
                             offset: offset as u64,
                         };
-                        call_task(&mut *self.task, Item { index, input })
+                        call_task(&mut *self.task, Item { index, input }, &self.context)
                     }
                     None => Err(TaskError {
                         kind: TaskErrorKind::Error,
@@ -478,7 +519,7 @@ impl Worker {
     }
 
     fn call(&mut self, item: Item<'_>) -> Result<shared::item::Value, TaskError> {
-        call_task(&mut *self.task, item)
+        call_task(&mut *self.task, item, &self.context)
     }
 }
 
@@ -489,16 +530,13 @@ enum Prepared {
 }
 
 /// Runs the task on one item, turning a panic into the item's failure.
-fn call_task(task: &mut dyn Task, item: Item<'_>) -> Result<shared::item::Value, TaskError> {
+fn call_task(task: &mut dyn Task, item: Item<'_>, context: &ItemContext) -> Result<shared::item::Value, TaskError> {
     IN_TASK.with(|in_task| in_task.set(true));
-    let result = panic::catch_unwind(AssertUnwindSafe(|| task.run(item)));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| task.run_detailed(item, context)));
     IN_TASK.with(|in_task| in_task.set(false));
     match result {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(message)) => Err(TaskError {
-            kind: TaskErrorKind::Error,
-            message,
-        }),
+        Ok(Err(error)) => Err(error),
         Err(_) => {
             let message = LAST_PANIC
                 .with(|last| last.borrow_mut().take())

@@ -8,6 +8,7 @@
 //! - [`region`]: read-only memory-mapped files and shared pages, the one place that holds `unsafe` for mapping.
 //! - [`progress`]: the per-worker progress slot in a shared page: which item is running, since when.
 //! - [`units`]: human sizes (`4MiB`) and durations (`30s`).
+//! - [`usertask`]: the user's own work — `command`, persistent `worker`, `worker_bin` — and placeholders.
 //! - [`exit`]: the process exit codes the CLI documents.
 
 pub mod exit;
@@ -17,3 +18,4 @@ pub mod progress;
 pub mod protocol;
 pub mod region;
 pub mod units;
+pub mod usertask;

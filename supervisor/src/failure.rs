@@ -81,6 +81,44 @@ pub fn crash_failure(death: Death<'_>) -> Failure {
     }
 }
 
+/// The failure of an item the worker reported (the worker itself is fine): a task error or panic, or how the
+/// user's process that ran the item ended.
+pub fn task_failure(error: shared::protocol::TaskError) -> Failure {
+    use shared::protocol::TaskErrorKind;
+    let stderr_of = |text: String| (!text.trim().is_empty()).then(|| last_lines(&text));
+    let plain = |kind| Failure {
+        kind,
+        message: error.message.clone(),
+        signal: None,
+        code: None,
+        stderr: None,
+    };
+    match error.kind {
+        TaskErrorKind::Error => plain(FailureKind::Error),
+        TaskErrorKind::Panic => plain(FailureKind::Panic),
+        TaskErrorKind::Protocol { stderr } => Failure {
+            stderr: stderr_of(stderr),
+            ..plain(FailureKind::Protocol)
+        },
+        TaskErrorKind::Exit { code, stderr } => Failure {
+            code: Some(code),
+            stderr: stderr_of(stderr),
+            ..plain(FailureKind::Exit)
+        },
+        // The user's process inherits the worker's limits: RLIMIT_CPU ends it with SIGXCPU.
+        TaskErrorKind::Signal { signal, stderr } => Failure {
+            kind: if signal == libc::SIGXCPU {
+                FailureKind::Timeout
+            } else {
+                FailureKind::Signal
+            },
+            signal: Some(signal_name(signal)),
+            stderr: stderr_of(stderr),
+            ..plain(FailureKind::Signal)
+        },
+    }
+}
+
 /// How a worker ended, for messages: "was killed by SIGSEGV", "exited with code 3".
 pub fn describe_exit(status: ExitStatus) -> String {
     match status {
