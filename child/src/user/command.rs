@@ -22,7 +22,7 @@ use shared::protocol::{TaskError, TaskErrorKind};
 use shared::usertask::{CommandSpec, Parse, StdinMode};
 
 use super::json_to_value;
-use super::process::{capture, command, die_with_worker, ended};
+use super::process::{Guard, capture, command, die_with_worker, ended, reap_group};
 use crate::task::{Item, ItemContext, ItemInput, Task};
 
 /// Runs `command` once per item.
@@ -31,11 +31,17 @@ pub struct CommandTask {
     spec: CommandSpec,
     /// Holds the bytes of the current chunk when the item is not a whole file; created on first need.
     memfd: Option<File>,
+    /// Kills the commands' process groups if this worker dies; started with the first command.
+    guard: Option<Guard>,
 }
 
 impl CommandTask {
     pub fn new(spec: CommandSpec) -> CommandTask {
-        CommandTask { spec, memfd: None }
+        CommandTask {
+            spec,
+            memfd: None,
+            guard: None,
+        }
     }
 
     /// A memfd holding exactly `data`.
@@ -110,18 +116,27 @@ impl CommandTask {
         let mut command = command(&self.spec.process, &argv, context, Some(item.index));
         command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         die_with_worker(&mut command, keep_open);
+        if self.guard.is_none() {
+            self.guard = Some(Guard::start().map_err(|e| error(format!("cannot start the process guard: {e}")))?);
+        }
         let mut child = command
             .spawn()
             .map_err(|e| error(format!("cannot start `{}`: {e}", argv[0])))?;
+        let pgid = child.id();
+        if let Some(guard) = self.guard.as_mut() {
+            guard.watch(pgid);
+        }
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(error("the command's pipes were not created".into()));
         };
         let captured = capture(stdout, stderr, self.spec.process.max_output);
-        let status = child
-            .wait()
-            .map_err(|e| error(format!("cannot wait for `{}`: {e}", argv[0])))?;
+        // Whatever the command left running in its process group goes with it.
+        let status = reap_group(&mut child).map_err(|e| error(format!("cannot wait for `{}`: {e}", argv[0])))?;
+        if let Some(guard) = self.guard.as_mut() {
+            guard.forget(pgid);
+        }
         let mut captured = captured.map_err(|e| error(format!("cannot read the command's output: {e}")))?;
         let what = format!("command `{}`", argv[0]);
         if !status.success() {

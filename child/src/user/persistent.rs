@@ -24,7 +24,7 @@ use shared::protocol::{TaskError, TaskErrorKind};
 use shared::usertask::ProcessSpec;
 
 use super::json_to_value;
-use super::process::{Tail, command, die_with_worker, ended};
+use super::process::{Guard, Tail, command, die_with_worker, ended, has_ended, reap_group};
 use crate::task::{Item, ItemContext, ItemInput, Task};
 
 /// How long to wait for the last stderr bytes of a dead process (a grandchild may keep the pipe open).
@@ -35,6 +35,8 @@ const STDERR_GRACE: Duration = Duration::from_millis(200);
 pub struct PersistentTask {
     spec: ProcessSpec,
     running: Option<Running>,
+    /// Kills the process's group if this worker dies; started with the first process.
+    guard: Option<Guard>,
 }
 
 #[derive(Debug)]
@@ -49,10 +51,20 @@ struct Running {
 
 impl PersistentTask {
     pub fn new(spec: ProcessSpec) -> PersistentTask {
-        PersistentTask { spec, running: None }
+        PersistentTask {
+            spec,
+            running: None,
+            guard: None,
+        }
     }
 
-    fn start(&self, context: &ItemContext) -> Result<Running, TaskError> {
+    fn start(&mut self, context: &ItemContext) -> Result<Running, TaskError> {
+        if self.guard.is_none() {
+            self.guard = Some(Guard::start().map_err(|e| TaskError {
+                kind: TaskErrorKind::Error,
+                message: format!("cannot start the process guard: {e}"),
+            })?);
+        }
         let mut command = command(&self.spec, &self.spec.argv, context, None);
         command
             .stdin(Stdio::piped())
@@ -73,6 +85,9 @@ impl PersistentTask {
                 message: "the worker process's pipes were not created".into(),
             });
         };
+        if let Some(guard) = self.guard.as_mut() {
+            guard.watch(child.id());
+        }
         let tail = Arc::new(Mutex::new(Tail::default()));
         let (done, stderr_done) = mpsc::channel();
         let drained = Arc::clone(&tail);
@@ -141,7 +156,8 @@ impl PersistentTask {
                 message: "no worker process".into(),
             };
         };
-        let status = running.child.wait();
+        let status = reap_group(&mut running.child);
+        self.forget(&running);
         let stderr = take_tail(&running);
         let what = format!("worker `{}`", self.spec.argv[0]);
         match status {
@@ -163,10 +179,12 @@ impl PersistentTask {
             return String::new();
         };
         if kill {
-            let _ = running.child.kill();
+            // SAFETY: kill(2) touches no memory of ours; the group's leader is our unreaped child.
+            unsafe { libc::kill(-(running.child.id() as i32), libc::SIGKILL) };
         }
         drop(running.stdin.take());
-        let _ = running.child.wait();
+        let _ = reap_group(&mut running.child);
+        self.forget(&running);
         let mut tail = running.stderr.lock().map(|mut t| t.take()).unwrap_or_default();
         if tail.is_empty() {
             let _ = running.stderr_done.recv_timeout(STDERR_GRACE);
@@ -182,14 +200,23 @@ impl Drop for PersistentTask {
         if let Some(running) = self.running.as_mut() {
             // Closing stdin is the polite stop; give the process a moment before killing it.
             drop(running.stdin.take());
+            let pid = running.child.id();
             for _ in 0..50 {
-                if matches!(running.child.try_wait(), Ok(Some(_))) {
-                    return;
+                if has_ended(pid) {
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
         self.stop(true);
+    }
+}
+
+impl PersistentTask {
+    fn forget(&mut self, running: &Running) {
+        if let Some(guard) = self.guard.as_mut() {
+            guard.forget(running.child.id());
+        }
     }
 }
 

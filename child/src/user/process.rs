@@ -5,8 +5,9 @@
 //! stop, the user's command or persistent process goes with it and nothing is orphaned. The worker is a small
 //! process, so the fork path that a `pre_exec` hook forces costs little here.
 
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
 
@@ -33,8 +34,10 @@ pub fn command(spec: &ProcessSpec, argv: &[String], context: &ItemContext, item:
     command
 }
 
-/// Makes the child die with this worker (and, when `keep_open` is given, inherit that descriptor across exec).
+/// Makes the child die with this worker, in a process group of its own (so that the [`Guard`] can kill what it
+/// started too), and, when `keep_open` is given, inherit that descriptor across exec.
 pub fn die_with_worker(command: &mut Command, keep_open: Option<RawFd>) {
+    command.process_group(0);
     // SAFETY: getpid has no preconditions.
     let worker = unsafe { libc::getpid() };
     // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe functions (prctl,
@@ -57,6 +60,149 @@ pub fn die_with_worker(command: &mut Command, keep_open: Option<RawFd>) {
             Ok(())
         });
     }
+}
+
+/// Kills the process groups of the user's processes when this worker dies, however it dies.
+///
+/// `PR_SET_PDEATHSIG` kills the process the worker started, but not what that process started in turn (`sh -c
+/// 'sleep 1000'` leaves `sleep`; a Python pool leaves its children). So each user process gets a process group
+/// of its own, and a small guard process — forked from the worker, holding nothing but the read end of a pipe
+/// whose write end only the worker holds — learns each group as it starts. When the worker dies (a timeout kill,
+/// a crash, the supervisor going away) the pipe reaches end-of-file and the guard SIGKILLs every group it knows,
+/// then exits. When the worker ends normally it drops the guard, which does the same.
+#[derive(Debug)]
+pub struct Guard {
+    /// `None` once closed.
+    pipe: Option<File>,
+    pid: libc::pid_t,
+}
+
+/// Most process groups a guard tracks at once (a worker runs one user process at a time).
+const GUARD_GROUPS: usize = 64;
+
+impl Guard {
+    pub fn start() -> io::Result<Guard> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into the valid two-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the fds were just created and are owned by nothing else.
+        let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        // SAFETY: the forked child runs only async-signal-safe system calls (dup2, close_range, read, kill,
+        // _exit) on stack memory: it is safe even though this process may have other threads.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above; this never returns.
+            unsafe { guard_main(read.as_raw_fd()) }
+        }
+        drop(read);
+        Ok(Guard { pipe: Some(write), pid })
+    }
+
+    /// From now on, kill process group `pgid` when the worker dies.
+    pub fn watch(&mut self, pgid: u32) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            let _ = pipe.write_all(&(pgid as i32).to_ne_bytes());
+        }
+    }
+
+    /// Process group `pgid` is gone (killed and reaped by the worker): forget it.
+    pub fn forget(&mut self, pgid: u32) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            let _ = pipe.write_all(&(-(pgid as i32)).to_ne_bytes());
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Closing the pipe makes the guard kill what it still knows and exit; reap it.
+        drop(self.pipe.take());
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, writing its status into a valid local.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+}
+
+/// The guard process: reads 4-byte group numbers (negative: forget) until end-of-file, then kills the groups.
+///
+/// # Safety
+/// Must run only in a freshly forked child; it never returns.
+unsafe fn guard_main(read: RawFd) -> ! {
+    // SAFETY (whole function): only async-signal-safe calls on local memory.
+    unsafe {
+        // Keep nothing of the worker's open files (ipc-channel sockets above all: holding them would hide the
+        // worker's death from the supervisor) but the pipe, as fd 0.
+        libc::dup2(read, 0);
+        libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
+        let mut groups = [0i32; GUARD_GROUPS];
+        loop {
+            let mut bytes = [0u8; 4];
+            let n = libc::read(0, bytes.as_mut_ptr().cast(), 4);
+            if n == 4 {
+                let pgid = i32::from_ne_bytes(bytes);
+                if pgid > 0 {
+                    if let Some(slot) = groups.iter_mut().find(|slot| **slot == 0) {
+                        *slot = pgid;
+                    }
+                } else if let Some(slot) = groups.iter_mut().find(|slot| **slot == -pgid) {
+                    *slot = 0;
+                }
+            } else if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            } else {
+                break;
+            }
+        }
+        for &pgid in groups.iter().filter(|&&pgid| pgid > 0) {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        libc::_exit(0)
+    }
+}
+
+/// Waits for `child` (the leader of its own process group) to end, kills what it leaves running in its group,
+/// then reaps it. The leader is reaped last so that the group's id cannot be reused in between.
+pub fn reap_group(child: &mut std::process::Child) -> io::Result<ExitStatus> {
+    let pid = child.id();
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid fills it through a valid pointer. WNOWAIT leaves the child
+        // unreaped.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: see above.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            break;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    // SAFETY: kill(2) touches no memory of ours; the group's leader is our unreaped child, so the id is ours.
+    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    child.wait()
+}
+
+/// Whether the child `pid` has ended (without reaping it).
+pub fn has_ended(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid fills it through a valid pointer and reaps nothing (WNOWAIT).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+        )
+    };
+    // SAFETY: after a successful waitid the pid field is initialised (0 when nothing has ended yet).
+    rc == 0 && unsafe { info.si_pid() } != 0
 }
 
 /// The failure of an item whose process ended with `status` (not a success), with its stderr tail.
