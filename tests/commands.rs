@@ -12,6 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use common::{Prng, generated_text, read_records, run, tool, wc, write_file};
@@ -189,6 +190,44 @@ fn environment_folder_and_attempts_reach_the_command() {
         let expected = format!("hello there work {} {attempt}", record.item);
         assert_eq!(record.value.as_deref(), Some(expected.as_str()));
     }
+}
+
+/// The command inherits the worker's `memory_limit`: a Python command that allocates too much fails with kind
+/// `memory` (its MemoryError is in the stderr tail); the others are fine.
+#[test]
+fn a_command_over_the_memory_limit_fails_with_memory() {
+    if !Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "import sys; n = int(sys.argv[1]); b = bytearray((1 << 30) if n == 2 else 1000); print(n * n)";
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 5 }}\n[task]\ncommand = [\"python3\", \"-c\", \"{script}\", \"{{start}}\"]\n\
+             parse = \"json\"\n[workers]\ncount = 1\nmemory_limit = \"256MiB\"\n[output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    run(dir.path(), [OsStr::new("run"), job.as_os_str()], 1);
+    let records = read_records::<u64>(&dir.path().join("out.jsonl"));
+    for record in &records {
+        let (start, _) = record.input.range();
+        match &record.error {
+            Some(error) => {
+                assert_eq!((record.item, error.kind.as_str()), (2, "memory"), "{}", error.message);
+                assert_eq!(error.code, Some(1));
+            }
+            None => assert_eq!(record.value, Some(start * start)),
+        }
+    }
+    assert_eq!(records.iter().filter(|r| r.error.is_some()).count(), 1);
 }
 
 /// Mistakes in `[task]` are reported at their place in the job file, with exit code 2.
