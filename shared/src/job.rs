@@ -1169,6 +1169,60 @@ mod tests {
     }
 
     #[test]
+    fn user_tasks_resolve_with_defaults() {
+        let spec = parse(
+            "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"./score.py\", \"{path}\", \"{{x}}\"]\nenv = { A = \"1\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.task.builtin, "");
+        let Some(UserTask::Command(command)) = &spec.task.user else {
+            panic!("expected a command task, got {:?}", spec.task.user);
+        };
+        assert_eq!(command.process.argv, ["/jobs/./score.py", "{path}", "{{x}}"]);
+        assert_eq!(command.process.cwd, PathBuf::from("/jobs"));
+        assert_eq!(command.process.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!((command.parse, command.stdin), (Parse::Text, StdinMode::Item));
+        assert_eq!(command.process.max_output, crate::usertask::DEFAULT_MAX_OUTPUT);
+
+        let spec = parse("[input]\nrange = { start = 0, end = 1 }\n[task]\nworker = [\"python3\", \"w.py\"]\nmax_output = \"4KiB\"\n")
+            .expect("valid");
+        assert!(matches!(&spec.task.user, Some(UserTask::Worker(p)) if p.max_output == 4096 && p.argv[0] == "python3"));
+    }
+
+    #[test]
+    fn user_task_mistakes_are_located() {
+        let (line, column, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\ncommand = [\"cat\", \"{offset}\"]\n");
+        assert_eq!((line, column), (4, 11));
+        assert!(
+            message.contains("`{offset}`") && message.contains("{item}, {start}, {end}"),
+            "{message}"
+        );
+        let (line, _, message) = error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\ncommand = []\n");
+        assert_eq!(line, 4);
+        assert!(message.contains("`command` is empty"), "{message}");
+        let (line, _, message) = error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nworker_bin = \"/\"\n");
+        assert_eq!(line, 4);
+        assert!(message.contains("is not a regular file"), "{message}");
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\nenv = { A = \"1\" }\n");
+        assert_eq!(line, 5);
+        assert!(
+            message.contains("`env` applies only to a `command` or `worker` task, not to `builtin`"),
+            "{message}"
+        );
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\ncommand = [\"true\"]\nargs = { x = 1 }\n");
+        assert_eq!(line, 5);
+        assert!(message.contains("`args` applies only to a `builtin` task"), "{message}");
+        let (line, _, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nworker_bin = \"/bin/sh\"\n[workers]\nexecutor = \"thread\"\n",
+        );
+        assert_eq!(line, 4);
+        assert!(message.contains("cannot be used with executor"), "{message}");
+    }
+
+    #[test]
     fn snippet_points_at_the_column() {
         match parse("[input]\nrange = { start = 0, end = 1, chunk = 0 }\n[task]\nbuiltin = \"noop\"\n") {
             Err(error @ JobError::Invalid { .. }) => {
