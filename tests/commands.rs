@@ -259,6 +259,10 @@ fn task_mistakes_are_located() {
             "[input]\nrange = { start = 0, end = 3 }\n[task]\ntimeout = \"1s\"\n",
             "job.toml:3:1: [task] needs exactly one of",
         ),
+        (
+            "[input]\nrange = { start = 0, end = 3 }\n[task]\ncommand = [\"no-such-program-here\", \"{item}\"]\n",
+            "job.toml:4:11: `command`: program `no-such-program-here` is not found in PATH",
+        ),
     ];
     for (text, expected) in cases {
         let job = write_file(dir.path(), "job.toml", text);

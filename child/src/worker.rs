@@ -92,7 +92,7 @@ pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
     run_with(server_name, parent, None)
 }
 
-/// [`run`] with the task compiled into this binary (`custom`, see [`crate::serve`]) instead of the one `Init`
+/// [`run`] with the task compiled into this binary (`custom`, see [`crate::serve()`]) instead of the one `Init`
 /// names.
 pub fn run_with(server_name: &str, parent: Option<i32>, custom: Option<Box<dyn Task>>) -> Result<(), WorkerError> {
     die_with_parent(parent)?;

@@ -813,7 +813,7 @@ fn user_task(
     }
     let argv = |value: &Spanned<Vec<String>>| -> Result<Vec<String>, JobError> {
         let argv = value.get_ref().clone();
-        match argv.first() {
+        let argv = match argv.first() {
             None => Err(fail(
                 value.span(),
                 format!(
@@ -830,7 +830,11 @@ fn user_task(
                 Ok(argv)
             }
             Some(_) => Ok(argv),
-        }
+        }?;
+        // A program that cannot be started would fail every item: say so now, at its place.
+        find_program(&argv[0])
+            .map_err(|message| fail(value.span(), format!("`{kind}`: program `{}` {message}", argv[0])))?;
+        Ok(argv)
     };
     let process = |argv: Vec<String>| -> Result<ProcessSpec, JobError> {
         let max_output = match &raw.max_output {
@@ -889,6 +893,19 @@ fn user_task(
         }
         _ => None,
     })
+}
+
+/// Checks that `program` can be executed: a path as given, a bare name through `PATH`.
+fn find_program(program: &str) -> Result<(), String> {
+    if program.contains('/') {
+        return check_executable(Path::new(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| check_executable(&dir.join(program)).is_ok()) {
+        Ok(())
+    } else {
+        Err("is not found in PATH".into())
+    }
 }
 
 /// Whether `path` is a regular file someone may execute.
@@ -1171,22 +1188,24 @@ mod tests {
     #[test]
     fn user_tasks_resolve_with_defaults() {
         let spec = parse(
-            "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"./score.py\", \"{path}\", \"{{x}}\"]\nenv = { A = \"1\" }\n",
+            "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"sh\", \"{path}\", \"{{x}}\"]\nenv = { A = \"1\" }\n",
         )
         .expect("valid");
         assert_eq!(spec.task.builtin, "");
         let Some(UserTask::Command(command)) = &spec.task.user else {
             panic!("expected a command task, got {:?}", spec.task.user);
         };
-        assert_eq!(command.process.argv, ["/jobs/./score.py", "{path}", "{{x}}"]);
+        assert_eq!(command.process.argv, ["sh", "{path}", "{{x}}"]);
         assert_eq!(command.process.cwd, PathBuf::from("/jobs"));
         assert_eq!(command.process.env.get("A").map(String::as_str), Some("1"));
         assert_eq!((command.parse, command.stdin), (Parse::Text, StdinMode::Item));
         assert_eq!(command.process.max_output, crate::usertask::DEFAULT_MAX_OUTPUT);
 
-        let spec = parse("[input]\nrange = { start = 0, end = 1 }\n[task]\nworker = [\"python3\", \"w.py\"]\nmax_output = \"4KiB\"\n")
-            .expect("valid");
-        assert!(matches!(&spec.task.user, Some(UserTask::Worker(p)) if p.max_output == 4096 && p.argv[0] == "python3"));
+        let spec = parse(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nworker = [\"sh\", \"w.sh\"]\nmax_output = \"4KiB\"\n",
+        )
+        .expect("valid");
+        assert!(matches!(&spec.task.user, Some(UserTask::Worker(p)) if p.max_output == 4096 && p.argv[0] == "sh"));
     }
 
     #[test]
