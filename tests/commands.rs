@@ -124,6 +124,15 @@ fn chunks_reach_the_command_as_path_and_stdin() {
 /// succeed with 2·start, and nothing is left running.
 #[test]
 fn crashing_and_hanging_commands_fail_exactly_their_items() {
+    crashing_and_hanging_commands(&[]);
+}
+
+#[test]
+fn crashing_and_hanging_commands_fail_exactly_their_items_under_the_fork_server() {
+    crashing_and_hanging_commands(&["--start", "forkserver"]);
+}
+
+fn crashing_and_hanging_commands(flags: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().to_string_lossy().into_owned();
     let script = "case {item} in 3|11) kill -SEGV $$;; 7) sleep 1000;; 9) echo 'bad item nine' >&2; exit 4;; esac; \
@@ -137,7 +146,10 @@ fn crashing_and_hanging_commands_fail_exactly_their_items() {
              [output]\nresults = \"out.jsonl\"\n"
         ),
     );
-    run(dir.path(), [OsStr::new("run"), job.as_os_str()], 1);
+    let mut args = vec![OsStr::new("run")];
+    args.extend(flags.iter().map(OsStr::new));
+    args.push(job.as_os_str());
+    run(dir.path(), args, 1);
     let records = read_records::<u64>(&dir.path().join("out.jsonl"));
     assert_eq!(records.len(), 30);
     let failed: BTreeMap<u64, (String, Option<String>, Option<i32>)> = records
@@ -163,6 +175,35 @@ fn crashing_and_hanging_commands_fail_exactly_their_items() {
     let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("results");
     let nine = text.lines().find(|l| l.starts_with("{\"item\":9,")).expect("item 9");
     assert!(nine.contains("\"stderr\":\"bad item nine\""), "{nine}");
+    assert_no_leftovers(&marker);
+}
+
+/// `kill -9` of the supervisor while commands run (each starting a `sleep` of its own): the workers die with
+/// it, and every command and grandchild with them.
+#[test]
+fn nothing_survives_a_sigkilled_supervisor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 10 }}\n[task]\ncommand = [\"sh\", \"-c\", \"sleep 1000; echo {{item}}\"]\n\
+             env = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n"
+        ),
+    );
+    let job = job.to_string_lossy().into_owned();
+    let mut supervisor = common::Background::start(dir.path(), &["run", "--quiet", &job]);
+    // Two `sh` and their two `sleep`s.
+    let started = common::wait_until(Duration::from_secs(60), || marked_processes(&marker).len() >= 4);
+    assert!(
+        started,
+        "the commands did not start: {:?}\n{}",
+        marked_processes(&marker),
+        supervisor.context()
+    );
+    supervisor.signal(libc::SIGKILL);
+    supervisor.wait(Duration::from_secs(30));
     assert_no_leftovers(&marker);
 }
 
