@@ -4,8 +4,10 @@
 //! 1. The supervisor creates an `IpcOneShotServer<FromWorker>` and execs the worker with the server's name.
 //! 2. The worker connects and sends [`FromWorker::Hello`] carrying its [`PROTOCOL_VERSION`] and the sender half
 //!    of the channel it reads [`ToWorker`] messages from.
-//! 3. The supervisor sends [`ToWorker::Init`]; the worker answers [`FromWorker::Ready`] or
-//!    [`FromWorker::InitFailed`].
+//! 3. The supervisor sends [`ToWorker::Init`] and [`ToWorker::Identity`]; the worker answers
+//!    [`FromWorker::Ready`] or [`FromWorker::InitFailed`]. A batch holding a retried item is preceded by a
+//!    [`ToWorker::Attempt`] for it. (Both were added to version 1 after its first samples, as new variants at
+//!    the end of the enum: older messages encode exactly as before.)
 //! 4. The supervisor sends [`ToWorker::Batch`]es (at most a few queued per worker). For each batch the worker sends
 //!    one or more [`FromWorker::Results`], each covering the next consecutive items of that batch, until every
 //!    item of the batch is answered. Finished results are sent at least every [`RESULT_FLUSH_INTERVAL_MS`], also
