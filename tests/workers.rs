@@ -159,6 +159,73 @@ fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
     assert_no_leftovers(&marker);
 }
 
+/// The helper's `read_bytes` gives a chunk's bytes (`{path, offset, len}`) and a whole file's (`{path}`): line
+/// counts against `wc -l`, digests against `sha256sum`.
+#[test]
+fn python_worker_reads_chunks_and_whole_files() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let helper = repo().join("python");
+    write_file(
+        dir.path(),
+        "bytes.py",
+        "import hashlib, os, sys\nsys.path.insert(0, os.environ['HELPER_DIR'])\n\
+         from supervisor_worker import serve, read_bytes\n\
+         def handle(input):\n    data = read_bytes(input)\n\
+         \x20   return data.count(b'\\n') if 'offset' in input else hashlib.sha256(data).hexdigest()\n\
+         serve(handle)\n",
+    );
+    let text = generated_text(700_000, 5, false);
+    let big = write_file(dir.path(), "big.txt", &text);
+    std::fs::create_dir(dir.path().join("files")).expect("mkdir");
+    for i in 0..6 {
+        write_file(
+            &dir.path().join("files"),
+            &format!("{i}.txt"),
+            generated_text(1000 + i * 777, i as u64, true),
+        );
+    }
+    let env = format!("env = {{ HELPER_DIR = \"{}\" }}", helper.display());
+    let chunks = write_file(
+        dir.path(),
+        "chunks.toml",
+        format!(
+            "[input]\nfile = \"big.txt\"\nchunk_bytes = 50000\n[task]\nworker = [\"python3\", \"bytes.py\"]\n{env}\n\
+             [output]\nresults = \"chunks.jsonl\"\nreduce = \"sum\"\n"
+        ),
+    );
+    let ran = run(
+        dir.path(),
+        [OsStr::new("run"), OsStr::new("--json"), chunks.as_os_str()],
+        0,
+    );
+    assert_eq!(ran.summary()["reduced"].as_u64().map(u128::from), Some(wc("-l", &big)));
+    let files = write_file(
+        dir.path(),
+        "files.toml",
+        format!(
+            "[input]\nglob = \"files/*.txt\"\n[task]\nworker = [\"python3\", \"bytes.py\"]\n{env}\n\
+             [output]\nresults = \"files.jsonl\"\n"
+        ),
+    );
+    run(dir.path(), [OsStr::new("run"), files.as_os_str()], 0);
+    let records = read_records::<String>(&dir.path().join("files.jsonl"));
+    assert_eq!(records.len(), 6);
+    for record in &records {
+        let path = record.input.path.as_ref().expect("file item");
+        let digest = common::tool("sha256sum", &[path.as_os_str()], None, &[0]);
+        assert_eq!(
+            record.value.as_deref(),
+            digest.split_whitespace().next(),
+            "{}",
+            path.display()
+        );
+    }
+}
+
 /// Builds the example worker with the same cargo (debug profile, the workspace's target folder).
 fn build_custom_worker() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
