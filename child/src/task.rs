@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use shared::item::Value;
+use shared::protocol::{TaskError, TaskErrorKind};
 
 /// One item, as a task sees it.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +55,27 @@ impl InputKind {
 /// (kind `error`) and the worker carries on; a panic fails the item (kind `panic`) and the worker carries on too.
 pub trait Task {
     fn run(&mut self, item: Item<'_>) -> Result<Value, String>;
+
+    /// Like [`Task::run`], with the item's context and a failure that can say more than "error": the tasks that
+    /// run the user's own processes report how such a process ended (exit code, signal, stderr tail). The
+    /// default calls [`Task::run`].
+    fn run_detailed(&mut self, item: Item<'_>, context: &ItemContext) -> Result<Value, TaskError> {
+        let _ = context;
+        self.run(item).map_err(|message| TaskError {
+            kind: TaskErrorKind::Error,
+            message,
+        })
+    }
+}
+
+/// Where and how often an item runs: what the user's processes see as `SUPERVISOR_WORKER` and
+/// `SUPERVISOR_ATTEMPT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemContext {
+    /// The worker's id in this run (0 when the supervisor did not say).
+    pub worker: u64,
+    /// 1 for the first run of the item, 2 for its first retry, and so on.
+    pub attempt: u32,
 }
 
 /// Documentation of one task argument, for `supervisor tasks`.

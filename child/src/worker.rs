@@ -9,6 +9,7 @@
 //! fails its item here, long error messages are cut, and pending results are sent before they grow large.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -25,10 +26,14 @@ use shared::protocol::{Isolation, WorkerLimits};
 use shared::region::{MappedFile, SharedPage};
 use std::path::Path;
 
-use crate::task::{Item, ItemInput, Task, lookup};
+use crate::task::{Item, ItemContext, ItemInput, Task, lookup};
 
 /// Environment variable through which the supervisor passes its pid to an exec'ed worker (see [`run`]).
 pub const PARENT_PID_ENV: &str = "SUPERVISOR_PARENT_PID";
+
+/// First argument of a worker process: the supervisor starts `supervisor __worker NAME` (or, for a
+/// `worker_bin` job, `the-user-binary __worker NAME`).
+pub const WORKER_ARG: &str = "__worker";
 
 /// Why a worker stopped abnormally (its exit code is then non-zero; the message goes to stderr).
 #[derive(Debug)]
@@ -90,6 +95,12 @@ enum Place {
 /// `parent` is the pid that must be this process's parent (the supervisor, or the fork server that forked it):
 /// if it is already gone, the worker exits at once instead of running orphaned.
 pub fn run(parent: Option<i32>) -> Result<(), WorkerError> {
+    run_with(parent, None)
+}
+
+/// [`run`] with the task compiled into this binary (`custom`, see [`crate::serve()`]) instead of the one `Init`
+/// names.
+pub fn run_with(parent: Option<i32>, custom: Option<Box<dyn Task>>) -> Result<(), WorkerError> {
     crate::isolation::at_start(parent).map_err(WorkerError)?;
     ignore_interrupts();
     crate::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
@@ -111,7 +122,7 @@ pub fn run(parent: Option<i32>) -> Result<(), WorkerError> {
             pid: std::process::id(),
         },
     )?;
-    let served = serve(uplink, &Socket(socket), Place::Process, hostile);
+    let served = serve(uplink, &Socket(socket), Place::Process, hostile, custom);
     // A closed channel may mean that the supervisor died: then take the task's children along.
     crate::isolation::leave_if_orphaned();
     served
@@ -151,7 +162,7 @@ fn take_channel_from_stdin() -> std::io::Result<UnixStream> {
 /// the same loop and task code as a worker process, without isolation.
 pub fn run_in_thread(to: impl Uplink, from: &std::sync::mpsc::Receiver<ToWorker>) -> Result<(), WorkerError> {
     install_panic_capture();
-    serve(to, from, Place::Thread, None)
+    serve(to, from, Place::Thread, None, None)
 }
 
 /// The worker loop after the handshake: `Init`, then batches until `Shutdown` or a closed channel.
@@ -160,6 +171,7 @@ fn serve(
     from: &impl Downlink,
     place: Place,
     hostile: Option<crate::hostile::Hostile>,
+    custom: Option<Box<dyn Task>>,
 ) -> Result<(), WorkerError> {
     fn received(what: &'static str) -> impl Fn(String) -> WorkerError {
         move |error| WorkerError(format!("cannot receive {what}: {error}"))
@@ -180,6 +192,7 @@ fn serve(
             progress.as_deref(),
             &isolation,
             place,
+            custom,
         ) {
             Ok(mut worker) => {
                 if let Some(hostile) = hostile {
@@ -220,6 +233,10 @@ fn serve(
                     hostile.at_shutdown();
                 }
                 return Ok(());
+            }
+            Some(ToWorker::Identity { worker: id }) => worker.context.worker = id,
+            Some(ToWorker::Attempt { item, attempt }) => {
+                worker.attempts.insert(item, attempt);
             }
             Some(other @ ToWorker::Init { .. }) => {
                 return Err(WorkerError(format!("unexpected message after Init: {other:?}")));
@@ -423,6 +440,7 @@ pub fn run_one(task_name: &str, args_json: &str, plan: InputPlan, batch: &Batch)
         &WorkerLimits::default(),
         None,
         Place::Process,
+        None,
     )?;
     Ok(worker.run_item(batch, 0))
 }
@@ -436,6 +454,10 @@ struct Worker {
     cpu_seconds_per_item: Option<u64>,
     /// A test-only misbehaviour (see [`crate::hostile`]); `None` in every real run.
     hostile: Option<crate::hostile::Hostile>,
+    /// The worker's id and the current item's attempt, for the user's processes.
+    context: ItemContext,
+    /// Attempt numbers of retried items not yet run (told by `ToWorker::Attempt`).
+    attempts: HashMap<u64, u32>,
 }
 
 impl Worker {
@@ -449,11 +471,12 @@ impl Worker {
         progress: Option<&Path>,
         isolation: &Isolation,
         place: Place,
+        custom: Option<Box<dyn Task>>,
     ) -> Result<Worker, String> {
         if place == Place::Process {
             crate::isolation::apply_init(isolation)?;
         }
-        let worker = Worker::new(task_name, args_json, plan, limits, progress, place)?;
+        let worker = Worker::new(task_name, args_json, plan, limits, progress, place, custom)?;
         if let (Place::Process, Some(credentials)) = (place, isolation.credentials) {
             crate::isolation::drop_privileges(credentials).map_err(|error| {
                 format!(
@@ -472,6 +495,7 @@ impl Worker {
         limits: &WorkerLimits,
         progress: Option<&Path>,
         place: Place,
+        custom: Option<Box<dyn Task>>,
     ) -> Result<Worker, String> {
         if place == Place::Process {
             crate::limits::apply(limits).map_err(|error| format!("cannot apply resource limits: {error}"))?;
@@ -485,10 +509,18 @@ impl Worker {
             }
             None => None,
         };
-        let info = lookup(task_name).ok_or_else(|| format!("unknown task `{task_name}`"))?;
-        let args: serde_json::Value =
-            serde_json::from_str(args_json).map_err(|error| format!("task args are not JSON: {error}"))?;
-        let task = (info.build)(&args)?;
+        let task = match custom {
+            Some(task) => task,
+            None => match crate::user::build(task_name, args_json) {
+                Some(task) => task?,
+                None => {
+                    let info = lookup(task_name).ok_or_else(|| format!("unknown task `{task_name}`"))?;
+                    let args: serde_json::Value =
+                        serde_json::from_str(args_json).map_err(|error| format!("task args are not JSON: {error}"))?;
+                    (info.build)(&args)?
+                }
+            },
+        };
         let mapped = match &plan {
             InputPlan::File { path } => Some(
                 MappedFile::open(path).map_err(|error| format!("cannot map input file {}: {error}", path.display()))?,
@@ -503,6 +535,8 @@ impl Worker {
             progress,
             cpu_seconds_per_item,
             hostile: None,
+            context: ItemContext { worker: 0, attempt: 1 },
+            attempts: HashMap::new(),
         })
     }
 
@@ -531,6 +565,11 @@ impl Worker {
 
     fn run_item(&mut self, batch: &Batch, k: u64) -> Outcome {
         let index = batch.first + k;
+        self.context.attempt = if self.attempts.is_empty() {
+            1
+        } else {
+            self.attempts.remove(&index).unwrap_or(1)
+        };
         if let Some(seconds) = self.cpu_seconds_per_item {
             // Failing to arm the limit leaves the item without one; the wall-clock timeout still applies.
             let _ = crate::limits::arm_cpu_limit(seconds);
@@ -568,7 +607,7 @@ impl Worker {
                             path: &path,
                             offset: offset as u64,
                         };
-                        call_task(&mut *self.task, Item { index, input })
+                        call_task(&mut *self.task, Item { index, input }, &self.context)
                     }
                     None => Err(TaskError {
                         kind: TaskErrorKind::Error,
@@ -628,7 +667,7 @@ impl Worker {
     }
 
     fn call(&mut self, item: Item<'_>) -> Result<shared::item::Value, TaskError> {
-        call_task(&mut *self.task, item)
+        call_task(&mut *self.task, item, &self.context)
     }
 }
 
@@ -639,16 +678,13 @@ enum Prepared {
 }
 
 /// Runs the task on one item, turning a panic into the item's failure.
-fn call_task(task: &mut dyn Task, item: Item<'_>) -> Result<shared::item::Value, TaskError> {
+fn call_task(task: &mut dyn Task, item: Item<'_>, context: &ItemContext) -> Result<shared::item::Value, TaskError> {
     IN_TASK.with(|in_task| in_task.set(true));
-    let result = panic::catch_unwind(AssertUnwindSafe(|| task.run(item)));
+    let result = panic::catch_unwind(AssertUnwindSafe(|| task.run_detailed(item, context)));
     IN_TASK.with(|in_task| in_task.set(false));
     match result {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(message)) => Err(TaskError {
-            kind: TaskErrorKind::Error,
-            message,
-        }),
+        Ok(Err(error)) => Err(error),
         Err(_) => {
             let message = LAST_PANIC
                 .with(|last| last.borrow_mut().take())

@@ -9,6 +9,7 @@
 //! owns the tasks; the supervisor calls it and reports through [`JobSpec::error_at`]), and whether a glob matches
 //! anything (the supervisor lists inputs).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::ops::Range;
@@ -20,6 +21,7 @@ use toml::Spanned;
 use std::time::Duration;
 
 use crate::units::{parse_duration, parse_size};
+use crate::usertask::{CommandSpec, Parse, PlaceholderInput, ProcessSpec, StdinMode, UserTask};
 
 /// Largest accepted `[workers] count`.
 pub const MAX_WORKERS: usize = 1024;
@@ -120,8 +122,10 @@ pub enum Split {
 /// `[task]`.
 #[derive(Debug, Clone)]
 pub struct TaskSpec {
-    /// `builtin`: the task's name.
+    /// `builtin`: the task's name (empty when `user` is set).
     pub builtin: String,
+    /// `command`, `worker` or `worker_bin`: the user's own work instead of a builtin.
+    pub user: Option<UserTask>,
     pub builtin_span: Range<usize>,
     /// `args` converted to JSON (an empty object when omitted).
     pub args: serde_json::Value,
@@ -250,6 +254,24 @@ impl WorkersSpec {
         ]
         .into_iter()
         .find_map(|(set, key)| set.then_some(key))
+    }
+}
+
+/// Why `worker_bin` needs spawned worker processes, for errors.
+pub const WORKER_BIN_NEEDS: &str = "a worker_bin is its own program, so it runs only as spawned worker processes \
+     (executor = \"process\", start = \"spawn\"); the fork server forks copies of the supervisor, and threads run \
+     inside it";
+
+impl WorkersSpec {
+    /// The setting that rules out a `worker_bin` task, if any.
+    pub fn worker_bin_conflict(&self) -> Option<&'static str> {
+        if self.executor != Executor::Process {
+            Some("executor = \"thread\" or \"serial\"")
+        } else if self.start == StartMethod::Forkserver {
+            Some("start = \"forkserver\"")
+        } else {
+            None
+        }
     }
 }
 
@@ -412,7 +434,7 @@ impl fmt::Display for Reduce {
 struct RawJob {
     name: Option<String>,
     input: Spanned<RawInput>,
-    task: RawTask,
+    task: Spanned<RawTask>,
     workers: Option<RawWorkers>,
     supervise: Option<RawSupervise>,
     output: Option<RawOutput>,
@@ -446,11 +468,20 @@ struct RawRange {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTask {
-    builtin: Spanned<String>,
+    builtin: Option<Spanned<String>>,
     args: Option<Spanned<toml::Table>>,
     timeout: Option<Spanned<String>>,
     retries: Option<u32>,
     retry_backoff: Option<Spanned<String>>,
+    // The user's own work (see `crate::usertask`): exactly one of `builtin`, `command`, `worker`, `worker_bin`.
+    command: Option<Spanned<Vec<String>>>,
+    worker: Option<Spanned<Vec<String>>>,
+    worker_bin: Option<Spanned<String>>,
+    parse: Option<Spanned<Parse>>,
+    stdin: Option<Spanned<StdinMode>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    cwd: Option<Spanned<String>>,
+    max_output: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -683,16 +714,36 @@ impl JobSpec {
                 (d, _) => Ok(d),
             }
         };
-        let timeout = positive(raw.task.timeout, "timeout")?;
-        let retry_backoff = duration(raw.task.retry_backoff, "retry_backoff")?.unwrap_or(Duration::ZERO);
+        let timeout = positive(raw.task.get_ref().timeout.clone(), "timeout")?;
+        let retry_backoff =
+            duration(raw.task.get_ref().retry_backoff.clone(), "retry_backoff")?.unwrap_or(Duration::ZERO);
+        let task_span = raw.task.span();
+        let raw_task = raw.task.into_inner();
+        let user = user_task(&raw_task, task_span.clone(), &input, dir, &fail)?;
+        // Where the task is named: `builtin`, or the `command`, `worker` or `worker_bin` that replaces it.
+        let builtin_span = [
+            raw_task.builtin.as_ref().map(Spanned::span),
+            raw_task.command.as_ref().map(Spanned::span),
+            raw_task.worker.as_ref().map(Spanned::span),
+            raw_task.worker_bin.as_ref().map(Spanned::span),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .unwrap_or(task_span);
         let task = TaskSpec {
             timeout,
-            retries: raw.task.retries.unwrap_or(0),
+            retries: raw_task.retries.unwrap_or(0),
             retry_backoff,
-            builtin: raw.task.builtin.get_ref().clone(),
-            builtin_span: raw.task.builtin.span(),
-            args_span: raw.task.args.as_ref().map_or(raw.task.builtin.span(), Spanned::span),
-            args: match raw.task.args {
+            builtin: raw_task
+                .builtin
+                .as_ref()
+                .map(|b| b.get_ref().clone())
+                .unwrap_or_default(),
+            user,
+            args_span: raw_task.args.as_ref().map_or(builtin_span.clone(), Spanned::span),
+            builtin_span,
+            args: match raw_task.args {
                 None => serde_json::Value::Object(Default::default()),
                 Some(args) => {
                     let span = args.span();
@@ -767,6 +818,13 @@ impl JobSpec {
             return Err(fail(
                 span,
                 format!("{key} needs worker processes; it cannot apply to executor = \"{executor}\""),
+            ));
+        }
+
+        if let (Some(UserTask::WorkerBin { .. }), Some(key)) = (&task.user, workers.worker_bin_conflict()) {
+            return Err(fail(
+                task.builtin_span.clone(),
+                format!("`worker_bin` cannot be used with {key}: {WORKER_BIN_NEEDS}"),
             ));
         }
 
@@ -941,6 +999,175 @@ fn isolation_spec(
         user,
         group,
     })
+}
+
+/// Resolves `[task] command`, `worker` or `worker_bin` and their options; `None` for a `builtin` task. Exactly
+/// one of the four must be given, and the options must fit the kind chosen.
+fn user_task(
+    raw: &RawTask,
+    task_span: Range<usize>,
+    input: &InputSpec,
+    dir: &Path,
+    fail: &impl Fn(Range<usize>, String) -> JobError,
+) -> Result<Option<UserTask>, JobError> {
+    let given: Vec<(&str, Range<usize>)> = [
+        raw.builtin.as_ref().map(|v| ("builtin", v.span())),
+        raw.command.as_ref().map(|v| ("command", v.span())),
+        raw.worker.as_ref().map(|v| ("worker", v.span())),
+        raw.worker_bin.as_ref().map(|v| ("worker_bin", v.span())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let kind = match given.as_slice() {
+        [] => {
+            return Err(fail(
+                task_span,
+                "[task] needs exactly one of `builtin`, `command`, `worker` or `worker_bin` (found none)".into(),
+            ));
+        }
+        [(kind, _)] => *kind,
+        [(first, _), (second, span), ..] => {
+            return Err(fail(
+                span.clone(),
+                format!(
+                    "[task] needs exactly one of `builtin`, `command`, `worker` or `worker_bin` (found `{first}` and `{second}`)"
+                ),
+            ));
+        }
+    };
+    // Options that only some kinds take.
+    let options = [
+        ("parse", raw.parse.as_ref().map(Spanned::span), &["command"][..]),
+        ("stdin", raw.stdin.as_ref().map(Spanned::span), &["command"][..]),
+        ("env", raw.env.as_ref().map(Spanned::span), &["command", "worker"][..]),
+        ("cwd", raw.cwd.as_ref().map(Spanned::span), &["command", "worker"][..]),
+        (
+            "max_output",
+            raw.max_output.as_ref().map(Spanned::span),
+            &["command", "worker"][..],
+        ),
+        ("args", raw.args.as_ref().map(Spanned::span), &["builtin"][..]),
+    ];
+    for (key, span, kinds) in options {
+        if let Some(span) = span
+            && !kinds.contains(&kind)
+        {
+            let takes: Vec<String> = kinds.iter().map(|k| format!("`{k}`")).collect();
+            return Err(fail(
+                span,
+                format!("`{key}` applies only to a {} task, not to `{kind}`", takes.join(" or ")),
+            ));
+        }
+    }
+    let argv = |value: &Spanned<Vec<String>>| -> Result<Vec<String>, JobError> {
+        let argv = value.get_ref().clone();
+        let argv = match argv.first() {
+            None => Err(fail(
+                value.span(),
+                format!(
+                    "`{kind}` is empty: expected a program and its arguments, e.g. [\"python3\", \"score.py\", \"{{path}}\"]"
+                ),
+            )),
+            Some(program) if program.is_empty() => {
+                Err(fail(value.span(), format!("`{kind}`: the program name is empty")))
+            }
+            // A relative program path is relative to the job file's folder, like every other path in it.
+            Some(program) if program.contains('/') && !Path::new(program).is_absolute() => {
+                let mut argv = argv.clone();
+                argv[0] = dir.join(program).to_string_lossy().into_owned();
+                Ok(argv)
+            }
+            Some(_) => Ok(argv),
+        }?;
+        // A program that cannot be started would fail every item: say so now, at its place.
+        find_program(&argv[0])
+            .map_err(|message| fail(value.span(), format!("`{kind}`: program `{}` {message}", argv[0])))?;
+        Ok(argv)
+    };
+    let process = |argv: Vec<String>| -> Result<ProcessSpec, JobError> {
+        let max_output = match &raw.max_output {
+            None => crate::usertask::DEFAULT_MAX_OUTPUT,
+            Some(value) => match size_value(value.get_ref()) {
+                Ok(bytes) if bytes >= 1 => bytes,
+                Ok(_) => return Err(fail(value.span(), "`max_output` must be at least 1 byte".into())),
+                Err(message) => return Err(fail(value.span(), format!("`max_output`: {message}"))),
+            },
+        };
+        let cwd = match &raw.cwd {
+            None => dir.to_path_buf(),
+            Some(cwd) => {
+                let folder = dir.join(cwd.get_ref());
+                if !folder.is_dir() {
+                    return Err(fail(cwd.span(), format!("`cwd` {} is not a folder", folder.display())));
+                }
+                folder
+            }
+        };
+        Ok(ProcessSpec {
+            argv,
+            env: raw.env.as_ref().map(|env| env.get_ref().clone()).unwrap_or_default(),
+            cwd,
+            max_output,
+        })
+    };
+    Ok(match kind {
+        "command" => {
+            let Some(command) = &raw.command else { return Ok(None) };
+            let placeholder_input = match input {
+                InputSpec::Range { .. } => PlaceholderInput::Range,
+                InputSpec::File {
+                    split: Split::Lines, ..
+                } => PlaceholderInput::Chunks,
+                InputSpec::File { split: Split::None, .. } | InputSpec::Glob { .. } => PlaceholderInput::WholeFiles,
+            };
+            crate::usertask::check_placeholders(command.get_ref(), placeholder_input)
+                .map_err(|message| fail(command.span(), format!("`command`: {message}")))?;
+            Some(UserTask::Command(CommandSpec {
+                process: process(argv(command)?)?,
+                parse: raw.parse.as_ref().map_or(Parse::Text, |p| *p.get_ref()),
+                stdin: raw.stdin.as_ref().map_or(StdinMode::Item, |s| *s.get_ref()),
+            }))
+        }
+        "worker" => {
+            let Some(worker) = &raw.worker else { return Ok(None) };
+            Some(UserTask::Worker(process(argv(worker)?)?))
+        }
+        "worker_bin" => {
+            let Some(bin) = &raw.worker_bin else { return Ok(None) };
+            let path = dir.join(bin.get_ref());
+            check_executable(&path)
+                .map_err(|message| fail(bin.span(), format!("`worker_bin` {}: {message}", path.display())))?;
+            Some(UserTask::WorkerBin { path })
+        }
+        _ => None,
+    })
+}
+
+/// Checks that `program` can be executed: a path as given, a bare name through `PATH`.
+fn find_program(program: &str) -> Result<(), String> {
+    if program.contains('/') {
+        return check_executable(Path::new(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| check_executable(&dir.join(program)).is_ok()) {
+        Ok(())
+    } else {
+        Err("is not found in PATH".into())
+    }
+}
+
+/// Whether `path` is a regular file someone may execute.
+fn check_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err("is not a regular file".into()),
+        Ok(meta) if meta.permissions().mode() & 0o111 == 0 => Err("is not executable (chmod +x?)".into()),
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!(
+            "cannot be read: {error} (build it first, e.g. `cargo build --release`)"
+        )),
+    }
 }
 
 /// A size given as an integer number of bytes or a string with a unit.
@@ -1260,6 +1487,62 @@ mod tests {
         let (line, column, message) = error_of("[input]\nfile = \"no-such.log\"\n[task]\nbuiltin = \"line-count\"\n");
         assert_eq!((line, column), (2, 8));
         assert!(message.contains("/jobs/no-such.log"), "{message}");
+    }
+
+    #[test]
+    fn user_tasks_resolve_with_defaults() {
+        let spec = parse(
+            "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"sh\", \"{path}\", \"{{x}}\"]\nenv = { A = \"1\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(spec.task.builtin, "");
+        let Some(UserTask::Command(command)) = &spec.task.user else {
+            panic!("expected a command task, got {:?}", spec.task.user);
+        };
+        assert_eq!(command.process.argv, ["sh", "{path}", "{{x}}"]);
+        assert_eq!(command.process.cwd, PathBuf::from("/jobs"));
+        assert_eq!(command.process.env.get("A").map(String::as_str), Some("1"));
+        assert_eq!((command.parse, command.stdin), (Parse::Text, StdinMode::Item));
+        assert_eq!(command.process.max_output, crate::usertask::DEFAULT_MAX_OUTPUT);
+
+        let spec = parse(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nworker = [\"sh\", \"w.sh\"]\nmax_output = \"4KiB\"\n",
+        )
+        .expect("valid");
+        assert!(matches!(&spec.task.user, Some(UserTask::Worker(p)) if p.max_output == 4096 && p.argv[0] == "sh"));
+    }
+
+    #[test]
+    fn user_task_mistakes_are_located() {
+        let (line, column, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\ncommand = [\"cat\", \"{offset}\"]\n");
+        assert_eq!((line, column), (4, 11));
+        assert!(
+            message.contains("`{offset}`") && message.contains("{item}, {start}, {end}"),
+            "{message}"
+        );
+        let (line, _, message) = error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\ncommand = []\n");
+        assert_eq!(line, 4);
+        assert!(message.contains("`command` is empty"), "{message}");
+        let (line, _, message) = error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nworker_bin = \"/\"\n");
+        assert_eq!(line, 4);
+        assert!(message.contains("is not a regular file"), "{message}");
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\nbuiltin = \"noop\"\nenv = { A = \"1\" }\n");
+        assert_eq!(line, 5);
+        assert!(
+            message.contains("`env` applies only to a `command` or `worker` task, not to `builtin`"),
+            "{message}"
+        );
+        let (line, _, message) =
+            error_of("[input]\nrange = { start = 0, end = 1 }\n[task]\ncommand = [\"true\"]\nargs = { x = 1 }\n");
+        assert_eq!(line, 5);
+        assert!(message.contains("`args` applies only to a `builtin` task"), "{message}");
+        let (line, _, message) = error_of(
+            "[input]\nrange = { start = 0, end = 1 }\n[task]\nworker_bin = \"/bin/sh\"\n[workers]\nexecutor = \"thread\"\n",
+        );
+        assert_eq!(line, 4);
+        assert!(message.contains("cannot be used with executor"), "{message}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`region`]: read-only memory-mapped files and shared pages, the one place that holds `unsafe` for mapping.
 //! - [`progress`]: the per-worker progress slot in a shared page: which item is running, since when.
 //! - [`units`]: human sizes (`4MiB`) and durations (`30s`).
+//! - [`usertask`]: the user's own work — `command`, persistent `worker`, `worker_bin` — and placeholders.
 //! - [`exit`]: the process exit codes the CLI documents.
 
 pub mod exit;
@@ -20,3 +21,4 @@ pub mod protocol;
 pub mod region;
 mod toml_error;
 pub mod units;
+pub mod usertask;

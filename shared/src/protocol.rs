@@ -6,6 +6,8 @@
 //! 2. The worker moves the socket off fd 0 and sends [`FromWorker::Hello`] carrying its [`PROTOCOL_VERSION`].
 //! 3. The supervisor sends [`ToWorker::Init`]; the worker answers [`FromWorker::Ready`] or
 //!    [`FromWorker::InitFailed`].
+//!    [`ToWorker::Identity`] follows `Init`; a batch holding a retried item is preceded by a [`ToWorker::Attempt`]
+//!    for it.
 //! 4. The supervisor sends [`ToWorker::Batch`]es (at most a few queued per worker). For each batch the worker sends
 //!    one or more [`FromWorker::Results`], each covering the next consecutive items of that batch, until every
 //!    item of the batch is answered. Finished results are sent at least every [`RESULT_FLUSH_INTERVAL_MS`], also
@@ -49,6 +51,11 @@ pub enum ToWorker {
     Batch(Batch),
     /// Finish and exit 0.
     Shutdown,
+    /// Sent once after `Init`: the worker's id in this run (`SUPERVISOR_WORKER` for the user's processes).
+    Identity { worker: u64 },
+    /// Sent before the batch that runs `item` again: this is its attempt number `attempt` (2 for the first
+    /// retry). Items without one are on attempt 1 (`SUPERVISOR_ATTEMPT` for the user's processes).
+    Attempt { item: u64, attempt: u32 },
 }
 
 /// Resource limits a worker applies to itself on `Init` (not in a `pre_exec` hook, which would force the slow
@@ -116,10 +123,17 @@ pub struct TaskError {
     pub message: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskErrorKind {
     /// The task returned an error (bad input, unreadable file, arithmetic overflow…).
     Error,
     /// The task panicked; the worker caught the panic and carries on.
     Panic,
+    /// The user's process (a `command`, or a persistent `worker`) exited with a non-zero `code`; `stderr` is the
+    /// tail of what it wrote there.
+    Exit { code: i32, stderr: String },
+    /// The user's process was killed by `signal`.
+    Signal { signal: i32, stderr: String },
+    /// The user's persistent process answered something that is not the protocol; it was replaced.
+    Protocol { stderr: String },
 }

@@ -154,3 +154,51 @@ fn version_two_samples_still_decode_and_encode_identically() {
     };
     check("from-worker-results", &results, debug_eq);
 }
+
+/// Added to version 1 for the user's own work (issue 7): new variants at the end of their enums, so every
+/// sample above still encodes identically and an older message still decodes.
+#[test]
+fn user_work_samples_still_decode_and_encode_identically() {
+    check("to-worker-identity", &ToWorker::Identity { worker: 3 }, debug_eq);
+    check(
+        "to-worker-attempt",
+        &ToWorker::Attempt { item: 41, attempt: 2 },
+        debug_eq,
+    );
+    let failures = FromWorker::Results {
+        batch: 2,
+        first: 40,
+        outcomes: vec![
+            Outcome {
+                elapsed_us: 900,
+                result: Err(TaskError {
+                    kind: TaskErrorKind::Exit {
+                        code: 3,
+                        stderr: "bad file\n".into(),
+                    },
+                    message: "command exited with code 3".into(),
+                }),
+            },
+            Outcome {
+                elapsed_us: 800,
+                result: Err(TaskError {
+                    kind: TaskErrorKind::Signal {
+                        signal: 11,
+                        stderr: String::new(),
+                    },
+                    message: "command killed by SIGSEGV".into(),
+                }),
+            },
+            Outcome {
+                elapsed_us: 7,
+                result: Err(TaskError {
+                    kind: TaskErrorKind::Protocol {
+                        stderr: "Traceback".into(),
+                    },
+                    message: "worker answered `hello`, not a JSON line".into(),
+                }),
+            },
+        ],
+    };
+    check("from-worker-results-user", &failures, debug_eq);
+}

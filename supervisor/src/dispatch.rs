@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use shared::item::Value;
 use shared::job::SuperviseSpec;
 use shared::progress::{ProgressReader, monotonic_ns};
-use shared::protocol::{FromWorker, Isolation, Outcome, TaskErrorKind, ToWorker, WorkerLimits};
+use shared::protocol::{FromWorker, Isolation, Outcome, ToWorker, WorkerLimits};
 use shared::region::SharedPage;
 use tokio::sync::mpsc;
 use tokio::time::{Instant as TokioInstant, sleep_until};
@@ -47,7 +47,7 @@ use crate::linux::{ExitInfo, Pidfd};
 use crate::plan::Items;
 use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, WorkerSender, message_name};
 use crate::report::Progress;
-use crate::results::{Failure, FailureKind, Record, Reducer, Status};
+use crate::results::{Failure, Record, Reducer, Status};
 use crate::signal::{Escalation, StopAction, StopSignal};
 
 /// Workers in a row that fail before becoming ready before the job is abandoned.
@@ -407,6 +407,7 @@ impl Dispatcher {
                     progress: worker.progress.as_ref().map(ProgressReader::path),
                     isolation: self.config.isolation.clone(),
                 });
+                to_worker.send(ToWorker::Identity { worker: id });
                 worker.sender = Some(to_worker);
                 worker.state = WorkerState::Initializing;
             }
@@ -511,17 +512,7 @@ impl Dispatcher {
             match outcome.result {
                 Ok(value) => self.record_ok(item, value, pid, elapsed_ms),
                 Err(error) => {
-                    let kind = match error.kind {
-                        TaskErrorKind::Error => FailureKind::Error,
-                        TaskErrorKind::Panic => FailureKind::Panic,
-                    };
-                    let failure = Failure {
-                        kind,
-                        message: shared::frame::truncate_message(error.message),
-                        signal: None,
-                        code: None,
-                        stderr: None,
-                    };
+                    let failure = crate::failure::task_failure(error);
                     self.item_failed(item, failure, pid, elapsed_ms);
                 }
             }
@@ -788,6 +779,13 @@ impl Dispatcher {
         };
         // If the writer is gone the worker is dying; the batch is then handled as unanswered when it exits.
         if let Some(sender) = &worker.sender {
+            // Retried items (few, and usually alone in their batch) are told their attempt number first.
+            for (&item, errors) in &self.attempt_errors {
+                if (first..first + len).contains(&item) && !errors.is_empty() {
+                    let attempt = errors.len() as u32 + 1;
+                    sender.send(ToWorker::Attempt { item, attempt });
+                }
+            }
             sender.send(ToWorker::Batch(batch));
         }
         worker.batches.push_back(batch_id);

@@ -55,6 +55,14 @@ pub enum Error {
     WorkersCannotStart { reason: String },
     #[error("{key} needs worker processes; it cannot apply to --executor {executor}")]
     ExecutorConflict { key: &'static str, executor: &'static str },
+    #[error("`worker_bin` cannot be used with {key}: {}", shared::job::WORKER_BIN_NEEDS)]
+    WorkerBinConflict { key: &'static str },
+    #[error(
+        "replay runs an item inside the supervisor, which cannot run the worker_bin {}: run the job with --workers 1 \
+         and a debugger attached to the worker instead",
+        path.display()
+    )]
+    ReplayWorkerBin { path: std::path::PathBuf },
     #[error("item {item} is out of range: the job has {items} items, numbered from 0")]
     ItemOutOfRange { item: u64, items: u64 },
     #[error("compare: {reason}")]
@@ -83,6 +91,8 @@ impl Error {
             | Error::InputUnreadable { .. }
             | Error::ItemOutOfRange { .. }
             | Error::ExecutorConflict { .. }
+            | Error::WorkerBinConflict { .. }
+            | Error::ReplayWorkerBin { .. }
             | Error::JournalInvalid { .. }
             | Error::JournalMismatch { .. }
             | Error::JournalExists { .. }

@@ -81,6 +81,64 @@ pub fn crash_failure(death: Death<'_>) -> Failure {
     }
 }
 
+/// The failure of an item the worker reported (the worker itself is fine): a task error or panic, or how the
+/// user's process that ran the item ended.
+pub fn task_failure(error: shared::protocol::TaskError) -> Failure {
+    use shared::protocol::TaskErrorKind;
+    let stderr_of = |text: String| (!text.trim().is_empty()).then(|| last_lines(&text));
+    let plain = |kind| Failure {
+        kind,
+        message: shared::frame::truncate_message(error.message.clone()),
+        signal: None,
+        code: None,
+        stderr: None,
+    };
+    match error.kind {
+        TaskErrorKind::Error => plain(FailureKind::Error),
+        TaskErrorKind::Panic => plain(FailureKind::Panic),
+        TaskErrorKind::Protocol { stderr } => Failure {
+            stderr: stderr_of(stderr),
+            ..plain(FailureKind::Protocol)
+        },
+        TaskErrorKind::Exit { code, stderr } => Failure {
+            kind: if ran_out_of_memory(&stderr) {
+                FailureKind::Memory
+            } else {
+                FailureKind::Exit
+            },
+            code: Some(code),
+            stderr: stderr_of(stderr),
+            ..plain(FailureKind::Exit)
+        },
+        // The user's process inherits the worker's limits: RLIMIT_CPU ends it with SIGXCPU.
+        TaskErrorKind::Signal { signal, stderr } => Failure {
+            kind: if signal == libc::SIGXCPU {
+                FailureKind::Timeout
+            } else if ran_out_of_memory(&stderr) {
+                FailureKind::Memory
+            } else {
+                FailureKind::Signal
+            },
+            signal: Some(signal_name(signal)),
+            stderr: stderr_of(stderr),
+            ..plain(FailureKind::Signal)
+        },
+    }
+}
+
+/// What programs in common languages print when an allocation fails (the user's process inherits the worker's
+/// `memory_limit`): Rust, Python, C++, and glibc's strerror.
+const OUT_OF_MEMORY: &[&str] = &[
+    ALLOCATION_FAILED,
+    "MemoryError",
+    "std::bad_alloc",
+    "Cannot allocate memory",
+];
+
+fn ran_out_of_memory(stderr: &str) -> bool {
+    OUT_OF_MEMORY.iter().any(|marker| stderr.contains(marker))
+}
+
 /// How a worker ended, for messages: "was killed by SIGSEGV", "exited with code 3".
 pub fn describe_exit(status: ExitStatus) -> String {
     match status {
@@ -150,6 +208,43 @@ mod tests {
             protocol_error: Some("garbage"),
             ..death(ExitStatus::Signal(9))
         });
+        assert_eq!(protocol.kind, FailureKind::Protocol);
+    }
+
+    #[test]
+    fn user_process_failures() {
+        use shared::protocol::{TaskError, TaskErrorKind};
+        let error = |kind| TaskError {
+            kind,
+            message: "m".into(),
+        };
+        let exit = task_failure(error(TaskErrorKind::Exit {
+            code: 4,
+            stderr: "bad\n".into(),
+        }));
+        assert_eq!(
+            (exit.kind, exit.code, exit.stderr.as_deref()),
+            (FailureKind::Exit, Some(4), Some("bad"))
+        );
+        let segv = task_failure(error(TaskErrorKind::Signal {
+            signal: libc::SIGSEGV,
+            stderr: String::new(),
+        }));
+        assert_eq!(
+            (segv.kind, segv.signal.as_deref(), segv.stderr),
+            (FailureKind::Signal, Some("SIGSEGV"), None)
+        );
+        let xcpu = task_failure(error(TaskErrorKind::Signal {
+            signal: libc::SIGXCPU,
+            stderr: String::new(),
+        }));
+        assert_eq!(xcpu.kind, FailureKind::Timeout);
+        let python_oom = task_failure(error(TaskErrorKind::Exit {
+            code: 1,
+            stderr: "Traceback…\nMemoryError\n".into(),
+        }));
+        assert_eq!(python_oom.kind, FailureKind::Memory);
+        let protocol = task_failure(error(TaskErrorKind::Protocol { stderr: "x".into() }));
         assert_eq!(protocol.kind, FailureKind::Protocol);
     }
 

@@ -35,8 +35,12 @@ pub fn input_kind(input: &InputSpec) -> InputKind {
 }
 
 /// Checks `[task]`: the builtin exists, accepts its `args`, and accepts the job's kind of input.
-pub fn check_task(spec: &JobSpec) -> Result<&'static TaskInfo, Error> {
+pub fn check_task(spec: &JobSpec) -> Result<Option<&'static TaskInfo>, Error> {
     let task = &spec.task;
+    if task.user.is_some() {
+        // Placeholders, programs and options were checked when the job file was loaded.
+        return Ok(None);
+    }
     let Some(info) = child::task::lookup(&task.builtin) else {
         let names: Vec<&str> = child::task::builtins().iter().map(|info| info.name).collect();
         return Err(spec
@@ -74,7 +78,7 @@ pub fn check_task(spec: &JobSpec) -> Result<&'static TaskInfo, Error> {
             )
             .into());
     }
-    Ok(info)
+    Ok(Some(info))
 }
 
 /// Makes the task's `path` arguments (those an [`ArgInfo`](child::task::ArgInfo) documents with kind `path`)

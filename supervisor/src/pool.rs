@@ -41,6 +41,8 @@ use crate::linux::{ExitInfo, Pidfd, wait4_and_kill_group};
 pub enum Starter {
     /// Exec this binary in worker mode.
     Spawn,
+    /// Exec the user's own worker binary (`[task] worker_bin`, built on `child::serve`) in worker mode.
+    SpawnBin(std::path::PathBuf),
     /// Ask the fork server.
     Fork(Arc<ForkServer>),
     /// Run the worker loop on a thread of this process (the `thread` and `serial` executors): same task code,
@@ -75,7 +77,7 @@ const UNKNOWN_EXIT: ExitInfo = ExitInfo {
 };
 
 /// First argument that makes the `supervisor` binary run as a worker.
-pub const WORKER_ARG: &str = "__worker";
+pub const WORKER_ARG: &str = child::worker::WORKER_ARG;
 
 /// Bytes of a worker's stderr kept for failure reports.
 const STDERR_TAIL_BYTES: usize = 8 << 10;
@@ -233,7 +235,11 @@ impl Launcher {
 /// Starts one worker process with `channel` (its end of the socket pair) as its stdin.
 fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> std::io::Result<Started> {
     match starter {
-        Starter::Spawn => {
+        Starter::Spawn | Starter::SpawnBin(_) => {
+            let exe = match starter {
+                Starter::SpawnBin(bin) => bin.as_path(),
+                _ => exe,
+            };
             // Registered as it starts, so that a sweep for orphans never takes it for one.
             let mut child = crate::orphans::spawn_registered(|| {
                 let child = Command::new(exe)

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use shared::exit;
 use shared::job::{BatchSize, Executor, InputSpec, JobSpec, StartMethod, WorkerCount};
-use shared::protocol::{TaskErrorKind, WorkerLimits};
+use shared::protocol::WorkerLimits;
+use shared::usertask::UserTask;
 
 use crate::cli::RunArgs;
 use crate::cpus;
@@ -17,7 +18,7 @@ use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_pa
 use crate::plan::{self, Items};
 use crate::pool::Starter;
 use crate::report::{Progress, ShardSummary, Summary};
-use crate::results::{Failure, FailureKind, Record, Reducer, Status};
+use crate::results::{FailureKind, Record, Reducer, Status};
 use crate::shard::{self, ShardFlags};
 
 /// Loads a job file, applies the command-line overrides of `run`, and checks its task.
@@ -52,8 +53,12 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
             })?);
         }
     }
-    let info = plan::check_task(&spec)?;
-    plan::resolve_path_args(&mut spec, info);
+    if let (Some(UserTask::WorkerBin { .. }), Some(key)) = (&spec.task.user, spec.workers.worker_bin_conflict()) {
+        return Err(Error::WorkerBinConflict { key });
+    }
+    if let Some(info) = plan::check_task(&spec)? {
+        plan::resolve_path_args(&mut spec, info);
+    }
     Ok(spec)
 }
 
@@ -70,6 +75,9 @@ pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
     // they go to init, as before.
     if let Err(error) = crate::orphans::adopt() {
         eprintln!("warning: cannot become a child subreaper: {error}");
+    }
+    if let Some(UserTask::WorkerBin { path }) = &spec.task.user {
+        return Ok(Starter::SpawnBin(path.clone()));
     }
     match spec.workers.start {
         StartMethod::Spawn => Ok(Starter::Spawn),
@@ -145,8 +153,8 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         // Serial: one thread, and the whole job as one batch.
         workers: if serial { 1 } else { workers },
         progress_slots: spec.workers.executor == Executor::Process,
-        task: spec.task.builtin.clone(),
-        args_json: spec.task.args.to_string(),
+        task: task_name(&spec),
+        args_json: task_args_json(&spec),
         batch: match spec.workers.batch {
             _ if serial => Some(items.len().max(1)),
             BatchSize::Auto => None,
@@ -247,6 +255,30 @@ pub fn worker_count(spec: &JobSpec, args: &RunArgs) -> (usize, String) {
     }
 }
 
+/// The task name sent to workers in `Init`: the builtin, or the reserved name of the user's kind of task.
+fn task_name(spec: &JobSpec) -> String {
+    match &spec.task.user {
+        Some(user) => user.task_name().to_string(),
+        None => spec.task.builtin.clone(),
+    }
+}
+
+/// The task's `args` sent in `Init`: the builtin's, or the description of the user's task.
+fn task_args_json(spec: &JobSpec) -> String {
+    match &spec.task.user {
+        Some(user) => serde_json::to_string(user).unwrap_or_default(),
+        None => spec.task.args.to_string(),
+    }
+}
+
+/// The task as `check` shows it and the journal fingerprint records it.
+fn task_description(spec: &JobSpec) -> String {
+    match &spec.task.user {
+        Some(user) => user.describe(),
+        None => spec.task.builtin.clone(),
+    }
+}
+
 /// Where records go while the job runs: the journal, or a private staging file with `journal = false`.
 fn records_path(spec: &JobSpec, results: &Path) -> std::path::PathBuf {
     if spec.output.journal {
@@ -293,8 +325,8 @@ fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
     };
     Ok(Fingerprint {
         job_sha256: hex(&Sha256::digest(spec.source_text().as_bytes())),
-        task: spec.task.builtin.clone(),
-        args: spec.task.args.to_string(),
+        task: task_description(spec),
+        args: task_args_json(spec),
         input,
         items: items.len(),
         shard: None,
@@ -310,7 +342,7 @@ pub async fn check(job: &Path) -> Result<i32, Error> {
         spec.path.display(),
         items.len(),
         plan::input_kind(&spec.input).describe(),
-        spec.task.builtin,
+        task_description(&spec),
         match spec.workers.count {
             WorkerCount::Fixed(n) => n,
             WorkerCount::Auto => cpus::available().count,
@@ -332,36 +364,21 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
             items: items.len(),
         });
     }
+    if let Some(UserTask::WorkerBin { path }) = &spec.task.user {
+        return Err(Error::ReplayWorkerBin { path: path.clone() });
+    }
     let batch = items.batch(0, item, 1);
-    let outcome = child::worker::run_one(
-        &spec.task.builtin,
-        &spec.task.args.to_string(),
-        items.input_plan(),
-        &batch,
-    )
-    .map_err(|reason| Error::WorkersCannotStart { reason })?;
+    let outcome = child::worker::run_one(&task_name(spec), &task_args_json(spec), items.input_plan(), &batch)
+        .map_err(|reason| Error::WorkersCannotStart { reason })?;
     let (status, value, error) = match outcome.result {
         Ok(value) => (Status::Ok, Some(value), None),
         Err(error) => {
-            let (kind, message) = match error.kind {
-                TaskErrorKind::Error => (FailureKind::Error, error.message),
+            let mut failure = crate::failure::task_failure(error);
+            if failure.kind == FailureKind::Panic {
                 // The panic hook of this foreground run printed the message and location above.
-                TaskErrorKind::Panic => (
-                    FailureKind::Panic,
-                    format!("{} (see the panic message above)", error.message),
-                ),
-            };
-            (
-                Status::Failed,
-                None,
-                Some(Failure {
-                    kind,
-                    message,
-                    signal: None,
-                    code: None,
-                    stderr: None,
-                }),
-            )
+                failure.message = format!("{} (see the panic message above)", failure.message);
+            }
+            (Status::Failed, None, Some(failure))
         }
     };
     let code = if status == Status::Ok {

@@ -1,0 +1,339 @@
+//! Starting the user's processes from a worker, and describing how they ended.
+//!
+//! Every process is started with `PR_SET_PDEATHSIG = SIGKILL` (set in the forked child before `exec`), so that
+//! it dies with the worker that started it: when the supervisor kills a worker for a timeout, a limit or a
+//! stop, the user's command or persistent process goes with it and nothing is orphaned. The worker is a small
+//! process, so the fork path that a `pre_exec` hook forces costs little here.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+
+use shared::protocol::{TaskError, TaskErrorKind};
+use shared::usertask::ProcessSpec;
+
+use crate::task::ItemContext;
+
+/// Bytes of a process's stderr kept for a failure record.
+pub const STDERR_TAIL_BYTES: usize = 4 << 10;
+
+/// A command for `argv` with the job's environment and folder, and the supervisor's variables.
+pub fn command(spec: &ProcessSpec, argv: &[String], context: &ItemContext, item: Option<u64>) -> Command {
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .current_dir(&spec.cwd)
+        .envs(&spec.env)
+        .env("SUPERVISOR_WORKER", context.worker.to_string())
+        .env("SUPERVISOR_ATTEMPT", context.attempt.to_string());
+    if let Some(item) = item {
+        command.env("SUPERVISOR_ITEM", item.to_string());
+    }
+    command
+}
+
+/// Makes the child die with this worker, in a process group of its own (so that the [`Guard`] can kill what it
+/// started too), and, when `keep_open` is given, inherit that descriptor across exec.
+pub fn die_with_worker(command: &mut Command, keep_open: Option<RawFd>) {
+    command.process_group(0);
+    // SAFETY: getpid has no preconditions.
+    let worker = unsafe { libc::getpid() };
+    // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe functions (prctl,
+    // getppid, fcntl); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The worker may have died before the request was made: then nothing would ever kill this child.
+            if libc::getppid() != worker {
+                return Err(io::Error::other("the worker is gone"));
+            }
+            if let Some(fd) = keep_open {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Kills the process groups of the user's processes when this worker dies, however it dies.
+///
+/// `PR_SET_PDEATHSIG` kills the process the worker started, but not what that process started in turn (`sh -c
+/// 'sleep 1000'` leaves `sleep`; a Python pool leaves its children). So each user process gets a process group
+/// of its own, and a small guard process — forked from the worker, holding nothing but the read end of a pipe
+/// whose write end only the worker holds — learns each group as it starts. When the worker dies (a timeout kill,
+/// a crash, the supervisor going away) the pipe reaches end-of-file and the guard SIGKILLs every group it knows,
+/// then exits. When the worker ends normally it drops the guard, which does the same.
+#[derive(Debug)]
+pub struct Guard {
+    /// `None` once closed.
+    pipe: Option<File>,
+    pid: libc::pid_t,
+}
+
+/// Most process groups a guard tracks at once (a worker runs one user process at a time).
+const GUARD_GROUPS: usize = 64;
+
+impl Guard {
+    pub fn start() -> io::Result<Guard> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into the valid two-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the fds were just created and are owned by nothing else.
+        let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        // SAFETY: the forked child runs only async-signal-safe system calls (dup2, close_range, read, kill,
+        // _exit) on stack memory: it is safe even though this process may have other threads.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // SAFETY: see above; this never returns.
+            unsafe { guard_main(read.as_raw_fd()) }
+        }
+        drop(read);
+        Ok(Guard { pipe: Some(write), pid })
+    }
+
+    /// From now on, kill process group `pgid` when the worker dies.
+    pub fn watch(&mut self, pgid: u32) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            let _ = pipe.write_all(&(pgid as i32).to_ne_bytes());
+        }
+    }
+
+    /// Process group `pgid` is gone (killed and reaped by the worker): forget it.
+    pub fn forget(&mut self, pgid: u32) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            let _ = pipe.write_all(&(-(pgid as i32)).to_ne_bytes());
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Closing the pipe makes the guard kill what it still knows and exit; reap it.
+        drop(self.pipe.take());
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, writing its status into a valid local.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+}
+
+/// The guard process: reads 4-byte group numbers (negative: forget) until end-of-file, then kills the groups.
+///
+/// # Safety
+/// Must run only in a freshly forked child; it never returns.
+unsafe fn guard_main(read: RawFd) -> ! {
+    // SAFETY (whole function): only async-signal-safe calls on local memory.
+    unsafe {
+        // Keep nothing of the worker's open files (ipc-channel sockets above all: holding them would hide the
+        // worker's death from the supervisor) but the pipe, as fd 0.
+        libc::dup2(read, 0);
+        libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
+        // Leave the worker's process group: when the worker dies, its group is killed (see `crate::isolation`),
+        // and the guard must outlive it to kill the user's groups.
+        libc::setpgid(0, 0);
+        let mut groups = [0i32; GUARD_GROUPS];
+        loop {
+            let mut bytes = [0u8; 4];
+            let n = libc::read(0, bytes.as_mut_ptr().cast(), 4);
+            if n == 4 {
+                let pgid = i32::from_ne_bytes(bytes);
+                if pgid > 0 {
+                    if let Some(slot) = groups.iter_mut().find(|slot| **slot == 0) {
+                        *slot = pgid;
+                    }
+                } else if let Some(slot) = groups.iter_mut().find(|slot| **slot == -pgid) {
+                    *slot = 0;
+                }
+            } else if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            } else {
+                break;
+            }
+        }
+        for &pgid in groups.iter().filter(|&&pgid| pgid > 0) {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        libc::_exit(0)
+    }
+}
+
+/// Waits for `child` (the leader of its own process group) to end, kills what it leaves running in its group,
+/// then reaps it. The leader is reaped last so that the group's id cannot be reused in between.
+pub fn reap_group(child: &mut std::process::Child) -> io::Result<ExitStatus> {
+    let pid = child.id();
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid fills it through a valid pointer. WNOWAIT leaves the child
+        // unreaped.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: see above.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc == 0 {
+            break;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    // SAFETY: kill(2) touches no memory of ours; the group's leader is our unreaped child, so the id is ours.
+    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+    child.wait()
+}
+
+/// Whether the child `pid` has ended (without reaping it).
+pub fn has_ended(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid fills it through a valid pointer and reaps nothing (WNOWAIT).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+        )
+    };
+    // SAFETY: after a successful waitid the pid field is initialised (0 when nothing has ended yet).
+    rc == 0 && unsafe { info.si_pid() } != 0
+}
+
+/// The failure of an item whose process ended with `status` (not a success), with its stderr tail.
+pub fn ended(what: &str, status: ExitStatus, stderr: String) -> TaskError {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => TaskError {
+            kind: TaskErrorKind::Exit { code, stderr },
+            message: format!("{what} exited with code {code}"),
+        },
+        (None, Some(signal)) => TaskError {
+            kind: TaskErrorKind::Signal { signal, stderr },
+            message: format!("{what} was killed by {}", signal_name(signal)),
+        },
+        (None, None) => TaskError {
+            kind: TaskErrorKind::Error,
+            message: format!("{what} ended with status {status}"),
+        },
+    }
+}
+
+/// `SIGSEGV` for 11, and so on.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+/// What a command wrote: stdout up to a limit, and the tail of stderr.
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub stdout: Vec<u8>,
+    /// Stdout went past the limit (the rest was read and dropped so that the command could finish).
+    pub stdout_overflow: bool,
+    pub stderr: Tail,
+}
+
+/// Reads both pipes until both end, in this thread (poll), so that neither can fill up and block the command.
+pub fn capture(
+    mut stdout: impl Read + AsRawFd,
+    mut stderr: impl Read + AsRawFd,
+    max_stdout: u64,
+) -> io::Result<Captured> {
+    let mut captured = Captured::default();
+    let mut open = [true, true];
+    let mut buffer = vec![0u8; 64 << 10];
+    while open[0] || open[1] {
+        let mut fds = [
+            libc::pollfd {
+                fd: if open[0] { stdout.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if open[1] { stderr.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll reads and writes exactly the two pollfd structs of this live array.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if open[0] && fds[0].revents != 0 {
+            match stdout.read(&mut buffer) {
+                Ok(0) => open[0] = false,
+                Ok(n) => {
+                    let room = (max_stdout as usize).saturating_sub(captured.stdout.len());
+                    captured.stdout.extend_from_slice(&buffer[..n.min(room)]);
+                    captured.stdout_overflow |= n > room;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if open[1] && fds[1].revents != 0 {
+            match stderr.read(&mut buffer) {
+                Ok(0) => open[1] = false,
+                Ok(n) => captured.stderr.push(&buffer[..n]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(captured)
+}
+
+/// The last [`STDERR_TAIL_BYTES`] of a stream.
+#[derive(Debug, Default)]
+pub struct Tail {
+    bytes: Vec<u8>,
+}
+
+impl Tail {
+    pub fn push(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        if self.bytes.len() > STDERR_TAIL_BYTES {
+            let excess = self.bytes.len() - STDERR_TAIL_BYTES;
+            self.bytes.drain(..excess);
+        }
+    }
+
+    pub fn take(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes).into_owned();
+        self.bytes.clear();
+        text
+    }
+}

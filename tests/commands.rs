@@ -1,0 +1,317 @@
+//! `[task] command`: one process per item. Values are checked against `wc` and `sha256sum` run by the test
+//! itself and against closed forms; crashing and hanging commands must fail exactly their items, with the right
+//! kind, and leave no process behind.
+
+#[path = "common/mod.rs"]
+#[expect(
+    dead_code,
+    reason = "the helpers are shared with e2e.rs; this suite uses only some of them"
+)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Prng, generated_text, read_records, run, tool, wc, write_file};
+
+/// Processes (other than zombies) whose environment holds `MARKER=<value>`: the user's commands of one test.
+fn marked_processes(value: &str) -> Vec<i32> {
+    let marker = format!("TEST_MARKER={value}");
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && environ.split(|&b| b == 0).any(|entry| entry == marker.as_bytes())
+        })
+        .collect()
+}
+
+/// Asserts that no command of this test is still running (waiting a little for SIGKILLs to land), and kills
+/// any that is, so that a failing test leaves nothing behind.
+pub fn assert_no_leftovers(marker: &str) {
+    let gone = common::wait_until(Duration::from_secs(10), || marked_processes(marker).is_empty());
+    let left = marked_processes(marker);
+    for pid in &left {
+        // SAFETY: kill(2) touches no memory of ours; the pid was just seen carrying this test's marker.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(gone, "processes left behind: {left:?}");
+}
+
+fn files(dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
+    std::fs::create_dir_all(dir.join("in")).expect("mkdir");
+    let mut prng = Prng::new(7);
+    (0..count)
+        .map(|i| {
+            let size = 1 + prng.below(40_000) as usize;
+            write_file(
+                &dir.join("in"),
+                &format!("f{i:03}.txt"),
+                generated_text(size, i as u64, i % 3 != 0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn wc_l_per_file_matches_wc() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inputs = files(dir.path(), 40);
+    let marker = dir.path().to_string_lossy().into_owned();
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"sh\", \"-c\", \"wc -l < {{path}}\"]\nparse = \"json\"\n\
+             env = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n[output]\nresults = \"out.jsonl\"\nreduce = \"sum\"\n"
+        ),
+    );
+    let ran = run(
+        dir.path(),
+        [OsStr::new("run"), OsStr::new("--json"), job.as_os_str()],
+        0,
+    );
+    let records = read_records::<u128>(&dir.path().join("out.jsonl"));
+    assert_eq!(records.len(), inputs.len());
+    let mut total = 0;
+    for record in &records {
+        let path = record.input.path.as_ref().expect("file item");
+        let expected = wc("-l", path);
+        assert_eq!(record.value, Some(expected), "{}", path.display());
+        total += expected;
+    }
+    assert_eq!(ran.summary()["reduced"].as_u64().map(u128::from), Some(total));
+    assert_no_leftovers(&marker);
+}
+
+/// Chunks of one file reach the command both as `{path}` (a memfd) and on stdin; `sha256sum` of each chunk's
+/// bytes, written out by the test, must agree.
+#[test]
+fn chunks_reach_the_command_as_path_and_stdin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = generated_text(300_000, 3, true);
+    write_file(dir.path(), "big.txt", &text);
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nfile = \"big.txt\"\nchunk_bytes = 20000\n[task]\n\
+         command = [\"sh\", \"-c\", \"wc -c < {path}; sha256sum | cut -d' ' -f1; echo {offset} {len} {item}\"]\n\
+         [workers]\ncount = 2\n[output]\nresults = \"out.jsonl\"\n",
+    );
+    run(dir.path(), [OsStr::new("run"), job.as_os_str()], 0);
+    let records = read_records::<String>(&dir.path().join("out.jsonl"));
+    assert!(records.len() >= 10, "{} chunks", records.len());
+    for record in &records {
+        let (offset, len) = record.input.chunk();
+        let bytes = &text[offset as usize..(offset + len) as usize];
+        let scratch = write_file(dir.path(), "chunk.bin", bytes);
+        let digest = tool("sha256sum", &[scratch.as_os_str()], None, &[0]);
+        let digest = digest.split_whitespace().next().expect("digest");
+        let expected = format!("{len}\n{digest}\n{offset} {len} {}", record.item);
+        assert_eq!(record.value.as_deref(), Some(expected.as_str()), "item {}", record.item);
+    }
+}
+
+/// Items 3 and 11 segfault, 7 hangs past the timeout, 9 exits 4 after writing to stderr; the other items
+/// succeed with 2·start, and nothing is left running.
+#[test]
+fn crashing_and_hanging_commands_fail_exactly_their_items() {
+    crashing_and_hanging_commands(&[]);
+}
+
+#[test]
+fn crashing_and_hanging_commands_fail_exactly_their_items_under_the_fork_server() {
+    crashing_and_hanging_commands(&["--start", "forkserver"]);
+}
+
+fn crashing_and_hanging_commands(flags: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    let script = "case {item} in 3|11) kill -SEGV $$;; 7) sleep 1000;; 9) echo 'bad item nine' >&2; exit 4;; esac; \
+                  echo $(({start} * 2))";
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 100, end = 130 }}\n[task]\ncommand = [\"sh\", \"-c\", \"{script}\"]\n\
+             parse = \"json\"\ntimeout = \"3s\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n\
+             [output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    let mut args = vec![OsStr::new("run")];
+    args.extend(flags.iter().map(OsStr::new));
+    args.push(job.as_os_str());
+    run(dir.path(), args, 1);
+    let records = read_records::<u64>(&dir.path().join("out.jsonl"));
+    assert_eq!(records.len(), 30);
+    let failed: BTreeMap<u64, (String, Option<String>, Option<i32>)> = records
+        .iter()
+        .filter_map(|r| {
+            let e = r.error.as_ref()?;
+            Some((r.item, (e.kind.clone(), e.signal.clone(), e.code)))
+        })
+        .collect();
+    let expected: BTreeMap<u64, (String, Option<String>, Option<i32>)> = [
+        (3, ("signal".to_string(), Some("SIGSEGV".to_string()), None)),
+        (7, ("timeout".to_string(), Some("SIGKILL".to_string()), None)),
+        (9, ("exit".to_string(), None, Some(4))),
+        (11, ("signal".to_string(), Some("SIGSEGV".to_string()), None)),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(failed, expected);
+    for record in records.iter().filter(|r| r.error.is_none()) {
+        let (start, _) = record.input.range();
+        assert_eq!(record.value, Some(start * 2), "item {}", record.item);
+    }
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("results");
+    let nine = text.lines().find(|l| l.starts_with("{\"item\":9,")).expect("item 9");
+    assert!(nine.contains("\"stderr\":\"bad item nine\""), "{nine}");
+    assert_no_leftovers(&marker);
+}
+
+/// `kill -9` of the supervisor while commands run (each starting a `sleep` of its own): the workers die with
+/// it, and every command and grandchild with them.
+#[test]
+fn nothing_survives_a_sigkilled_supervisor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 10 }}\n[task]\ncommand = [\"sh\", \"-c\", \"sleep 1000; echo {{item}}\"]\n\
+             env = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n"
+        ),
+    );
+    let job = job.to_string_lossy().into_owned();
+    let mut supervisor = common::Background::start(dir.path(), &["run", "--quiet", &job]);
+    // Two `sh` and their two `sleep`s.
+    let started = common::wait_until(Duration::from_secs(60), || marked_processes(&marker).len() >= 4);
+    assert!(
+        started,
+        "the commands did not start: {:?}\n{}",
+        marked_processes(&marker),
+        supervisor.context()
+    );
+    supervisor.signal(libc::SIGKILL);
+    supervisor.wait(Duration::from_secs(30));
+    assert_no_leftovers(&marker);
+}
+
+/// `env`, `cwd`, `SUPERVISOR_ITEM` and `SUPERVISOR_ATTEMPT`: the first attempt of each even item fails, its
+/// retry succeeds and sees attempt 2.
+#[test]
+fn environment_folder_and_attempts_reach_the_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("work")).expect("mkdir");
+    let script = "if [ $(({item} % 2)) = 0 ] && [ $SUPERVISOR_ATTEMPT = 1 ]; then exit 1; fi; \
+                  echo $GREETING $(basename $PWD) $SUPERVISOR_ITEM $SUPERVISOR_ATTEMPT";
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 6 }}\n[task]\ncommand = [\"sh\", \"-c\", \"{script}\"]\n\
+             env = {{ GREETING = \"hello there\" }}\ncwd = \"work\"\nretries = 1\n\
+             [output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    run(dir.path(), [OsStr::new("run"), job.as_os_str()], 0);
+    let records = read_records::<String>(&dir.path().join("out.jsonl"));
+    for record in &records {
+        let attempt = if record.item % 2 == 0 { 2 } else { 1 };
+        let expected = format!("hello there work {} {attempt}", record.item);
+        assert_eq!(record.value.as_deref(), Some(expected.as_str()));
+    }
+}
+
+/// The command inherits the worker's `memory_limit`: a Python command that allocates too much fails with kind
+/// `memory` (its MemoryError is in the stderr tail); the others are fine.
+#[test]
+fn a_command_over_the_memory_limit_fails_with_memory() {
+    if !Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = "import sys; n = int(sys.argv[1]); b = bytearray((1 << 30) if n == 2 else 1000); print(n * n)";
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 5 }}\n[task]\ncommand = [\"python3\", \"-c\", \"{script}\", \"{{start}}\"]\n\
+             parse = \"json\"\n[workers]\ncount = 1\nmemory_limit = \"256MiB\"\n[output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    run(dir.path(), [OsStr::new("run"), job.as_os_str()], 1);
+    let records = read_records::<u64>(&dir.path().join("out.jsonl"));
+    for record in &records {
+        let (start, _) = record.input.range();
+        match &record.error {
+            Some(error) => {
+                assert_eq!((record.item, error.kind.as_str()), (2, "memory"), "{}", error.message);
+                assert_eq!(error.code, Some(1));
+            }
+            None => assert_eq!(record.value, Some(start * start)),
+        }
+    }
+    assert_eq!(records.iter().filter(|r| r.error.is_some()).count(), 1);
+}
+
+/// Mistakes in `[task]` are reported at their place in the job file, with exit code 2.
+#[test]
+fn task_mistakes_are_located() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "[input]\nrange = { start = 0, end = 3 }\n[task]\nbuiltin = \"noop\"\ncommand = [\"true\"]\n",
+            "job.toml:5:11: [task] needs exactly one of `builtin`, `command`, `worker` or `worker_bin` (found `builtin` and `command`)",
+        ),
+        (
+            "[input]\nrange = { start = 0, end = 3 }\n[task]\ncommand = [\"cat\", \"{path}\"]\n",
+            "unknown placeholder `{path}` for a range input: expected one of {item}, {start}, {end}",
+        ),
+        (
+            "[input]\nrange = { start = 0, end = 3 }\n[task]\ncommand = [\"curl\", \"{url}\"]\n",
+            "unknown placeholder `{url}`",
+        ),
+        (
+            "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker_bin = \"no-such-binary\"\n",
+            "job.toml:4:14: `worker_bin`",
+        ),
+        (
+            "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker = [\"python3\"]\nparse = \"json\"\n",
+            "job.toml:5:9: `parse` applies only to a `command` task, not to `worker`",
+        ),
+        (
+            "[input]\nrange = { start = 0, end = 3 }\n[task]\ntimeout = \"1s\"\n",
+            "job.toml:3:1: [task] needs exactly one of",
+        ),
+        (
+            "[input]\nrange = { start = 0, end = 3 }\n[task]\ncommand = [\"no-such-program-here\", \"{item}\"]\n",
+            "job.toml:4:11: `command`: program `no-such-program-here` is not found in PATH",
+        ),
+    ];
+    for (text, expected) in cases {
+        let job = write_file(dir.path(), "job.toml", text);
+        let ran = run(dir.path(), [OsStr::new("check"), job.as_os_str()], 2);
+        assert!(
+            ran.stderr().contains(expected),
+            "expected {expected:?} in:\n{}",
+            ran.stderr()
+        );
+    }
+}

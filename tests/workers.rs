@@ -1,0 +1,317 @@
+//! Persistent workers: the Python helper (`python/supervisor_worker.py`) with its state kept across items and
+//! crashes that fail only their items, and a user's own Rust worker binary (`examples/custom-worker`) reading
+//! mapped input. Values are checked against closed forms and `wc -l`.
+
+#[path = "common/mod.rs"]
+#[expect(
+    dead_code,
+    reason = "the helpers are shared with e2e.rs; this suite uses only some of them"
+)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{generated_text, read_records, run, wc, write_file};
+
+/// The repository's root folder.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Live processes whose environment holds `TEST_MARKER=<value>`.
+fn marked_processes(value: &str) -> Vec<i32> {
+    let marker = format!("TEST_MARKER={value}");
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && environ.split(|&b| b == 0).any(|entry| entry == marker.as_bytes())
+        })
+        .collect()
+}
+
+fn assert_no_leftovers(marker: &str) {
+    let gone = common::wait_until(Duration::from_secs(10), || marked_processes(marker).is_empty());
+    let left = marked_processes(marker);
+    for pid in &left {
+        // SAFETY: kill(2) touches no memory of ours; the pid was just seen carrying this test's marker.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(gone, "processes left behind: {left:?}");
+}
+
+fn python_available() -> bool {
+    Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A Python worker that keeps a counter, aborts on item 5, dereferences NULL on item 8, raises on 11, writes
+/// garbage on 13, and hangs on 17 (past the timeout).
+const PYTHON_WORKER: &str = r#"
+import ctypes, os, sys, time
+sys.path.insert(0, os.environ["HELPER_DIR"])
+from supervisor_worker import serve
+
+count = 0
+
+def handle(input):
+    global count
+    count += 1
+    start = input["start"]
+    if start == 5:
+        os.abort()
+    if start == 8:
+        ctypes.string_at(0)
+    if start == 11:
+        raise ValueError("eleven is not welcome")
+    if start == 13:
+        sys.__stdout__.write("not json\n")
+        sys.__stdout__.flush()
+    if start == 17:
+        time.sleep(1000)
+    print("squaring", start)  # goes to stderr, not into the protocol
+    return {"square": start * start, "count": count, "pid": os.getpid()}
+
+serve(handle)
+"#;
+
+#[test]
+fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    write_file(dir.path(), "square.py", PYTHON_WORKER);
+    let helper = repo().join("python");
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 40 }}\n[task]\nworker = [\"python3\", \"square.py\"]\ntimeout = \"4s\"\n\
+             env = {{ TEST_MARKER = \"{marker}\", HELPER_DIR = \"{}\" }}\n[workers]\ncount = 2\nbatch = 4\n\
+             [output]\nresults = \"out.jsonl\"\n",
+            helper.display()
+        ),
+    );
+    run(dir.path(), [OsStr::new("run"), job.as_os_str()], 1);
+    let records = read_records::<serde_json::Value>(&dir.path().join("out.jsonl"));
+    assert_eq!(records.len(), 40);
+    let failed: BTreeMap<u64, (String, Option<String>)> = records
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| (r.item, (e.kind.clone(), e.signal.clone()))))
+        .collect();
+    let expected: BTreeMap<u64, (String, Option<String>)> = [
+        (5, ("signal".to_string(), Some("SIGABRT".to_string()))),
+        (8, ("signal".to_string(), Some("SIGSEGV".to_string()))),
+        (11, ("error".to_string(), None)),
+        (13, ("protocol".to_string(), None)),
+        (17, ("timeout".to_string(), Some("SIGKILL".to_string()))),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(failed, expected);
+    let eleven = records
+        .iter()
+        .find(|r| r.item == 11)
+        .and_then(|r| r.error.as_ref())
+        .expect("item 11");
+    assert!(eleven.message.contains("eleven is not welcome"), "{}", eleven.message);
+
+    // State: within one Python process the counter counts the items it answered, 1, 2, 3… in item order.
+    let mut by_process: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    for record in records.iter().filter(|r| r.error.is_none()) {
+        let value = record.value.as_ref().expect("value");
+        let (start, _) = record.input.range();
+        assert_eq!(value["square"].as_u64(), Some(start * start), "item {}", record.item);
+        let pid = value["pid"].as_u64().expect("pid");
+        by_process
+            .entry(pid)
+            .or_default()
+            .push((record.item, value["count"].as_u64().expect("count")));
+    }
+    let mut longest = 0;
+    for answers in by_process.values() {
+        let counts: Vec<u64> = answers.iter().map(|(_, count)| *count).collect();
+        let mut sorted = counts.clone();
+        sorted.sort_unstable();
+        // A process may also have answered the item that crashed it (not counted here), so counts can skip.
+        assert!(sorted.windows(2).all(|w| w[0] < w[1]), "{answers:?}");
+        longest = longest.max(counts.len());
+    }
+    assert!(longest >= 3, "no Python process answered several items: {by_process:?}");
+    assert_no_leftovers(&marker);
+}
+
+/// The helper's `read_bytes` gives a chunk's bytes (`{path, offset, len}`) and a whole file's (`{path}`): line
+/// counts against `wc -l`, digests against `sha256sum`.
+#[test]
+fn python_worker_reads_chunks_and_whole_files() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let helper = repo().join("python");
+    write_file(
+        dir.path(),
+        "bytes.py",
+        "import hashlib, os, sys\nsys.path.insert(0, os.environ['HELPER_DIR'])\n\
+         from supervisor_worker import serve, read_bytes\n\
+         def handle(input):\n    data = read_bytes(input)\n\
+         \x20   return data.count(b'\\n') if 'offset' in input else hashlib.sha256(data).hexdigest()\n\
+         serve(handle)\n",
+    );
+    let text = generated_text(700_000, 5, false);
+    let big = write_file(dir.path(), "big.txt", &text);
+    std::fs::create_dir(dir.path().join("files")).expect("mkdir");
+    for i in 0..6 {
+        write_file(
+            &dir.path().join("files"),
+            &format!("{i}.txt"),
+            generated_text(1000 + i * 777, i as u64, true),
+        );
+    }
+    let env = format!("env = {{ HELPER_DIR = \"{}\" }}", helper.display());
+    let chunks = write_file(
+        dir.path(),
+        "chunks.toml",
+        format!(
+            "[input]\nfile = \"big.txt\"\nchunk_bytes = 50000\n[task]\nworker = [\"python3\", \"bytes.py\"]\n{env}\n\
+             [output]\nresults = \"chunks.jsonl\"\nreduce = \"sum\"\n"
+        ),
+    );
+    let ran = run(
+        dir.path(),
+        [OsStr::new("run"), OsStr::new("--json"), chunks.as_os_str()],
+        0,
+    );
+    assert_eq!(ran.summary()["reduced"].as_u64().map(u128::from), Some(wc("-l", &big)));
+    let files = write_file(
+        dir.path(),
+        "files.toml",
+        format!(
+            "[input]\nglob = \"files/*.txt\"\n[task]\nworker = [\"python3\", \"bytes.py\"]\n{env}\n\
+             [output]\nresults = \"files.jsonl\"\n"
+        ),
+    );
+    run(dir.path(), [OsStr::new("run"), files.as_os_str()], 0);
+    let records = read_records::<String>(&dir.path().join("files.jsonl"));
+    assert_eq!(records.len(), 6);
+    for record in &records {
+        let path = record.input.path.as_ref().expect("file item");
+        let digest = common::tool("sha256sum", &[path.as_os_str()], None, &[0]);
+        assert_eq!(
+            record.value.as_deref(),
+            digest.split_whitespace().next(),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+/// Builds the example worker with the same cargo (debug profile, the workspace's target folder).
+fn build_custom_worker() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "custom-worker"])
+        .current_dir(repo())
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p custom-worker failed");
+    let bin = Path::new(common::SUPERVISOR).with_file_name("custom-worker");
+    assert!(bin.is_file(), "{} was not built", bin.display());
+    bin
+}
+
+#[test]
+fn custom_rust_worker_counts_lines_of_mapped_chunks() {
+    let bin = build_custom_worker();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = generated_text(4 << 20, 11, true);
+    let big = write_file(dir.path(), "big.txt", &text);
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nfile = \"big.txt\"\nchunk_bytes = \"64KiB\"\n[task]\nworker_bin = \"{}\"\n[workers]\ncount = 2\n\
+             [output]\nresults = \"out.jsonl\"\nreduce = \"sum\"\n",
+            bin.display()
+        ),
+    );
+    let ran = run(
+        dir.path(),
+        [OsStr::new("run"), OsStr::new("--json"), job.as_os_str()],
+        0,
+    );
+    let summary = ran.summary();
+    assert_eq!(summary["reduced"].as_u64().map(u128::from), Some(wc("-l", &big)));
+    // Each chunk's count, against `wc -l` of its bytes.
+    let records = read_records::<u128>(&dir.path().join("out.jsonl"));
+    for record in records.iter().step_by(9) {
+        let (offset, len) = record.input.chunk();
+        let bytes = &text[offset as usize..(offset + len) as usize];
+        assert_eq!(record.value, Some(common::wc_of_bytes("-l", dir.path(), bytes)));
+    }
+    // 4 MiB of input went through the mapping, not the channel: a few hundred bytes per 64 KiB item at most.
+    let ipc = summary["ipc_bytes"].as_u64().expect("ipc_bytes");
+    assert!(
+        ipc < records.len() as u64 * 200,
+        "{ipc} bytes of IPC for {} items",
+        records.len()
+    );
+    assert!(ipc < 64 << 10, "{ipc} bytes of IPC");
+}
+
+#[test]
+fn worker_bin_with_the_fork_server_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker_bin = \"/bin/true\"\n[workers]\nstart = \"forkserver\"\n",
+    );
+    let ran = run(dir.path(), [OsStr::new("check"), job.as_os_str()], 2);
+    assert!(
+        ran.stderr()
+            .contains("job.toml:4:14: `worker_bin` cannot be used with start = \"forkserver\""),
+        "{}",
+        ran.stderr()
+    );
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker_bin = \"/bin/true\"\n",
+    );
+    let ran = run(
+        dir.path(),
+        [
+            OsStr::new("run"),
+            OsStr::new("--start"),
+            OsStr::new("forkserver"),
+            job.as_os_str(),
+        ],
+        2,
+    );
+    assert!(
+        ran.stderr().contains("`worker_bin` cannot be used with"),
+        "{}",
+        ran.stderr()
+    );
+}
