@@ -31,6 +31,20 @@ pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// Default `[input] chunk_bytes` for file inputs.
 pub const DEFAULT_CHUNK_BYTES: u64 = 4 << 20;
+/// Default `[input] fetch_concurrency` for `urls` inputs.
+pub const DEFAULT_FETCH_CONCURRENCY: usize = 32;
+/// Default `[input] fetch_timeout` for `urls` inputs.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `[input] fetch_retries` for `urls` inputs.
+pub const DEFAULT_FETCH_RETRIES: u32 = 2;
+/// Default `[input] fetch_retry_backoff` for `urls` inputs.
+pub const DEFAULT_FETCH_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// Default `[input] max_in_flight_bytes` for `urls` inputs.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 256 << 20;
+/// Smallest accepted `[input] max_in_flight_bytes` (one page).
+pub const MIN_IN_FLIGHT_BYTES: u64 = 4096;
+/// Largest accepted `[input] fetch_concurrency`.
+pub const MAX_FETCH_CONCURRENCY: u64 = 4096;
 
 /// A job file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +96,25 @@ pub enum InputSpec {
     },
     /// `glob = "…"`: one item per matching regular file, in sorted path order. The pattern is absolute.
     Glob { pattern: String },
+    /// `urls = "…"`: a file of URLs, one per line; one item per URL, whose body the supervisor fetches.
+    Urls { path: PathBuf, fetch: FetchSpec },
+}
+
+/// How the bodies of a `urls` input are fetched (the `fetch_*` and `max_in_flight_bytes` keys of `[input]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchSpec {
+    /// `fetch_concurrency`: requests in progress at once.
+    pub concurrency: usize,
+    /// `fetch_timeout`: time one request may take (connecting, headers, body), not counting the wait for room in
+    /// the in-flight budget.
+    pub timeout: Duration,
+    /// `fetch_retries`: further attempts after a failed request that may succeed later (a connection error, a
+    /// timeout, a 5xx, 408 or 429 status).
+    pub retries: u32,
+    /// `fetch_retry_backoff`: wait before the first retry, doubled for each further one.
+    pub retry_backoff: Duration,
+    /// `max_in_flight_bytes`: fetched bodies held at once, waiting for or being processed by a worker.
+    pub max_in_flight_bytes: u64,
 }
 
 /// How a `file` input is split into items.
@@ -347,6 +380,12 @@ struct RawInput {
     split: Option<Spanned<Split>>,
     chunk_bytes: Option<Spanned<toml::Value>>,
     glob: Option<Spanned<String>>,
+    urls: Option<Spanned<String>>,
+    fetch_concurrency: Option<Spanned<u64>>,
+    fetch_timeout: Option<Spanned<String>>,
+    fetch_retries: Option<Spanned<u32>>,
+    fetch_retry_backoff: Option<Spanned<String>>,
+    max_in_flight_bytes: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -434,6 +473,7 @@ impl JobSpec {
             input.range.as_ref().map(|_| "range"),
             input.file.as_ref().map(|_| "file"),
             input.glob.as_ref().map(|_| "glob"),
+            input.urls.as_ref().map(|_| "urls"),
         ]
         .into_iter()
         .flatten()
@@ -446,7 +486,7 @@ impl JobSpec {
             };
             return Err(fail(
                 input_span,
-                format!("[input] needs exactly one source: `range`, `file` or `glob` (found: {found})"),
+                format!("[input] needs exactly one source: `range`, `file`, `glob` or `urls` (found: {found})"),
             ));
         }
         if input.file.is_none() {
@@ -460,10 +500,16 @@ impl JobSpec {
                 ));
             }
         }
+        if input.urls.is_none()
+            && let Some((key, span)) = fetch_key_without_urls(&input)
+        {
+            return Err(fail(span, format!("`{key}` applies only to a `urls` input")));
+        }
         let source_span = [
             input.range.as_ref().map(Spanned::span),
             input.file.as_ref().map(Spanned::span),
             input.glob.as_ref().map(Spanned::span),
+            input.urls.as_ref().map(Spanned::span),
         ]
         .into_iter()
         .flatten()
@@ -544,6 +590,28 @@ impl JobSpec {
                 format!("{}/{pattern}", escape_glob(&dir.to_string_lossy()))
             };
             InputSpec::Glob { pattern }
+        } else if let Some(urls) = input.urls.clone() {
+            let span = urls.span();
+            let urls_path = dir.join(urls.into_inner());
+            match std::fs::metadata(&urls_path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    return Err(fail(
+                        span,
+                        format!("urls file {} is not a regular file", urls_path.display()),
+                    ));
+                }
+                Err(error) => {
+                    return Err(fail(
+                        span,
+                        format!("cannot read urls file {}: {error}", urls_path.display()),
+                    ));
+                }
+            }
+            InputSpec::Urls {
+                path: urls_path,
+                fetch: fetch_spec(&input, &fail)?,
+            }
         } else {
             unreachable!("exactly one input source was checked above")
         };
@@ -692,6 +760,78 @@ impl JobSpec {
     pub fn error_at(&self, span: Range<usize>, message: &str) -> JobError {
         located(&self.path, &self.source, span, message)
     }
+}
+
+/// The first `fetch_*`/`max_in_flight_bytes` key given, for the error when the input is not `urls`.
+fn fetch_key_without_urls(input: &RawInput) -> Option<(&'static str, Range<usize>)> {
+    [
+        ("fetch_concurrency", input.fetch_concurrency.as_ref().map(Spanned::span)),
+        ("fetch_timeout", input.fetch_timeout.as_ref().map(Spanned::span)),
+        ("fetch_retries", input.fetch_retries.as_ref().map(Spanned::span)),
+        (
+            "fetch_retry_backoff",
+            input.fetch_retry_backoff.as_ref().map(Spanned::span),
+        ),
+        (
+            "max_in_flight_bytes",
+            input.max_in_flight_bytes.as_ref().map(Spanned::span),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(key, span)| span.map(|span| (key, span)))
+}
+
+/// The fetch settings of a `urls` input, defaults applied.
+fn fetch_spec(input: &RawInput, fail: &impl Fn(Range<usize>, String) -> JobError) -> Result<FetchSpec, JobError> {
+    let duration = |value: &Option<Spanned<String>>, key: &str, default: Duration, positive: bool| match value {
+        None => Ok(default),
+        Some(value) => match parse_duration(value.get_ref()) {
+            Ok(d) if positive && d.is_zero() => Err(fail(value.span(), format!("`{key}` must be more than 0"))),
+            Ok(d) => Ok(d),
+            Err(message) => Err(fail(value.span(), format!("`{key}`: {message}"))),
+        },
+    };
+    let concurrency = match &input.fetch_concurrency {
+        None => DEFAULT_FETCH_CONCURRENCY,
+        Some(n) if (1..=MAX_FETCH_CONCURRENCY).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            return Err(fail(
+                n.span(),
+                format!(
+                    "`fetch_concurrency` is {}: expected an integer from 1 to {MAX_FETCH_CONCURRENCY}",
+                    n.get_ref()
+                ),
+            ));
+        }
+    };
+    let max_in_flight_bytes = match &input.max_in_flight_bytes {
+        None => DEFAULT_MAX_IN_FLIGHT_BYTES,
+        Some(value) => match size_value(value.get_ref()) {
+            Ok(bytes) if bytes >= MIN_IN_FLIGHT_BYTES && usize::try_from(bytes).is_ok() => bytes,
+            Ok(_) => {
+                return Err(fail(
+                    value.span(),
+                    format!("`max_in_flight_bytes` must be at least {MIN_IN_FLIGHT_BYTES} bytes"),
+                ));
+            }
+            Err(message) => return Err(fail(value.span(), format!("`max_in_flight_bytes`: {message}"))),
+        },
+    };
+    Ok(FetchSpec {
+        concurrency,
+        timeout: duration(&input.fetch_timeout, "fetch_timeout", DEFAULT_FETCH_TIMEOUT, true)?,
+        retries: input
+            .fetch_retries
+            .as_ref()
+            .map_or(DEFAULT_FETCH_RETRIES, |n| *n.get_ref()),
+        retry_backoff: duration(
+            &input.fetch_retry_backoff,
+            "fetch_retry_backoff",
+            DEFAULT_FETCH_RETRY_BACKOFF,
+            false,
+        )?,
+        max_in_flight_bytes,
+    })
 }
 
 /// A size given as an integer number of bytes or a string with a unit.

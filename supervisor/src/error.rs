@@ -19,6 +19,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}:{line}: {message}")]
+    UrlInvalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("urls file {path} lists no URLs: expected one http:// or https:// URL per line")]
+    UrlsEmpty { path: PathBuf },
     #[error("cannot write results to {path}: {source}")]
     Results {
         path: PathBuf,
@@ -69,6 +77,8 @@ impl Error {
             | Error::GlobNoMatch { .. }
             | Error::GlobInvalid { .. }
             | Error::InputUnreadable { .. }
+            | Error::UrlInvalid { .. }
+            | Error::UrlsEmpty { .. }
             | Error::ItemOutOfRange { .. }
             | Error::ExecutorConflict { .. }
             | Error::JournalInvalid { .. }

@@ -35,6 +35,7 @@ pub mod compare;
 pub mod dispatch;
 pub mod error;
 pub mod failure;
+pub mod fetch;
 pub mod forkserver;
 pub mod journal;
 pub mod linux;
@@ -113,7 +114,7 @@ fn block_on(future: impl Future<Output = Result<i32, Error>>) -> Result<i32, Err
 }
 
 /// Runs `future` on a fresh runtime, which is gone when this returns.
-fn block_on_value<T>(future: impl Future<Output = T>) -> Result<T, Error> {
+pub(crate) fn block_on_value<T>(future: impl Future<Output = T>) -> Result<T, Error> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

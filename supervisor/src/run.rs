@@ -123,6 +123,10 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
         },
         max_tasks: spec.workers.max_tasks,
         supervise: spec.supervise.clone(),
+        fetch: match &spec.input {
+            InputSpec::Urls { fetch, .. } => Some(fetch.clone()),
+            _ => None,
+        },
     };
     let progress = Progress::new(items.len(), prior.ok + prior.failed, args.quiet);
     let reducer = Reducer::new(spec.output.reduce);
@@ -220,6 +224,24 @@ fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
                 &digest[..16]
             )
         }
+        // The URLs themselves, in order: what the item numbers mean. What a server answers can change between
+        // runs; that is the nature of a URL, and is not checked.
+        InputSpec::Urls { path, .. } => {
+            let mut listing = Sha256::new();
+            if let Items::Urls { urls, .. } = items {
+                for url in urls.iter() {
+                    listing.update(url.as_bytes());
+                    listing.update(b"\n");
+                }
+            }
+            let digest = hex(&listing.finalize());
+            format!(
+                "urls {} listing {} URLs (digest {})",
+                path.display(),
+                items.len(),
+                &digest[..16]
+            )
+        }
     };
     Ok(Fingerprint {
         job_sha256: hex(&Sha256::digest(spec.source_text().as_bytes())),
@@ -257,11 +279,37 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
             items: items.len(),
         });
     }
-    let batch = items.batch(0, item, 1);
+    // A `urls` item is fetched first, into an arena of its own; a failed fetch is the item's record.
+    let mut arena = None;
+    let mut slot = None;
+    if let (Items::Urls { urls, .. }, InputSpec::Urls { fetch, .. }) = (items, &spec.input) {
+        let made = crate::fetch::Arena::new(fetch.max_in_flight_bytes).map_err(|error| Error::Internal {
+            message: format!("cannot create the shared arena for the fetched body: {error}"),
+        })?;
+        let url = urls[item as usize].clone();
+        let event = crate::block_on_value(crate::fetch::fetch_one(item, &url, fetch, Arc::clone(&made)))?
+            .map_err(|message| Error::Internal { message })?;
+        match event {
+            crate::fetch::FetchEvent::Fetched { slot: fetched, .. } => slot = Some(fetched),
+            crate::fetch::FetchEvent::Failed { failure, elapsed, .. } => {
+                let elapsed_us = elapsed.as_micros() as u64;
+                return Ok(print_replayed(
+                    items,
+                    item,
+                    Status::Failed,
+                    None,
+                    Some(failure),
+                    elapsed_us,
+                ));
+            }
+        }
+        arena = Some(made);
+    }
+    let batch = items.batch(0, item, 1, |_| slot.map(|s| (s.offset, s.len)));
     let outcome = child::worker::run_one(
         &spec.task.builtin,
         &spec.task.args.to_string(),
-        items.input_plan(),
+        items.input_plan(arena.as_ref().map(|a| a.proc_path()).as_deref()),
         &batch,
     )
     .map_err(|reason| Error::WorkersCannotStart { reason })?;
@@ -289,6 +337,18 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
             )
         }
     };
+    Ok(print_replayed(items, item, status, value, error, outcome.elapsed_us))
+}
+
+/// Prints the record of a replayed item and returns the exit code it means.
+fn print_replayed(
+    items: &Items,
+    item: u64,
+    status: Status,
+    value: Option<shared::item::Value>,
+    error: Option<Failure>,
+    elapsed_us: u64,
+) -> i32 {
     let code = if status == Status::Ok {
         exit::OK
     } else {
@@ -302,12 +362,12 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
         attempts: 1,
         attempt_errors: Vec::new(),
         pid: std::process::id(),
-        elapsed_ms: outcome.elapsed_us as f64 / 1000.0,
+        elapsed_ms: elapsed_us as f64 / 1000.0,
         input: items.describe(item),
     };
     let line = serde_json::to_string(&record).unwrap_or_default();
     println!("{line}");
-    Ok(code)
+    code
 }
 
 pub fn tasks() -> i32 {
