@@ -64,6 +64,12 @@ pub(super) const ARGS: &[ArgInfo] = &[
         help: "an `oom` item gives up (returns an error) after this much without a memory limit",
     },
     ArgInfo {
+        name: "delay_ms",
+        kind: "int",
+        default: "0",
+        help: "every item sleeps this many milliseconds first (a deliberately slow task, e.g. to test backpressure)",
+    },
+    ArgInfo {
         name: "once_dir",
         kind: "path",
         default: "none",
@@ -91,6 +97,8 @@ struct FaultArgs {
     exit_code: Option<i32>,
     oom_cap: Option<String>,
     once_dir: Option<std::path::PathBuf>,
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 struct Fault {
@@ -103,6 +111,9 @@ impl Task for Fault {
     fn run(&mut self, item: Item<'_>) -> Result<Value, String> {
         let index = item.index;
         let a = &self.args;
+        if a.delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(a.delay_ms));
+        }
         if let Some(dir) = &a.once_dir {
             // create_new fails when the marker exists: this item already misbehaved once, so it behaves now.
             let marker = dir.join(format!("fault-{index}"));
