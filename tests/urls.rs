@@ -3,6 +3,11 @@
 //! connection mid-body), the real `supervisor` binary, and expected values from `sha256sum` and `wc` run on the
 //! same bytes written to disk. Nothing outside loopback is contacted.
 
+#[path = "common/mod.rs"]
+#[expect(
+    dead_code,
+    reason = "the helpers are shared with e2e.rs; this suite uses only some of them"
+)]
 mod common;
 
 use std::collections::HashMap;
