@@ -220,13 +220,16 @@ fn generated_files(dir: &Path, count: usize) -> (Routes, Vec<String>) {
     (routes, names)
 }
 
+/// What a URL must give: the bytes of this generated file, or a failure whose message says this (and its code).
+type Expected<'a> = Result<&'a str, (&'a str, Option<i64>)>;
+
 #[test]
 fn fetched_bodies_give_the_same_digests_as_sha256sum_and_failed_fetches_name_their_cause() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (routes, names) = generated_files(dir.path(), 24);
     let server = Server::start(routes);
     // (url, the file whose bytes it must give, or the failure expected)
-    let mut cases: Vec<(String, Result<&str, (&str, Option<i64>)>)> = Vec::new();
+    let mut cases: Vec<(String, Expected)> = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let route = match i % 6 {
             1 => "slow",
