@@ -78,7 +78,15 @@ pub async fn run(spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, 
         Some(_) if !spec.output.journal && resume => return Err(Error::ResumeWithoutJournal),
         Some(results) => {
             let path = records_path(&spec, results);
-            let fingerprint = fingerprint(&spec, &items)?;
+            // Stats every file of a glob: off the runtime, so that a slow filesystem stalls nothing else.
+            let fingerprint = {
+                let (spec, items) = (spec.clone(), Arc::clone(&items));
+                tokio::task::spawn_blocking(move || fingerprint(&spec, &items))
+                    .await
+                    .map_err(|join| Error::Internal {
+                        message: format!("fingerprinting the input failed: {join}"),
+                    })??
+            };
             let recovered = if resume && path.exists() {
                 let journal = Journal::recover(&path, &fingerprint)?;
                 for dropped in &journal.dropped {
