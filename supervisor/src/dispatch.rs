@@ -489,7 +489,7 @@ impl Dispatcher {
                 }
                 fetch.bodies.insert(item, slot);
                 fetch.ready.insert(item);
-                self.fill_all();
+                self.fill_least_loaded_first();
             }
             FetchEvent::Failed { item, failure, elapsed } => {
                 fetch.failed += 1;
@@ -775,6 +775,16 @@ impl Dispatcher {
                 worker.timed_out = Some(snapshot.item);
                 worker.kill();
             }
+        }
+    }
+
+    /// Like [`Dispatcher::fill_all`], but workers holding fewer batches choose first: when fetched items trickle
+    /// in one by one, an idle worker gets the next one before a busy worker queues it behind its current item.
+    fn fill_least_loaded_first(&mut self) {
+        let mut ids: Vec<(usize, WorkerId)> = self.workers.iter().map(|(id, w)| (w.batches.len(), *id)).collect();
+        ids.sort_unstable();
+        for (_, id) in ids {
+            self.fill(id);
         }
     }
 
