@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates the text the example jobs read: examples/data/corpus.txt (about 300 KiB of English-like prose) and
-# the small files of examples/data/files/. The output is committed, so the examples run without this script; run
+# Regenerates the data the example jobs read: examples/data/corpus.txt (about 300 KiB of English-like prose), the
+# small files of examples/data/files/, and the small PNG images of examples/data/images/ (python3, standard library
+# only). The output is committed, so the examples run without this script; run
 # it only to change the data. It is deterministic: the words come from a fixed list, picked by a Park–Miller
 # generator with fixed seeds, in plain awk arithmetic that is exact in doubles (mawk and gawk agree), so the same
 # bytes come out on every machine.
@@ -60,4 +61,32 @@ for i in "${!names[@]}"; do
     prose $((1000 + i)) $((400 + 900 * i)) >"$data/files/${names[$i]}.txt"
 done
 
-echo "wrote $data/corpus.txt ($(wc -c <"$data/corpus.txt") bytes) and ${#names[@]} files in $data/files/"
+# A few PNG images of different shapes for the thumbnail example: colour gradients with a pattern, written with
+# zlib and struct only (one IDAT chunk, filter 0 on every row).
+mkdir -p "$data/images"
+python3 - "$data/images" <<'PYTHON'
+import struct, sys, zlib
+
+def chunk(kind, data):
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+def png(path, width, height, channels, pixel):
+    color_type = {3: 2, 4: 6}[channels]  # RGB or RGBA, 8 bits per sample
+    rows = b"".join(b"\0" + b"".join(bytes(pixel(x, y)) for x in range(width)) for y in range(height))
+    with open(path, "wb") as out:
+        out.write(b"\x89PNG\r\n\x1a\n")
+        out.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)))
+        out.write(chunk(b"IDAT", zlib.compress(rows, 9)))
+        out.write(chunk(b"IEND", b""))
+
+folder = sys.argv[1]
+# Colours change in 16-pixel blocks so that the rows repeat and the files stay small (about 15 KB in all).
+block = lambda v, n: (v // 16) * 255 // max(1, (n - 1) // 16)
+png(f"{folder}/landscape.png", 640, 480, 3, lambda x, y: (block(x, 640), block(y, 480), 160 if (x // 80 + y // 80) % 2 else 40))
+png(f"{folder}/portrait.png", 200, 600, 3, lambda x, y: (255 - block(y, 600), 96, block(x, 200)))
+png(f"{folder}/banner.png", 1000, 150, 4, lambda x, y: (block(x, 1000), 200, block(y, 150), 255 if x < 500 else 128))
+png(f"{folder}/icon.png", 100, 80, 4, lambda x, y: (255, block(x, 100), block(y, 80), 255 if (x // 10 - 5) ** 2 + (y // 10 - 4) ** 2 < 16 else 0))
+PYTHON
+
+echo "wrote $data/corpus.txt ($(wc -c <"$data/corpus.txt") bytes) and ${#names[@]} files in $data/files/, $(ls "$data/images" | wc -l) images in $data/images/"

@@ -648,6 +648,7 @@ const BAD_JOBS: &[BadJob] = &[
             "word-count",
             "grep",
             "sha256",
+            "thumbnail",
             "noop",
             "fault",
         ],
@@ -777,6 +778,7 @@ fn tasks_lists_every_builtin() {
             "word-count",
             "grep",
             "sha256",
+            "thumbnail",
             "noop",
             "fault"
         ]

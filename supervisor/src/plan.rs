@@ -92,6 +92,24 @@ pub fn check_task(spec: &JobSpec) -> Result<&'static TaskInfo, Error> {
     Ok(info)
 }
 
+/// Makes the task's `path` arguments (those an [`ArgInfo`](child::task::ArgInfo) documents with kind `path`)
+/// absolute, relative to the job file's folder like every other path in a job file. Workers run in the
+/// supervisor's current folder, which need not be the job's, so this is done here, before the args are sent.
+pub fn resolve_path_args(spec: &mut JobSpec, info: &TaskInfo) {
+    let dir = spec.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let serde_json::Value::Object(args) = &mut spec.task.args else {
+        return;
+    };
+    for arg in info.args.iter().filter(|arg| arg.kind == "path") {
+        if let Some(serde_json::Value::String(value)) = args.get_mut(arg.name) {
+            let path = Path::new(value.as_str());
+            if path.is_relative() && !value.is_empty() {
+                *value = dir.join(path).display().to_string();
+            }
+        }
+    }
+}
+
 impl Items {
     /// Lists the items of the job's input. A glob that matches nothing or is malformed is reported at its place
     /// in the job file.

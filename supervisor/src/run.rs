@@ -47,7 +47,8 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
             })?);
         }
     }
-    plan::check_task(&spec)?;
+    let info = plan::check_task(&spec)?;
+    plan::resolve_path_args(&mut spec, info);
     Ok(spec)
 }
 

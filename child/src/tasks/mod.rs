@@ -4,6 +4,7 @@ mod digest;
 mod fault;
 mod numeric;
 mod text;
+mod thumbnail;
 
 use shared::item::Value;
 
@@ -55,6 +56,13 @@ pub static BUILTINS: &[TaskInfo] = &[
         inputs: &[InputKind::WholeFiles],
         args: &[],
         build: digest::build_sha256,
+    },
+    TaskInfo {
+        name: "thumbnail",
+        summary: "decodes a JPEG, PNG, GIF or WebP image and writes a PNG thumbnail to `out_dir`; value {width, height, path}",
+        inputs: &[InputKind::WholeFiles],
+        args: thumbnail::ARGS,
+        build: thumbnail::build,
     },
     TaskInfo {
         name: "noop",
