@@ -537,3 +537,63 @@ fn a_bad_urls_file_is_an_error_naming_its_line() {
         ran.stderr()
     );
 }
+
+/// Width and height from a PNG's IHDR chunk, read by hand (signature, then length, `IHDR`, width, height).
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert!(bytes.len() > 24 && bytes[..8] == *b"\x89PNG\r\n\x1a\n" && bytes[12..16] == *b"IHDR");
+    let word = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    (word(16), word(20))
+}
+
+/// The thumbnail builtin takes URL items like files: the example images, served over HTTP, each give a
+/// thumbnail whose size (from its PNG header) is the closed form of the documented rule.
+#[test]
+fn thumbnails_of_fetched_images_have_the_right_size() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/images");
+    let mut routes = Routes::default();
+    let mut sizes = HashMap::new();
+    for entry in std::fs::read_dir(&images).expect("example images") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let bytes = std::fs::read(&path).expect("read image");
+        sizes.insert(name.clone(), png_size(&bytes));
+        routes.files.insert(name, Arc::new(bytes));
+    }
+    assert!(sizes.len() >= 3, "too few example images in {}", images.display());
+    let server = Server::start(routes);
+    let names: Vec<&String> = sizes.keys().collect();
+    let list: String = names.iter().map(|n| server.url(&format!("/f/{n}")) + "\n").collect();
+    write_file(dir.path(), "urls.txt", list);
+    write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nurls = \"urls.txt\"\n[task]\nbuiltin = \"thumbnail\"\nargs = { out_dir = \"thumbs\", size = 50 }\n\
+         [output]\nresults = \"out.jsonl\"\n",
+    );
+    run(dir.path(), ["run", "job.toml"], 0);
+    let records = records(&dir.path().join("out.jsonl"));
+    for (item, name) in names.iter().enumerate() {
+        let (width, height) = sizes[*name];
+        let (long, short) = (width.max(height), width.min(height));
+        let scaled = ((2 * u64::from(short) * 50 + u64::from(long)) / (2 * u64::from(long))).max(1) as u32;
+        let expected = match (width.max(height) <= 50, width >= height) {
+            (true, _) => (width, height),
+            (false, true) => (50, scaled),
+            (false, false) => (scaled, 50),
+        };
+        let record = &records[&(item as u64)];
+        let thumb = Path::new(record["value"]["path"].as_str().expect("thumbnail path"));
+        assert!(thumb.starts_with(dir.path().join("thumbs")), "{record}");
+        let stem = name.trim_end_matches(".png");
+        assert!(
+            thumb
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .starts_with(&format!("{stem}-")),
+            "{record}"
+        );
+        assert_eq!(png_size(&std::fs::read(thumb).expect("thumbnail")), expected, "{name}");
+    }
+}

@@ -1092,6 +1092,65 @@ mod tests {
     }
 
     #[test]
+    fn urls_inputs_take_fetch_keys_with_defaults_and_checks() {
+        let dir = std::env::temp_dir().join(format!("job-urls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("urls.txt"), "http://127.0.0.1/a\n").expect("write");
+        let job = |extra: &str| {
+            JobSpec::parse(
+                &dir.join("job.toml"),
+                format!("[input]\nurls = \"urls.txt\"\n{extra}[task]\nbuiltin = \"sha256\"\n"),
+            )
+        };
+        match job("").expect("valid").input {
+            InputSpec::Urls { path, fetch } => {
+                assert_eq!(path, dir.join("urls.txt"));
+                assert_eq!(
+                    fetch,
+                    FetchSpec {
+                        concurrency: DEFAULT_FETCH_CONCURRENCY,
+                        timeout: DEFAULT_FETCH_TIMEOUT,
+                        retries: DEFAULT_FETCH_RETRIES,
+                        retry_backoff: DEFAULT_FETCH_RETRY_BACKOFF,
+                        max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+                    }
+                );
+            }
+            other => panic!("expected a urls input, got {other:?}"),
+        }
+        let given =
+            job("fetch_concurrency = 3\nfetch_timeout = \"2s\"\nfetch_retries = 0\nmax_in_flight_bytes = \"1MiB\"\n");
+        let InputSpec::Urls { fetch, .. } = given.expect("valid").input else {
+            panic!("expected a urls input")
+        };
+        assert_eq!(
+            (fetch.concurrency, fetch.retries, fetch.max_in_flight_bytes),
+            (3, 0, 1 << 20)
+        );
+        assert_eq!(fetch.timeout, Duration::from_secs(2));
+        for (extra, says) in [
+            ("fetch_concurrency = 0\n", "`fetch_concurrency` is 0"),
+            ("fetch_timeout = \"0s\"\n", "`fetch_timeout` must be more than 0"),
+            (
+                "max_in_flight_bytes = 100\n",
+                "`max_in_flight_bytes` must be at least 4096 bytes",
+            ),
+        ] {
+            match job(extra) {
+                Err(JobError::Invalid { line, message, .. }) => {
+                    assert_eq!(line, 3, "{extra}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("{extra}: expected an error, got {other:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        let (line, _, message) = error_of("[input]\nurls = \"no-such-urls.txt\"\n[task]\nbuiltin = \"sha256\"\n");
+        assert_eq!(line, 2);
+        assert!(message.contains("cannot read urls file"), "{message}");
+    }
+
+    #[test]
     fn missing_input_file_is_named() {
         let (line, column, message) = error_of("[input]\nfile = \"no-such.log\"\n[task]\nbuiltin = \"line-count\"\n");
         assert_eq!((line, column), (2, 8));
