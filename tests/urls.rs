@@ -597,3 +597,57 @@ fn thumbnails_of_fetched_images_have_the_right_size() {
         assert_eq!(png_size(&std::fs::read(thumb).expect("thumbnail")), expected, "{name}");
     }
 }
+
+/// Ctrl-C while bodies are still being fetched: the run stops (exit 130) with what it recorded in the journal,
+/// and `--resume` fetches and runs only the rest; every digest then matches `sha256sum`.
+#[test]
+fn a_stopped_url_job_resumes_where_it_stopped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (routes, names) = generated_files(dir.path(), 30);
+    let server = Server::start(routes);
+    // Every body takes at least 300 ms to arrive, two at a time: the job lasts seconds.
+    let list: String = names.iter().map(|n| server.url(&format!("/slow/{n}")) + "\n").collect();
+    write_file(dir.path(), "urls.txt", list);
+    write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nurls = \"urls.txt\"\nfetch_concurrency = 2\n[task]\nbuiltin = \"sha256\"\n\
+         [output]\nresults = \"out.jsonl\"\n",
+    );
+    let journal = dir.path().join("out.jsonl.journal");
+    let mut job = common::Background::start(dir.path(), &["run", "--json", "job.toml"]);
+    assert!(
+        common::wait_until(Duration::from_secs(60), || common::complete_lines(&journal) >= 3),
+        "no records appeared\n{}",
+        job.context()
+    );
+    job.signal(libc::SIGINT);
+    let status = job.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(130), "{}", job.context());
+    let stopped: serde_json::Value = serde_json::from_str(job.stdout().trim()).expect("summary");
+    let done = stopped["ok"].as_u64().expect("ok");
+    assert!(
+        stopped["not_run"].as_u64() > Some(0),
+        "the job finished before the signal: {stopped}"
+    );
+    let ran = run(dir.path(), ["run", "--resume", "--json", "job.toml"], 0);
+    assert_eq!(ran.summary()["resumed"].as_u64(), Some(done));
+    let records = records(&dir.path().join("out.jsonl"));
+    assert_eq!(records.len(), names.len());
+    for (item, name) in names.iter().enumerate() {
+        assert_eq!(
+            records[&(item as u64)]["value"],
+            sha256sum(&dir.path().join(name)).as_str(),
+            "item {item}"
+        );
+    }
+    // Items recorded before the stop were not fetched again.
+    let fetched_twice = names
+        .iter()
+        .filter(|n| server.requests(&format!("/slow/{n}")) > 1)
+        .count() as u64;
+    assert!(
+        fetched_twice <= names.len() as u64 - done,
+        "{fetched_twice} fetched twice, {done} were done"
+    );
+}
