@@ -342,7 +342,7 @@ async fn fetch_once(shared: &Shared, url: &str) -> Result<Slot, AttemptError> {
     let mut response = tokio::time::timeout(limit, shared.client.get(url).send())
         .await
         .map_err(|_| timed_out())?
-        .map_err(|error| AttemptError::transient(describe(&error)))?;
+        .map_err(|error| AttemptError::transient(describe(error)))?;
     let status = response.status();
     if !status.is_success() {
         let code = status.as_u16();
@@ -370,7 +370,7 @@ async fn fetch_once(shared: &Shared, url: &str) -> Result<Slot, AttemptError> {
             // The wait for room does not count against the timeout.
             let read = tokio::time::timeout(limit.saturating_sub(before_wait), async {
                 let mut at = 0;
-                while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+                while let Some(chunk) = response.chunk().await.map_err(describe)? {
                     shared.arena.write(&slot, at, &chunk)?;
                     at += chunk.len() as u64;
                 }
@@ -400,7 +400,7 @@ async fn fetch_once(shared: &Shared, url: &str) -> Result<Slot, AttemptError> {
             let cap = shared.arena.budget_bytes();
             let body = tokio::time::timeout(limit.saturating_sub(started.elapsed()), async {
                 let mut body = Vec::new();
-                while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+                while let Some(chunk) = response.chunk().await.map_err(describe)? {
                     if (body.len() + chunk.len()) as u64 > cap {
                         return Err(format!("the body is larger than max_in_flight_bytes ({cap} bytes)"));
                     }
@@ -429,10 +429,12 @@ async fn fetch_once(shared: &Shared, url: &str) -> Result<Slot, AttemptError> {
     }
 }
 
-/// A reqwest error with its causes (reqwest's own text often hides the useful part, e.g. "connection refused").
-fn describe(error: &reqwest::Error) -> String {
+/// A reqwest error with its causes (reqwest's own text often hides the useful part, e.g. "connection refused"),
+/// without the URL (the item's message starts with it already).
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {

@@ -315,7 +315,10 @@ impl Summary {
                 let detail = f
                     .signal
                     .clone()
-                    .or(f.code.map(|c| format!("code {c}")))
+                    .or(f.code.map(|c| match f.kind {
+                        crate::results::FailureKind::Fetch => format!("HTTP {c}"),
+                        _ => format!("code {c}"),
+                    }))
                     .map_or(String::new(), |d| format!(" {d}"));
                 writeln!(out, "  item {}: {}{detail}: {}", failed.item, f.kind, f.message)?;
             }
