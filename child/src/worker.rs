@@ -1,18 +1,21 @@
 //! The worker loop: what a worker process runs from start to exit.
 //!
-//! The worker connects to the supervisor's bootstrap server, says hello with its own receiving channel, waits
-//! for `Init` (task and input), then runs batches until told to shut down or until the supervisor goes away.
+//! The worker finds its channel to the supervisor (a Unix socket) on stdin, says hello, waits for `Init` (task
+//! and input), then runs batches until told to shut down or until the supervisor goes away.
 //! It maps a `file` input once and each whole-file item as it comes; only descriptors and results cross the
 //! channel. Panics in a task are caught and reported as the item's failure; anything that kills the process
-//! (a signal, `exit`, an allocation failure) is for the supervisor to notice and attribute.
+//! (a signal, `exit`, an allocation failure) is for the supervisor to notice and attribute. A worker holds its
+//! results to the limits the supervisor enforces (`shared::frame`): an oversized or too deeply nested value
+//! fails its item here, long error messages are cut, and pending results are sent before they grow large.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
-use ipc_channel::IpcError;
-use ipc_channel::ipc::{self, IpcReceiver, IpcSender};
+use std::os::unix::net::UnixStream;
+
+use shared::frame::{self, FrameError, ReadError};
 use shared::item::{Batch, BatchItems, InputPlan};
 use shared::progress::ProgressWriter;
 use shared::protocol::WorkerLimits;
@@ -37,7 +40,7 @@ impl std::fmt::Display for WorkerError {
     }
 }
 
-/// The worker's way to the supervisor: an ipc-channel sender in a worker process, the dispatcher's event queue
+/// The worker's way to the supervisor: its socket in a worker process, the dispatcher's event queue
 /// for a worker thread (the `thread` and `serial` executors).
 pub trait Uplink: Send + 'static {
     fn send(&self, message: FromWorker) -> Result<(), String>;
@@ -48,17 +51,20 @@ pub trait Downlink {
     fn recv(&self) -> Result<Option<ToWorker>, String>;
 }
 
-impl Uplink for IpcSender<FromWorker> {
+/// A worker process's end of its socket: framed messages both ways (see `shared::frame`).
+struct Socket(UnixStream);
+
+impl Uplink for Socket {
     fn send(&self, message: FromWorker) -> Result<(), String> {
-        IpcSender::send(self, message).map_err(|error| error.to_string())
+        frame::write(&self.0, &message).map_err(|error| error.to_string())
     }
 }
 
-impl Downlink for IpcReceiver<ToWorker> {
+impl Downlink for Socket {
     fn recv(&self) -> Result<Option<ToWorker>, String> {
-        match IpcReceiver::recv(self) {
+        match frame::read(&self.0, frame::MAX_TO_WORKER) {
             Ok(message) => Ok(Some(message)),
-            Err(IpcError::Disconnected) => Ok(None),
+            Err(ReadError::Frame(FrameError::Closed)) => Ok(None),
             Err(error) => Err(error.to_string()),
         }
     }
@@ -78,41 +84,80 @@ enum Place {
     Thread,
 }
 
-/// Runs a worker connected to the bootstrap server `server_name`. Returns when told to shut down or when the
-/// supervisor disconnects.
+/// Runs a worker whose channel to the supervisor is its stdin (a Unix stream socket the supervisor or the fork
+/// server put there). Returns when told to shut down or when the supervisor disconnects.
 ///
 /// `parent` is the pid that must be this process's parent (the supervisor, or the fork server that forked it):
 /// if it is already gone, the worker exits at once instead of running orphaned.
-pub fn run(server_name: &str, parent: Option<i32>) -> Result<(), WorkerError> {
+pub fn run(parent: Option<i32>) -> Result<(), WorkerError> {
     die_with_parent(parent)?;
     ignore_interrupts();
     crate::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
     install_panic_capture();
 
-    let to_supervisor = IpcSender::<FromWorker>::connect(server_name.to_string())
-        .map_err(|error| WorkerError(format!("cannot connect to supervisor at {server_name}: {error}")))?;
-    let (to_worker, from_supervisor) =
-        ipc::channel::<ToWorker>().map_err(|error| WorkerError(format!("cannot create channel: {error}")))?;
+    let socket = take_channel_from_stdin()
+        .map_err(|error| WorkerError(format!("no channel to the supervisor on stdin: {error}")))?;
+    let hostile = crate::hostile::from_env(&socket);
+    let uplink = Socket(
+        socket
+            .try_clone()
+            .map_err(|error| WorkerError(format!("cannot clone the channel: {error}")))?,
+    );
+    let version = hostile.as_ref().map_or(PROTOCOL_VERSION, |h| h.hello_version());
     send(
-        &to_supervisor,
+        &uplink,
         FromWorker::Hello {
-            version: PROTOCOL_VERSION,
+            version,
             pid: std::process::id(),
-            to_worker,
         },
     )?;
-    serve(to_supervisor, &from_supervisor, Place::Process)
+    serve(uplink, &Socket(socket), Place::Process, hostile)
+}
+
+/// Moves the channel off fd 0 to a close-on-exec descriptor (so that a program a task runs does not inherit
+/// it) and puts /dev/null in its place.
+fn take_channel_from_stdin() -> std::io::Result<UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: fstat writes into the valid, zeroed stat buffer.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; fd 0 may be anything, fstat only inspects it.
+    if unsafe { libc::fstat(0, &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other(
+            "stdin is not a socket (workers are started by the supervisor, not by hand)",
+        ));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
+    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let socket = unsafe { UnixStream::from_raw_fd(fd) };
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup2 onto fd 0, which this process owns; `null` is closed when dropped, fd 0 stays.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(socket)
 }
 
 /// Runs a worker on the calling thread, inside the supervisor's process (the `thread` and `serial` executors):
 /// the same loop and task code as a worker process, without isolation.
 pub fn run_in_thread(to: impl Uplink, from: &std::sync::mpsc::Receiver<ToWorker>) -> Result<(), WorkerError> {
     install_panic_capture();
-    serve(to, from, Place::Thread)
+    serve(to, from, Place::Thread, None)
 }
 
 /// The worker loop after the handshake: `Init`, then batches until `Shutdown` or a closed channel.
-fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), WorkerError> {
+fn serve(
+    to: impl Uplink,
+    from: &impl Downlink,
+    place: Place,
+    hostile: Option<crate::hostile::Hostile>,
+) -> Result<(), WorkerError> {
     fn received(what: &'static str) -> impl Fn(String) -> WorkerError {
         move |error| WorkerError(format!("cannot receive {what}: {error}"))
     }
@@ -124,7 +169,13 @@ fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), Work
             limits,
             progress,
         }) => match Worker::new(&task, &args_json, input, &limits, progress.as_deref(), place) {
-            Ok(worker) => worker,
+            Ok(mut worker) => {
+                if let Some(hostile) = hostile {
+                    hostile.at_init();
+                    worker.hostile = Some(hostile);
+                }
+                worker
+            }
             Err(message) => {
                 send(
                     &to,
@@ -144,6 +195,7 @@ fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), Work
         batch: 0,
         first: 0,
         outcomes: Vec::new(),
+        pending_bytes: 0,
         last_send: Instant::now(),
         open: true,
     }));
@@ -151,7 +203,12 @@ fn serve(to: impl Uplink, from: &impl Downlink, place: Place) -> Result<(), Work
     loop {
         match from.recv().map_err(received("from the supervisor"))? {
             Some(ToWorker::Batch(batch)) => worker.run_batch(&batch, &outbox)?,
-            Some(ToWorker::Shutdown) | None => return Ok(()),
+            Some(ToWorker::Shutdown) | None => {
+                if let Some(hostile) = &worker.hostile {
+                    hostile.at_shutdown();
+                }
+                return Ok(());
+            }
             Some(other @ ToWorker::Init { .. }) => {
                 return Err(WorkerError(format!("unexpected message after Init: {other:?}")));
             }
@@ -199,6 +256,8 @@ struct Outbox {
     /// Index of `outcomes[0]`.
     first: u64,
     outcomes: Vec<Outcome>,
+    /// Encoded size of `outcomes`.
+    pending_bytes: usize,
     last_send: Instant,
     /// False once the worker loop ended: the flusher thread then ends too (a worker thread of the `thread`
     /// executor lives inside the supervisor, where a leftover flusher would outlive it).
@@ -212,6 +271,13 @@ impl Outbox {
     }
 
     fn push(&mut self, outcome: Outcome) -> Result<(), WorkerError> {
+        // Frames stay well under the supervisor's limit: pending results go out before they would pass
+        // RESULT_FLUSH_BYTES (one outcome is at most MAX_RESULT_BYTES plus a short error message).
+        let size = encoded_size(&outcome);
+        if self.pending_bytes + size > frame::RESULT_FLUSH_BYTES {
+            self.flush()?;
+        }
+        self.pending_bytes += size;
         self.outcomes.push(outcome);
         if self.due() { self.flush() } else { Ok(()) }
     }
@@ -225,6 +291,7 @@ impl Outbox {
             return Ok(());
         }
         let outcomes = std::mem::take(&mut self.outcomes);
+        self.pending_bytes = 0;
         let sent = outcomes.len() as u64;
         send(
             &*self.to,
@@ -237,6 +304,46 @@ impl Outbox {
         self.first += sent;
         self.last_send = Instant::now();
         Ok(())
+    }
+}
+
+/// Bytes `value` takes in postcard.
+fn encoded_size<T: serde::Serialize>(value: &T) -> usize {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).unwrap_or(usize::MAX)
+}
+
+/// Holds a task's result to the limits the supervisor enforces: a value larger than
+/// [`frame::MAX_RESULT_BYTES`] or nested deeper than [`frame::MAX_VALUE_DEPTH`] fails the item, and an error
+/// message longer than [`frame::MAX_MESSAGE_BYTES`] is cut.
+fn within_limits(result: Result<shared::item::Value, TaskError>) -> Result<shared::item::Value, TaskError> {
+    match result {
+        Ok(value) => {
+            let depth = value.depth();
+            if depth > frame::MAX_VALUE_DEPTH {
+                return Err(TaskError {
+                    kind: TaskErrorKind::Error,
+                    message: format!(
+                        "the task's result is nested {depth} levels deep, more than the limit of {}",
+                        frame::MAX_VALUE_DEPTH
+                    ),
+                });
+            }
+            let size = encoded_size(&value);
+            if size > frame::MAX_RESULT_BYTES {
+                return Err(TaskError {
+                    kind: TaskErrorKind::Error,
+                    message: format!(
+                        "the task's result takes {size} bytes encoded, more than the limit of {} bytes",
+                        frame::MAX_RESULT_BYTES
+                    ),
+                });
+            }
+            Ok(value)
+        }
+        Err(TaskError { kind, message }) => Err(TaskError {
+            kind,
+            message: frame::truncate_message(message),
+        }),
     }
 }
 
@@ -337,6 +444,8 @@ struct Worker {
     arena: Option<SharedView>,
     progress: Option<ProgressWriter>,
     cpu_seconds_per_item: Option<u64>,
+    /// A test-only misbehaviour (see [`crate::hostile`]); `None` in every real run.
+    hostile: Option<crate::hostile::Hostile>,
 }
 
 impl Worker {
@@ -385,13 +494,28 @@ impl Worker {
             arena,
             progress,
             cpu_seconds_per_item,
+            hostile: None,
         })
     }
 
     fn run_batch(&mut self, batch: &Batch, outbox: &Mutex<Outbox>) -> Result<(), WorkerError> {
         lock(outbox)?.start(batch);
         for k in 0..batch.len() {
-            let outcome = self.run_item(batch, k);
+            let index = batch.first + k;
+            let substitute = self
+                .hostile
+                .as_ref()
+                .and_then(|hostile| hostile.before_item(batch, index, || lock(outbox)?.flush()));
+            let outcome = substitute.unwrap_or_else(|| self.run_item(batch, k));
+            if let Some(hostile) = &self.hostile {
+                let copy = outcome.clone();
+                let mut outbox = lock(outbox)?;
+                outbox.push(outcome)?;
+                outbox.flush()?;
+                drop(outbox);
+                hostile.after_item(batch, index, &copy);
+                continue;
+            }
             lock(outbox)?.push(outcome)?;
         }
         lock(outbox)?.flush()
@@ -477,7 +601,7 @@ impl Worker {
         };
         Outcome {
             elapsed_us: started.elapsed().as_micros() as u64,
-            result,
+            result: within_limits(result),
         }
     }
 
@@ -571,6 +695,77 @@ mod tests {
                     .count()
             })
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn results_over_the_limits_fail_their_item_and_long_errors_are_cut() {
+        use shared::item::Value;
+        let big = within_limits(Ok(Value::Text("x".repeat(frame::MAX_RESULT_BYTES))));
+        let error = big.expect_err("a value over the limit fails");
+        assert_eq!(error.kind, TaskErrorKind::Error);
+        assert!(
+            error.message.contains("more than the limit of 1048576 bytes"),
+            "{}",
+            error.message
+        );
+        let small = Value::Text("x".repeat(frame::MAX_RESULT_BYTES - 16));
+        assert_eq!(within_limits(Ok(small.clone())), Ok(small));
+        let mut deep = Value::Null;
+        for _ in 0..frame::MAX_VALUE_DEPTH {
+            deep = Value::List(vec![deep]);
+        }
+        let error = within_limits(Ok(deep)).expect_err("a value nested too deep fails");
+        assert!(error.message.contains("levels deep"), "{}", error.message);
+        let long = within_limits(Err(TaskError {
+            kind: TaskErrorKind::Panic,
+            message: "p".repeat(1 << 20),
+        }))
+        .expect_err("stays an error");
+        assert_eq!(long.kind, TaskErrorKind::Panic);
+        assert!(
+            long.message.len() < frame::MAX_MESSAGE_BYTES + 64,
+            "{}",
+            long.message.len()
+        );
+    }
+
+    #[test]
+    fn pending_results_go_out_before_they_pass_the_flush_size() {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let mut outbox = Outbox {
+            to: Box::new(Collect(Arc::clone(&messages))),
+            batch: 1,
+            first: 0,
+            outcomes: Vec::new(),
+            pending_bytes: 0,
+            // Not due by time during this test.
+            last_send: Instant::now() + Duration::from_secs(3600),
+            open: true,
+        };
+        let outcome = Outcome {
+            elapsed_us: 1,
+            result: Ok(shared::item::Value::Text("y".repeat(300 << 10))),
+        };
+        for _ in 0..10 {
+            outbox.push(outcome.clone()).expect("pushed");
+        }
+        outbox.flush().expect("flushed");
+        let sizes: Vec<usize> = messages.lock().expect("lock").iter().map(encoded_size).collect();
+        assert!(sizes.len() >= 4, "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&size| size <= frame::MAX_FROM_WORKER as usize),
+            "{sizes:?}"
+        );
+        let answered: usize = messages
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|m| match m {
+                FromWorker::Results { outcomes, .. } => outcomes.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(answered, 10);
     }
 
     /// Regression: each worker thread left its flusher running forever; a benchmark that started thousands of

@@ -102,7 +102,10 @@ impl Batch {
 /// A closed enum rather than `serde_json::Value` because it must cross the channel in postcard, which cannot
 /// decode self-describing data; integers are 128-bit so that sums such as Σ i² stay exact. [`Value::json`] writes
 /// it as plain JSON (numbers, strings, arrays, objects).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Decoding refuses values nested deeper than [`crate::frame::MAX_VALUE_DEPTH`] (a worker is not trusted: a
+/// deep enough value would overflow the decoder's stack, and the drop's).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum Value {
     Null,
     Bool(bool),
@@ -118,6 +121,70 @@ impl Value {
     /// A view that serializes as plain JSON (untagged), e.g. `Value::UInt(3)` as `3`.
     pub fn json(&self) -> JsonValue<'_> {
         JsonValue(self)
+    }
+
+    /// How deeply lists and maps nest in this value: 1 for a scalar.
+    pub fn depth(&self) -> usize {
+        match self {
+            Value::List(items) => 1 + items.iter().map(Value::depth).max().unwrap_or(0),
+            Value::Map(entries) => 1 + entries.iter().map(|(_, value)| value.depth()).max().unwrap_or(0),
+            _ => 1,
+        }
+    }
+}
+
+thread_local! {
+    /// Nesting depth of the `Value` being decoded on this thread.
+    static DECODE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The decoded shape of a [`Value`] (same variants, same order, so the same encoding); its children go through
+/// `Value`'s own `Deserialize`, which counts the depth.
+#[derive(Deserialize)]
+#[serde(rename = "Value")]
+enum ValueNode {
+    Null,
+    Bool(bool),
+    UInt(u128),
+    Int(i128),
+    Float(f64),
+    Text(String),
+    List(Vec<Value>),
+    Map(Vec<(String, Value)>),
+}
+
+/// Leaves one level of nesting when dropped, also when decoding failed.
+struct DepthGuard;
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        DECODE_DEPTH.with(|depth| depth.set(depth.get().saturating_sub(1)));
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+        let level = DECODE_DEPTH.with(|depth| {
+            depth.set(depth.get() + 1);
+            depth.get()
+        });
+        let _guard = DepthGuard;
+        if level > crate::frame::MAX_VALUE_DEPTH {
+            return Err(serde::de::Error::custom(format_args!(
+                "value nested deeper than {} levels",
+                crate::frame::MAX_VALUE_DEPTH
+            )));
+        }
+        Ok(match ValueNode::deserialize(deserializer)? {
+            ValueNode::Null => Value::Null,
+            ValueNode::Bool(b) => Value::Bool(b),
+            ValueNode::UInt(n) => Value::UInt(n),
+            ValueNode::Int(n) => Value::Int(n),
+            ValueNode::Float(f) => Value::Float(f),
+            ValueNode::Text(s) => Value::Text(s),
+            ValueNode::List(items) => Value::List(items),
+            ValueNode::Map(entries) => Value::Map(entries),
+        })
     }
 }
 
@@ -195,6 +262,25 @@ mod tests {
         ]);
         let text = serde_json::to_string(&value.json()).expect("serializes");
         assert_eq!(text, r#"{"big":73786976294838206460,"list":[-2,null,"x"]}"#);
+    }
+
+    #[test]
+    fn values_nested_too_deep_are_refused_without_overflowing_the_stack() {
+        fn nested(depth: usize) -> Vec<u8> {
+            // List is variant 6, then a length of 1; the innermost value is Null (variant 0).
+            let mut bytes: Vec<u8> = std::iter::repeat_n([6u8, 1u8], depth - 1).flatten().collect();
+            bytes.push(0);
+            bytes
+        }
+        let limit = crate::frame::MAX_VALUE_DEPTH;
+        let ok: Value = postcard::from_bytes(&nested(limit)).expect("at the limit");
+        assert_eq!(ok.depth(), limit);
+        let error = postcard::from_bytes::<Value>(&nested(limit + 1)).expect_err("past the limit");
+        assert!(format!("{error:?}").contains("Custom") || !format!("{error}").is_empty());
+        // A million levels: refused at level 65, long before the stack could run out.
+        assert!(postcard::from_bytes::<Value>(&nested(1_000_000)).is_err());
+        // The depth counter is back at zero: the next value decodes.
+        assert_eq!(postcard::from_bytes::<Value>(&[2, 5]).expect("decodes"), Value::UInt(5));
     }
 
     #[test]

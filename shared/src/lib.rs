@@ -3,7 +3,8 @@
 //! Both sides link this crate and nothing here does I/O beyond reading a job file or mapping an input file:
 //!
 //! - [`job`]: the job file schema — a raw serde mirror of the TOML, then a validated, resolved [`job::JobSpec`].
-//! - [`protocol`]: the messages exchanged over ipc-channel ([`protocol::ToWorker`], [`protocol::FromWorker`]).
+//! - [`protocol`]: the messages exchanged with a worker ([`protocol::ToWorker`], [`protocol::FromWorker`]).
+//! - [`frame`]: how they are framed on the worker's socket, and the limits on what a worker may send.
 //! - [`item`]: item descriptors (what crosses the channel instead of bulk bytes) and result [`item::Value`]s.
 //! - [`region`]: read-only memory-mapped files and shared pages, the one place that holds `unsafe` for mapping.
 //! - [`progress`]: the per-worker progress slot in a shared page: which item is running, since when.
@@ -11,6 +12,7 @@
 //! - [`exit`]: the process exit codes the CLI documents.
 
 pub mod exit;
+pub mod frame;
 pub mod item;
 pub mod job;
 pub mod progress;

@@ -1,9 +1,9 @@
-//! The messages exchanged between the supervisor and a worker over ipc-channel (postcard-encoded).
+//! The messages exchanged between the supervisor and a worker (postcard-encoded, framed by [`crate::frame`]).
 //!
 //! ## Flow
-//! 1. The supervisor creates an `IpcOneShotServer<FromWorker>` and execs the worker with the server's name.
-//! 2. The worker connects and sends [`FromWorker::Hello`] carrying its [`PROTOCOL_VERSION`] and the sender half
-//!    of the channel it reads [`ToWorker`] messages from.
+//! 1. The supervisor creates a connected pair of Unix stream sockets and starts the worker with its end as
+//!    stdin (fd 0).
+//! 2. The worker moves the socket off fd 0 and sends [`FromWorker::Hello`] carrying its [`PROTOCOL_VERSION`].
 //! 3. The supervisor sends [`ToWorker::Init`]; the worker answers [`FromWorker::Ready`] or
 //!    [`FromWorker::InitFailed`].
 //! 4. The supervisor sends [`ToWorker::Batch`]es (at most a few queued per worker). For each batch the worker sends
@@ -14,17 +14,17 @@
 //! 5. [`ToWorker::Shutdown`] (or the channel closing) ends the worker, which exits 0.
 //!
 //! A worker that dies is noticed by the channel disconnecting and by `wait4`; the protocol itself has no
-//! heartbeat.
+//! heartbeat. Nothing a worker sends is trusted: frames have a size limit checked before allocation
+//! ([`crate::frame::MAX_FROM_WORKER`]), and the supervisor checks every message against what it gave the worker.
 
 use std::path::PathBuf;
 
-use ipc_channel::ipc::IpcSender;
 use serde::{Deserialize, Serialize};
 
 use crate::item::{Batch, InputPlan, Value};
 
 /// Bumped on every incompatible change; the supervisor refuses a worker that says another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A worker sends the results it has when this much time passed since its last send, even mid-batch.
 pub const RESULT_FLUSH_INTERVAL_MS: u64 = 20;
@@ -64,13 +64,8 @@ pub struct WorkerLimits {
 /// Worker → supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
-    /// First message on the bootstrap channel.
-    Hello {
-        version: u32,
-        pid: u32,
-        /// Where the supervisor sends [`ToWorker`] messages.
-        to_worker: IpcSender<ToWorker>,
-    },
+    /// First message on the channel.
+    Hello { version: u32, pid: u32 },
     /// `Init` succeeded; batches may follow.
     Ready,
     /// `Init` failed (unknown task, input that cannot be mapped); the worker exits after sending this.
@@ -81,9 +76,6 @@ pub enum FromWorker {
         first: u64,
         outcomes: Vec<Outcome>,
     },
-    /// Never sent by a worker: the supervisor sends it to its own bootstrap server to unblock `accept()` when the
-    /// worker died before connecting (ipc-channel's accept has no timeout).
-    NeverConnected,
 }
 
 /// The outcome of one item.

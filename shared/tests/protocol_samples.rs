@@ -1,9 +1,10 @@
-//! The wire format does not change by accident: encoded samples of every message (protocol version 1) are
-//! committed under `tests/protocol-v1/`, and this test checks that today's code decodes each into the expected
+//! The wire format does not change by accident: encoded samples of every message (protocol version 2) are
+//! committed under `tests/protocol-v2/`, and this test checks that today's code decodes each into the expected
 //! value and encodes that value into the same bytes. After an intended change, bump `PROTOCOL_VERSION`, and
 //! write new samples with `BLESS=1 cargo test -p shared --test protocol_samples`.
 //!
-//! `Hello` carries an ipc-channel sender, which only encodes inside a live channel; it is left out.
+//! Version 2 changed the transport (framed messages on a socket instead of ipc-channel) and `Hello` (no channel
+//! handle, no `NeverConnected`); the encodings of the other messages are those of version 1.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use shared::item::{Batch, BatchItems, Chunk, FetchedBody, InputPlan, Value};
 use shared::protocol::{FromWorker, Outcome, PROTOCOL_VERSION, TaskError, TaskErrorKind, ToWorker, WorkerLimits};
 
 fn samples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protocol-v1")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protocol-v2")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -50,9 +51,9 @@ fn debug_eq<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
 }
 
 #[test]
-fn version_one_samples_still_decode_and_encode_identically() {
+fn version_two_samples_still_decode_and_encode_identically() {
     assert_eq!(
-        PROTOCOL_VERSION, 1,
+        PROTOCOL_VERSION, 2,
         "new version: write samples under tests/protocol-v{PROTOCOL_VERSION}"
     );
     let init = ToWorker::Init {
@@ -129,6 +130,14 @@ fn version_one_samples_still_decode_and_encode_identically() {
     }
     check("to-worker-shutdown", &ToWorker::Shutdown, debug_eq);
     check("from-worker-ready", &FromWorker::Ready, debug_eq);
+    check(
+        "from-worker-hello",
+        &FromWorker::Hello {
+            version: PROTOCOL_VERSION,
+            pid: 4242,
+        },
+        debug_eq,
+    );
     check(
         "from-worker-init-failed",
         &FromWorker::InitFailed {

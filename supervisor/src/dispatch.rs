@@ -544,17 +544,36 @@ impl Dispatcher {
                 worker.state = WorkerState::Initializing;
             }
             Event::Message { id, message } => self.on_message(id, message),
+            Event::Frame { id, frame } => {
+                if self
+                    .workers
+                    .get(&id)
+                    .is_none_or(|worker| worker.protocol_error.is_some())
+                {
+                    // Killed for breaking the protocol: what it sent since is not even decoded.
+                    return;
+                }
+                let decoded = frame.decode();
+                // The raw bytes go back to the reader's budget before the message is handled.
+                drop(frame);
+                match decoded {
+                    Ok(message) => self.on_message(id, message),
+                    Err(error) => self.protocol_violation(id, format!("sent an undecodable message: {error}")),
+                }
+            }
             // A worker's exit is handled when both its exit status and the end of its channel have arrived: they
             // come from different threads, and results sent just before death must be counted first.
             Event::ChannelClosed { id, error } => {
                 let Some(worker) = self.workers.get_mut(&id) else {
                     return;
                 };
-                if let Some(error) = error {
-                    worker.protocol_error.get_or_insert(error);
-                    worker.kill();
-                }
                 worker.channel_closed = true;
+                if let Some(error) = error {
+                    self.protocol_violation(id, error);
+                }
+                let Some(worker) = self.workers.get_mut(&id) else {
+                    return;
+                };
                 if worker.exit.is_some() {
                     self.on_exit(id);
                 }
@@ -575,15 +594,23 @@ impl Dispatcher {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
+        if worker.protocol_error.is_some() {
+            // Killed for breaking the protocol: nothing more it says is believed.
+            return;
+        }
         match message {
             FromWorker::Ready if worker.state == WorkerState::Initializing => {
                 worker.state = WorkerState::Ready;
                 self.start_failures = 0;
                 self.fill(id);
             }
-            FromWorker::InitFailed { message } => {
-                self.abandon(Error::WorkersCannotStart { reason: message });
+            FromWorker::InitFailed { message } if worker.state == WorkerState::Initializing => {
+                let reason = shared::frame::truncate_message(message);
+                self.abandon(Error::WorkersCannotStart { reason });
             }
+            // Told to stop while it was starting (the job ended meanwhile): its answer to `Init` comes late.
+            FromWorker::Ready | FromWorker::InitFailed { .. }
+                if worker.state == WorkerState::Stopping && worker.batches.is_empty() && worker.answered == 0 => {}
             FromWorker::Results { batch, first, outcomes } => self.on_results(id, batch, first, outcomes),
             other => self.protocol_violation(id, format!("sent an unexpected {} message", message_name(&other))),
         }
@@ -602,8 +629,11 @@ impl Dispatcher {
         if !valid {
             let message = format!(
                 "sent results for items {first}..{} of batch {batch_id}, which it was not running",
-                first + count
+                first.saturating_add(count)
             );
+            return self.protocol_violation(id, message);
+        }
+        if let Some(message) = oversized_value(first, &outcomes) {
             return self.protocol_violation(id, message);
         }
         let pid = self.workers.get(&id).map_or(0, |worker| worker.pid);
@@ -620,7 +650,7 @@ impl Dispatcher {
                     };
                     let failure = Failure {
                         kind,
-                        message: error.message,
+                        message: shared::frame::truncate_message(error.message),
                         signal: None,
                         code: None,
                         stderr: None,
@@ -671,11 +701,11 @@ impl Dispatcher {
                 lines if lines.is_empty() => String::new(),
                 lines => format!("; stderr: {lines}"),
             };
-            self.start_failed(format!(
-                "worker {} {} before it was ready{tail}",
-                worker.pid,
-                describe_exit(info.status)
-            ));
+            let how = match &worker.protocol_error {
+                Some(error) => format!("{error}, and was killed"),
+                None => format!("worker {} {}", worker.pid, describe_exit(info.status)),
+            };
+            self.start_failed(format!("{how} before it was ready{tail}"));
         }
         // Counted after the dead worker's item is recorded below: the death that trips the restart limit still
         // charges the item that caused it.
@@ -978,12 +1008,18 @@ impl Dispatcher {
         }
     }
 
+    /// Kills a worker that sent something it should not have. Its items are settled when it exits (see
+    /// `on_exit`: its progress slot is no longer trusted); the violation is also said on stderr, since it may
+    /// cost no item at all (a repeated result, a violation between items).
     fn protocol_violation(&mut self, id: WorkerId, message: String) {
-        if let Some(worker) = self.workers.get_mut(&id) {
-            worker
-                .protocol_error
-                .get_or_insert(format!("worker {} {message}", worker.pid));
+        if let Some(worker) = self.workers.get_mut(&id)
+            && worker.protocol_error.is_none()
+        {
+            let error = format!("worker {} {message}", worker.pid);
             worker.kill();
+            self.progress
+                .message(&format!("{error}: killed it (protocol violation)"));
+            worker.protocol_error = Some(error);
         }
     }
 
@@ -1230,4 +1266,19 @@ impl Dispatcher {
             }),
         })
     }
+}
+
+/// Names the first value in `outcomes` larger than `shared::frame::MAX_RESULT_BYTES` encoded, if any. An honest
+/// worker fails such an item itself, so receiving one is a protocol violation.
+fn oversized_value(first: u64, outcomes: &[Outcome]) -> Option<String> {
+    outcomes.iter().zip(first..).find_map(|(outcome, item)| {
+        let value = outcome.result.as_ref().ok()?;
+        let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).unwrap_or(usize::MAX);
+        (size > shared::frame::MAX_RESULT_BYTES).then(|| {
+            format!(
+                "sent a result of {size} bytes for item {item}, more than the limit of {} bytes",
+                shared::frame::MAX_RESULT_BYTES
+            )
+        })
+    })
 }

@@ -4,9 +4,9 @@
 //! binary. The fork server is forked from the supervisor at start-up, *before* the async runtime or any other
 //! thread exists (a fork of a multi-threaded process can deadlock the child), and stays single-threaded.
 //!
-//! It talks to the supervisor over a `SOCK_SEQPACKET` pair with postcard messages. For each request it
-//! creates a stderr pipe, forks, and the child becomes a worker (connecting to the named bootstrap server like
-//! an exec'ed one); the reply carries the pid and, with `SCM_RIGHTS`, the read end of the worker's stderr.
+//! It talks to the supervisor over a `SOCK_SEQPACKET` pair with postcard messages. Each request carries the
+//! worker's end of its channel (`SCM_RIGHTS`); the fork server creates a stderr pipe, forks, and the child
+//! becomes a worker with the channel as its stdin, like an exec'ed one; the reply carries the pid and, with `SCM_RIGHTS`, the read end of the worker's stderr.
 //! Workers are the fork server's children, so it reaps them (it polls a pidfd per worker) and reports each
 //! exit with its resource usage. The fork server dies with the supervisor (`PR_SET_PDEATHSIG`), and its
 //! workers with it.
@@ -23,9 +23,10 @@ use crate::linux::{self, ExitInfo, ExitStatus, Forked, Pidfd};
 
 /// Supervisor → fork server.
 #[derive(Debug, Serialize, Deserialize)]
-struct Request {
-    /// Name of the worker's ipc-channel bootstrap server.
-    server_name: String,
+enum Request {
+    /// Fork a worker; its end of the channel is attached. (Never empty on the wire: an empty message means
+    /// end of stream.)
+    Fork,
 }
 
 /// Fork server → supervisor.
@@ -117,14 +118,12 @@ impl ForkServer {
         }
     }
 
-    /// Asks for a worker connecting to `server_name`; returns its pid, the read end of its stderr and a pidfd.
+    /// Asks for a worker with `channel` as its stdin; returns its pid, the read end of its stderr and a pidfd.
     /// Called from one thread at a time (the launcher), so replies come back in request order.
-    pub fn fork_worker(&self, server_name: &str) -> io::Result<(u32, OwnedFd, Pidfd)> {
-        let request = postcard::to_stdvec(&Request {
-            server_name: server_name.to_string(),
-        })
-        .map_err(|error| io::Error::other(format!("cannot encode request: {error}")))?;
-        linux::send_message(self.control.as_fd(), &request, &[])?;
+    pub fn fork_worker(&self, channel: BorrowedFd<'_>) -> io::Result<(u32, OwnedFd, Pidfd)> {
+        let request = postcard::to_stdvec(&Request::Fork)
+            .map_err(|error| io::Error::other(format!("cannot encode request: {error}")))?;
+        linux::send_message(self.control.as_fd(), &request, &[channel])?;
         let replies = self
             .replies
             .lock()
@@ -246,13 +245,19 @@ fn serve(control: OwnedFd, supervisor: i32) -> io::Result<()> {
             }
         }
         if ready[0] {
-            let (len, _) = linux::recv_message(control.as_fd(), &mut buffer)?;
+            let (len, mut fds) = linux::recv_message(control.as_fd(), &mut buffer)?;
             if len == 0 {
                 return Ok(());
             }
-            let request: Request = postcard::from_bytes(&buffer[..len])
+            let Request::Fork = postcard::from_bytes(&buffer[..len])
                 .map_err(|error| io::Error::other(format!("bad request: {error}")))?;
-            match fork_worker(&control, &request.server_name) {
+            let forked = match (fds.pop(), fds.is_empty()) {
+                (Some(channel), true) => fork_worker(&control, channel),
+                _ => Err(io::Error::other(
+                    "a fork request must carry exactly the worker's channel",
+                )),
+            };
+            match forked {
                 Ok((pid, pidfd, stderr)) => {
                     let sent = send(&control, &Reply::Forked { pid }, &[stderr.as_fd(), pidfd.as_fd()]);
                     workers.push((pid, pidfd));
@@ -275,15 +280,16 @@ fn send(control: &OwnedFd, reply: &Reply, fds: &[BorrowedFd<'_>]) -> io::Result<
     linux::send_message(control.as_fd(), &bytes, fds)
 }
 
-/// Forks one worker; returns its pid, a pidfd to poll for its exit, and the read end of its stderr.
-fn fork_worker(control: &OwnedFd, server_name: &str) -> io::Result<(u32, Pidfd, OwnedFd)> {
+/// Forks one worker with `channel` as its stdin; returns its pid, a pidfd to poll for its exit, and the read
+/// end of its stderr.
+fn fork_worker(control: &OwnedFd, channel: OwnedFd) -> io::Result<(u32, Pidfd, OwnedFd)> {
     let (stderr_read, stderr_write) = linux::pipe()?;
     let server = std::process::id() as i32;
     // SAFETY: the fork server is single-threaded.
     match unsafe { linux::fork() }? {
         Forked::Child => {
-            let code = match linux::redirect_and_close_others(stderr_write.as_fd()) {
-                Ok(()) => match child::worker::run(server_name, Some(server)) {
+            let code = match linux::redirect_and_close_others(channel.as_fd(), stderr_write.as_fd()) {
+                Ok(()) => match child::worker::run(Some(server)) {
                     Ok(()) => 0,
                     Err(error) => {
                         eprintln!("worker: {error}");
@@ -298,6 +304,7 @@ fn fork_worker(control: &OwnedFd, server_name: &str) -> io::Result<(u32, Pidfd, 
         }
         Forked::Parent { child } => {
             drop(stderr_write);
+            drop(channel);
             let pidfd = Pidfd::open(child)?;
             Ok((child as u32, pidfd, stderr_read))
         }

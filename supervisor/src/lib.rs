@@ -10,7 +10,7 @@
 //!
 //! **How an item flows.** [`plan`] lists the input into items (sub-ranges, line-aligned byte ranges of one
 //! mapped file, or file paths). The dispatcher groups consecutive items into batches ([`batching`] sizes them
-//! from measured per-item time) and sends each batch to a worker as descriptors over ipc-channel. The worker
+//! from measured per-item time) and sends each batch to a worker as descriptors over its socket. The worker
 //! maps the input read-only, runs the task on each item, and sends back results in item order. The dispatcher
 //! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer.
 //!
@@ -55,13 +55,13 @@ use crate::error::Error;
 
 /// The whole program: parses arguments, runs the command, and maps the outcome to an exit code.
 ///
-/// When started as `supervisor __worker NAME` it is a worker instead, and as `supervisor __bench-echo …` the far
+/// When started as `supervisor __worker` (with its channel as stdin) it is a worker instead, and as `supervisor __bench-echo …` the far
 /// side of `supervisor bench`; neither starts the async runtime.
 pub fn main() -> i32 {
     let mut args = std::env::args_os();
     let mode = args.nth(1);
     if mode.as_deref() == Some(pool::WORKER_ARG.as_ref()) {
-        return worker_main(args.next());
+        return worker_main();
     }
     if mode.as_deref() == Some(bench::echo::ECHO_ARG.as_ref()) {
         return bench::echo::main(args);
@@ -124,15 +124,11 @@ pub(crate) fn block_on_value<T>(future: impl Future<Output = T>) -> Result<T, Er
         .block_on(future))
 }
 
-fn worker_main(server_name: Option<std::ffi::OsString>) -> i32 {
-    let Some(name) = server_name.and_then(|name| name.into_string().ok()) else {
-        eprintln!("worker: expected the supervisor's channel name as argument");
-        return exit::USAGE;
-    };
+fn worker_main() -> i32 {
     let parent = std::env::var(child::worker::PARENT_PID_ENV)
         .ok()
         .and_then(|pid| pid.parse().ok());
-    match child::worker::run(&name, parent) {
+    match child::worker::run(parent) {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("worker: {error}");

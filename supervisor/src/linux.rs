@@ -315,10 +315,11 @@ pub unsafe fn fork() -> io::Result<Forked> {
     }
 }
 
-/// In a freshly forked child: makes `stderr` its fd 2 and /dev/null its fds 0 and 1, and closes every other fd.
-pub fn redirect_and_close_others(stderr: BorrowedFd<'_>) -> io::Result<()> {
+/// In a freshly forked child: makes `stdin` its fd 0, /dev/null its fd 1 and `stderr` its fd 2, and closes every
+/// other fd.
+pub fn redirect_and_close_others(stdin: BorrowedFd<'_>, stderr: BorrowedFd<'_>) -> io::Result<()> {
     let null = std::fs::File::options().read(true).write(true).open("/dev/null")?;
-    for (from, to) in [(null.as_fd(), 0), (null.as_fd(), 1), (stderr, 2)] {
+    for (from, to) in [(stdin, 0), (null.as_fd(), 1), (stderr, 2)] {
         // SAFETY: dup2 onto the standard fds, which this process owns.
         check(unsafe { libc::dup2(from.as_raw_fd(), to) } as libc::c_long)?;
     }
@@ -330,7 +331,7 @@ pub fn redirect_and_close_others(stderr: BorrowedFd<'_>) -> io::Result<()> {
             unsafe { libc::close(fd) };
         }
     }
-    // The fds `null` and `stderr` refer to are closed by close_range; do not close them again.
+    // The fds `null`, `stdin` and `stderr` refer to are closed by close_range; do not close them again.
     std::mem::forget(null);
     Ok(())
 }

@@ -1,31 +1,35 @@
 //! Starting worker processes and bridging their channels into the dispatcher's event stream.
 //!
 //! Every worker is started by one long-lived launcher thread (the worker's `PR_SET_PDEATHSIG` fires when the
-//! *thread* that forked it exits, so short-lived threads must never spawn). The launcher execs the current
-//! binary in worker mode with the name of a fresh `IpcOneShotServer`, opens a pidfd for it, and starts three
-//! threads that live as long as the worker:
+//! *thread* that forked it exits, so short-lived threads must never spawn). The launcher creates a pair of Unix
+//! stream sockets, execs the current binary in worker mode with one end as its stdin, opens a pidfd for it, and
+//! starts three threads that live as long as the worker:
 //!
-//! - the **reader** accepts the worker's connection, starts the writer, then turns every message into an
-//!   [`Event`];
+//! - the **reader** reads the worker's `Hello`, starts the writer, then passes every further frame to the
+//!   dispatcher as an [`Event::Frame`], undecoded. Nothing a worker sends is trusted: a frame's declared size is
+//!   checked against [`shared::frame::MAX_FROM_WORKER`] before anything is allocated for it, and the frames a
+//!   worker has in the event queue are bounded ([`IN_FLIGHT_BYTES`]): a flooding worker waits for the
+//!   dispatcher;
 //! - the **waiter** blocks in `wait4` on this pid only, so the worker is reaped the moment it dies, and reports
-//!   its status, resource usage and stderr tail. If the worker died before connecting, it unblocks the reader's
-//!   `accept()` (which has no timeout) by connecting to the server itself;
+//!   its status, resource usage and stderr tail. It then shuts the socket down, so the reader sees the end
+//!   (after what the worker sent) even if something the worker started still holds the worker's end open;
 //! - the **stderr drain** keeps the last few KiB of the worker's stderr, so a chatty worker never blocks.
 //!
 //! The pool owns no job state: the dispatcher decides what each worker does; this module only moves messages.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::net::Shutdown;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc as std_mpsc};
 use std::thread;
 use std::time::Duration;
 
-use ipc_channel::IpcError;
-use ipc_channel::ipc::{IpcOneShotServer, IpcSender};
 use serde::Serialize;
+use shared::frame::{self, FrameError};
 use shared::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker};
 use tokio::sync::mpsc;
 
@@ -76,6 +80,11 @@ pub const WORKER_ARG: &str = "__worker";
 /// Bytes of a worker's stderr kept for failure reports.
 const STDERR_TAIL_BYTES: usize = 8 << 10;
 
+/// Bytes of frames one worker may have waiting in the event queue. The reader reads another frame only while
+/// less than this minus one largest frame is waiting, so a worker that floods the supervisor is slowed down to
+/// the dispatcher's pace instead of filling its memory.
+pub const IN_FLIGHT_BYTES: usize = 2 * frame::MAX_FROM_WORKER as usize;
+
 /// Identifies one worker process for the whole run (a replacement gets a new id).
 pub type WorkerId = u64;
 
@@ -93,8 +102,11 @@ pub enum Event {
     SpawnFailed { id: WorkerId, error: String },
     /// The worker said hello with a matching protocol version; `to_worker` feeds its writer thread.
     Connected { id: WorkerId, to_worker: WorkerSender },
-    /// A message from a connected worker.
+    /// A message from a worker thread (trusted: it is this process's own code).
     Message { id: WorkerId, message: FromWorker },
+    /// A frame from a worker process after its `Hello`, not decoded yet (the dispatcher decodes one at a time,
+    /// so the memory a hostile worker can cost is its raw frames, bounded by [`IN_FLIGHT_BYTES`]).
+    Frame { id: WorkerId, frame: Frame },
     /// The channel ended: `error` is `None` for a plain disconnect (the worker exited or closed it) and says
     /// what was wrong otherwise (undecodable message, wrong protocol version, bad handshake).
     ChannelClosed { id: WorkerId, error: Option<String> },
@@ -106,7 +118,7 @@ pub enum Event {
     },
 }
 
-/// Sends messages to one worker through its writer thread (ipc-channel's `send` may block, so it never runs on
+/// Sends messages to one worker through its writer thread (a write may block, so it never runs on
 /// the dispatcher). Dropping it closes the worker's channel, which makes a healthy worker exit.
 #[derive(Debug, Clone)]
 pub struct WorkerSender(std_mpsc::Sender<ToWorker>);
@@ -127,9 +139,63 @@ pub struct IpcCounter {
 
 impl IpcCounter {
     fn count<T: Serialize>(&self, message: &T) {
-        let size = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default()).unwrap_or(0) as u64;
+        let size = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default()).unwrap_or(0);
+        self.count_bytes(size);
+    }
+
+    fn count_bytes(&self, size: usize) {
         self.messages.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.bytes.fetch_add(size as u64, Ordering::Relaxed);
+    }
+}
+
+/// The bytes of one worker's frames waiting in the event queue.
+#[derive(Debug, Default)]
+struct Budget {
+    waiting: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Budget {
+    /// Blocks until one more frame of the largest size fits.
+    fn wait_for_room(&self) {
+        let limit = IN_FLIGHT_BYTES - frame::MAX_FROM_WORKER as usize;
+        if let Ok(waiting) = self.waiting.lock() {
+            drop(self.freed.wait_while(waiting, |waiting| *waiting > limit));
+        }
+    }
+
+    fn take(&self, bytes: usize) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            *waiting += bytes;
+        }
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            *waiting = waiting.saturating_sub(bytes);
+            self.freed.notify_all();
+        }
+    }
+}
+
+/// The body of one frame from a worker. Dropping it makes room for the next one (see [`IN_FLIGHT_BYTES`]).
+#[derive(Debug)]
+pub struct Frame {
+    bytes: Vec<u8>,
+    budget: Arc<Budget>,
+}
+
+impl Frame {
+    /// Decodes the frame as a message.
+    pub fn decode(&self) -> Result<FromWorker, postcard::Error> {
+        postcard::from_bytes(&self.bytes)
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes.len());
     }
 }
 
@@ -164,15 +230,14 @@ impl Launcher {
     }
 }
 
-/// Starts one worker process connecting to the bootstrap server `name`.
-fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::io::Result<Started> {
+/// Starts one worker process with `channel` (its end of the socket pair) as its stdin.
+fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> std::io::Result<Started> {
     match starter {
         Starter::Spawn => {
             let mut child = Command::new(exe)
                 .arg(WORKER_ARG)
-                .arg(name)
                 .env(child::worker::PARENT_PID_ENV, std::process::id().to_string())
-                .stdin(Stdio::null())
+                .stdin(Stdio::from(channel))
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -204,7 +269,7 @@ fn start_process(exe: &std::path::Path, starter: &Starter, name: &str) -> std::i
         Starter::Thread => Err(std::io::Error::other("worker threads are not processes")),
         Starter::Fork(server) => {
             // The fork server opened the pidfd in the worker's parent, where it cannot race with reaping.
-            let (pid, stderr, pidfd) = server.fork_worker(name)?;
+            let (pid, stderr, pidfd) = server.fork_worker(channel.as_fd())?;
             let server = Arc::clone(server);
             Ok(Started {
                 pid,
@@ -230,13 +295,14 @@ fn launch(
     if let Starter::Thread = starter {
         return launch_thread(id, events).map_err(|e| failed("cannot start worker thread", e));
     }
-    let (server, name) = IpcOneShotServer::<FromWorker>::new().map_err(|e| failed("cannot create channel", e))?;
+    let (socket, theirs) = UnixStream::pair().map_err(|e| failed("cannot create channel", e))?;
+    let shutter = socket.try_clone().map_err(|e| failed("cannot create channel", e))?;
     let Started {
         pid,
         pidfd,
         mut stderr,
         wait,
-    } = start_process(exe, starter, &name).map_err(|e| failed("cannot start worker", e))?;
+    } = start_process(exe, starter, OwnedFd::from(theirs)).map_err(|e| failed("cannot start worker", e))?;
 
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (eof_sender, eof) = std_mpsc::channel::<()>();
@@ -255,13 +321,11 @@ fn launch(
 
     {
         let events = events.clone();
-        let name = name.clone();
         spawn_thread("worker-waiter", move || {
             let info = wait();
-            // The worker is dead: unblock accept() in case it never connected. Fails harmlessly otherwise.
-            if let Ok(sender) = IpcSender::<FromWorker>::connect(name) {
-                let _ = sender.send(FromWorker::NeverConnected);
-            }
+            // The worker is dead, but a process it started may still hold its end of the socket. The reader still
+            // reads what the worker sent before it died, then sees the end.
+            let _ = shutter.shutdown(Shutdown::Both);
             // Give the drain a moment to read the last bytes (a grandchild may hold stderr open forever).
             let _ = eof.recv_timeout(Duration::from_millis(200));
             let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
@@ -272,7 +336,7 @@ fn launch(
     {
         let events = events.clone();
         let counter = Arc::clone(counter);
-        spawn_thread("worker-reader", move || read_loop(id, server, &events, &counter));
+        spawn_thread("worker-reader", move || read_loop(id, &socket, &events, &counter));
     }
     Ok(Event::Spawned {
         id,
@@ -329,30 +393,33 @@ fn launch_thread(id: WorkerId, events: &mpsc::Sender<Event>) -> std::io::Result<
     })
 }
 
-fn read_loop(
-    id: WorkerId,
-    server: IpcOneShotServer<FromWorker>,
-    events: &mpsc::Sender<Event>,
-    counter: &Arc<IpcCounter>,
-) {
+fn read_loop(id: WorkerId, socket: &UnixStream, events: &mpsc::Sender<Event>, counter: &Arc<IpcCounter>) {
     let closed = |error: Option<String>| {
         let _ = events.blocking_send(Event::ChannelClosed { id, error });
     };
-    let (receiver, first) = match server.accept() {
-        Ok(accepted) => accepted,
-        Err(error) => return closed(Some(format!("handshake failed: {error}"))),
-    };
-    match first {
-        FromWorker::Hello { version, to_worker, .. } if version == PROTOCOL_VERSION => {
+    let mut buffer = Vec::new();
+    match frame::read_into(socket, frame::MAX_FROM_WORKER, &mut buffer) {
+        Ok(()) => counter.count_bytes(buffer.len()),
+        // Died before or while saying hello: a start failure, which its exit status explains.
+        Err(FrameError::Closed | FrameError::Io(_)) => return closed(None),
+        Err(error) => return closed(Some(format!("broke the handshake: {error}"))),
+    }
+    match postcard::from_bytes::<FromWorker>(&buffer) {
+        Ok(FromWorker::Hello { version, .. }) if version == PROTOCOL_VERSION => {
+            let Ok(writer) = socket.try_clone() else {
+                return closed(Some("cannot clone its channel".into()));
+            };
             let (sender, queue) = std_mpsc::channel::<ToWorker>();
             let counter = Arc::clone(counter);
             spawn_thread("worker-writer", move || {
                 for message in queue {
                     counter.count(&message);
-                    if to_worker.send(message).is_err() {
+                    if frame::write(&writer, &message).is_err() {
                         return;
                     }
                 }
+                // The dispatcher dropped the worker's sender: end of stream, and a healthy worker exits.
+                let _ = writer.shutdown(Shutdown::Write);
             });
             if events
                 .blocking_send(Event::Connected {
@@ -364,29 +431,40 @@ fn read_loop(
                 return;
             }
         }
-        FromWorker::Hello { version, .. } => {
+        Ok(FromWorker::Hello { version, .. }) => {
             return closed(Some(format!(
-                "worker speaks protocol version {version}, the supervisor {PROTOCOL_VERSION}"
+                "speaks protocol version {version}, the supervisor {PROTOCOL_VERSION}"
             )));
         }
-        FromWorker::NeverConnected => return closed(None),
-        other => {
+        Ok(other) => {
             return closed(Some(format!(
-                "expected Hello as first message, got {}",
+                "sent {} as its first message instead of Hello",
                 message_name(&other)
             )));
         }
+        Err(error) => return closed(Some(format!("sent an undecodable first message: {error}"))),
     }
+    let budget = Arc::new(Budget::default());
     loop {
-        match receiver.recv() {
-            Ok(message) => {
-                counter.count(&message);
-                if events.blocking_send(Event::Message { id, message }).is_err() {
+        budget.wait_for_room();
+        let mut bytes = Vec::new();
+        match frame::read_into(socket, frame::MAX_FROM_WORKER, &mut bytes) {
+            Ok(()) => {
+                counter.count_bytes(bytes.len());
+                budget.take(bytes.len());
+                let frame = Frame {
+                    bytes,
+                    budget: Arc::clone(&budget),
+                };
+                if events.blocking_send(Event::Frame { id, frame }).is_err() {
                     return;
                 }
             }
-            Err(IpcError::Disconnected) => return closed(None),
-            Err(error) => return closed(Some(format!("undecodable message: {error}"))),
+            Err(FrameError::Closed) => return closed(None),
+            // A worker that dies mid-frame (a crash while the flusher writes) is a crash, not a violation: the
+            // waiter's report says how it died.
+            Err(FrameError::Io(_)) => return closed(None),
+            Err(error) => return closed(Some(error.to_string())),
         }
     }
 }
@@ -398,7 +476,6 @@ pub fn message_name(message: &FromWorker) -> &'static str {
         FromWorker::Ready => "Ready",
         FromWorker::InitFailed { .. } => "InitFailed",
         FromWorker::Results { .. } => "Results",
-        FromWorker::NeverConnected => "NeverConnected",
     }
 }
 
@@ -431,6 +508,38 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::Tail;
+
+    /// The waiter shuts the socket down once the worker is dead; what the worker sent before must still be
+    /// read, and then the end.
+    #[test]
+    fn a_shut_down_socket_still_yields_what_was_sent_before() {
+        use std::io::Write;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+        (&theirs).write_all(b"last words").expect("write");
+        // `theirs` stays open, as if a grandchild held it.
+        ours.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut &ours, &mut got).expect("read");
+        assert_eq!(got, b"last words");
+        drop(theirs);
+    }
+
+    #[test]
+    fn a_reader_waits_while_a_worker_has_too_much_in_flight() {
+        use std::sync::Arc;
+        let budget = Arc::new(super::Budget::default());
+        budget.take(super::IN_FLIGHT_BYTES);
+        let waiter = {
+            let budget = Arc::clone(&budget);
+            std::thread::spawn(move || budget.wait_for_room())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "the reader went on with a full budget");
+        budget.give_back(super::IN_FLIGHT_BYTES);
+        waiter
+            .join()
+            .expect("the reader goes on once the dispatcher handled the frames");
+    }
 
     #[test]
     fn tail_keeps_the_end_of_a_bounded_buffer() {

@@ -64,6 +64,18 @@ pub(super) const ARGS: &[ArgInfo] = &[
         help: "an `oom` item gives up (returns an error) after this much without a memory limit",
     },
     ArgInfo {
+        name: "huge",
+        kind: "[int]",
+        default: "[]",
+        help: "items that return a text value of `huge_size` bytes (over the 1 MiB result limit, such an item fails)",
+    },
+    ArgInfo {
+        name: "huge_size",
+        kind: "size",
+        default: "\"100MiB\"",
+        help: "size of the value a `huge` item returns",
+    },
+    ArgInfo {
         name: "delay_ms",
         kind: "int",
         default: "0",
@@ -98,6 +110,9 @@ struct FaultArgs {
     oom_cap: Option<String>,
     once_dir: Option<std::path::PathBuf>,
     #[serde(default)]
+    huge: Vec<u64>,
+    huge_size: Option<String>,
+    #[serde(default)]
     delay_ms: u64,
 }
 
@@ -105,6 +120,7 @@ struct Fault {
     args: FaultArgs,
     exit_code: i32,
     oom_cap: u64,
+    huge_size: usize,
 }
 
 impl Task for Fault {
@@ -117,9 +133,18 @@ impl Task for Fault {
         if let Some(dir) = &a.once_dir {
             // create_new fails when the marker exists: this item already misbehaved once, so it behaves now.
             let marker = dir.join(format!("fault-{index}"));
-            let listed = [&a.segfault, &a.abort, &a.panic, &a.exit, &a.hang, &a.oom, &a.error]
-                .iter()
-                .any(|list| list.contains(&index));
+            let listed = [
+                &a.segfault,
+                &a.abort,
+                &a.panic,
+                &a.exit,
+                &a.hang,
+                &a.oom,
+                &a.error,
+                &a.huge,
+            ]
+            .iter()
+            .any(|list| list.contains(&index));
             if listed && std::fs::File::create_new(&marker).is_err() {
                 return Ok(Value::UInt(u128::from(index)));
             }
@@ -151,6 +176,9 @@ impl Task for Fault {
         if a.error.contains(&index) {
             return Err(format!("fault: injected error at item {index}"));
         }
+        if a.huge.contains(&index) {
+            return Ok(Value::Text("h".repeat(self.huge_size)));
+        }
         Ok(Value::UInt(u128::from(index)))
     }
 }
@@ -175,10 +203,19 @@ pub(super) fn build(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
         None => 2 << 30,
         Some(text) => parse_size(text).map_err(|error| format!("bad args for task `fault`: `oom_cap`: {error}"))?,
     };
+    let huge_size = match &args.huge_size {
+        None => 100 << 20,
+        Some(text) => parse_size(text)
+            .map_err(|error| format!("bad args for task `fault`: `huge_size`: {error}"))
+            .and_then(|size| {
+                usize::try_from(size).map_err(|_| format!("bad args for task `fault`: `huge_size` {size} is too large"))
+            })?,
+    };
     let exit_code = args.exit_code.unwrap_or(3);
     Ok(Box::new(Fault {
         args,
         exit_code,
         oom_cap,
+        huge_size,
     }))
 }

@@ -90,7 +90,7 @@ impl Worker {
     async fn until_ready(&mut self, events: &mut mpsc::Receiver<Event>) -> Result<crate::pool::WorkerSender, String> {
         let mut to_worker = None;
         loop {
-            match self.next(events).await? {
+            match decoded(self.next(events).await?)? {
                 Event::Spawned { pidfd, .. } => self.pidfd = pidfd,
                 Event::SpawnFailed { error, .. } => {
                     self.exited = true;
@@ -122,6 +122,7 @@ impl Worker {
                 Event::Message { message, .. } => {
                     return Err(format!("unexpected {} before Ready", message_name(&message)));
                 }
+                Event::Frame { .. } => return Err("a frame that was not decoded".to_string()),
                 Event::ChannelClosed { error, .. } => {
                     self.channel_closed = true;
                     return Err(format!(
@@ -174,7 +175,7 @@ impl Worker {
                 Event::SpawnFailed { .. } => (self.exited, self.channel_closed) = (true, true),
                 Event::ChannelClosed { .. } => self.channel_closed = true,
                 Event::Exited { .. } => self.exited = true,
-                Event::Connected { .. } | Event::Message { .. } => {}
+                Event::Connected { .. } | Event::Message { .. } | Event::Frame { .. } => {}
             }
         }
         Ok(())
@@ -187,12 +188,24 @@ impl Worker {
     }
 }
 
+/// A worker process's frame as the message it holds (the bench's own workers are trusted).
+fn decoded(event: Event) -> Result<Event, String> {
+    match event {
+        Event::Frame { id, frame } => match frame.decode() {
+            Ok(message) => Ok(Event::Message { id, message }),
+            Err(error) => Err(format!("undecodable message from the worker: {error}")),
+        },
+        other => Ok(other),
+    }
+}
+
 fn event_id(event: &Event) -> WorkerId {
     match event {
         Event::Spawned { id, .. }
         | Event::SpawnFailed { id, .. }
         | Event::Connected { id, .. }
         | Event::Message { id, .. }
+        | Event::Frame { id, .. }
         | Event::ChannelClosed { id, .. }
         | Event::Exited { id, .. } => *id,
     }
