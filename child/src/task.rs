@@ -26,6 +26,8 @@ pub enum ItemInput<'a> {
         /// Offset of `data` in the file.
         offset: u64,
     },
+    /// The body of a URL of a `urls` input, fetched by the supervisor into shared memory (never copied).
+    Fetched { data: &'a [u8], url: &'a str },
 }
 
 /// Which kinds of items a task accepts.
@@ -35,7 +37,8 @@ pub enum InputKind {
     Range,
     /// Line-aligned chunks of a `file` input (`split = "lines"`).
     Chunks,
-    /// Whole files: a `glob` input, or a `file` input with `split = "none"`.
+    /// Whole files: a `glob` input, or a `file` input with `split = "none"`; also the fetched bodies of a `urls`
+    /// input, which a task sees as [`ItemInput::Fetched`] (read them with [`bytes_of`]).
     WholeFiles,
 }
 
@@ -44,7 +47,7 @@ impl InputKind {
         match self {
             InputKind::Range => "range",
             InputKind::Chunks => "file chunks",
-            InputKind::WholeFiles => "whole files",
+            InputKind::WholeFiles => "whole files (or URL bodies)",
         }
     }
 }
@@ -135,7 +138,7 @@ pub fn parse_args<T: DeserializeOwned>(task: &str, args: &serde_json::Value) -> 
 /// The bytes of an item, or an error naming the task that needs them.
 pub fn bytes_of<'a>(task: &str, item: &Item<'a>) -> Result<&'a [u8], String> {
     match item.input {
-        ItemInput::Bytes { data, .. } => Ok(data),
+        ItemInput::Bytes { data, .. } | ItemInput::Fetched { data, .. } => Ok(data),
         ItemInput::Range { .. } => Err(format!("task `{task}` needs file input, got a range item")),
     }
 }
@@ -144,6 +147,8 @@ pub fn bytes_of<'a>(task: &str, item: &Item<'a>) -> Result<&'a [u8], String> {
 pub fn range_of(task: &str, item: &Item<'_>) -> Result<(u64, u64), String> {
     match item.input {
         ItemInput::Range { lo, hi } => Ok((lo, hi)),
-        ItemInput::Bytes { .. } => Err(format!("task `{task}` needs a range input, got file bytes")),
+        ItemInput::Bytes { .. } | ItemInput::Fetched { .. } => {
+            Err(format!("task `{task}` needs a range input, got file bytes"))
+        }
     }
 }

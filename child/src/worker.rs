@@ -23,7 +23,7 @@ use shared::protocol::{
     FromWorker, Outcome, PROTOCOL_VERSION, RESULT_FLUSH_INTERVAL_MS, TaskError, TaskErrorKind, ToWorker,
 };
 use shared::protocol::{Isolation, WorkerLimits};
-use shared::region::{MappedFile, SharedPage};
+use shared::region::{MappedFile, SharedPage, SharedView};
 use std::path::Path;
 
 use crate::task::{Item, ItemContext, ItemInput, Task, lookup};
@@ -450,6 +450,9 @@ struct Worker {
     plan: InputPlan,
     /// The `file` input, mapped once for the worker's life.
     mapped: Option<MappedFile>,
+    /// The arena of fetched bodies (a `urls` input), mapped read-only once for the worker's life: mapped at
+    /// `Init`, so that it works even if the worker later gives up the right to open the supervisor's files.
+    arena: Option<SharedView>,
     progress: Option<ProgressWriter>,
     cpu_seconds_per_item: Option<u64>,
     /// A test-only misbehaviour (see [`crate::hostile`]); `None` in every real run.
@@ -463,6 +466,10 @@ struct Worker {
 impl Worker {
     /// A worker set up by `Init`: in a worker process, confined as `isolation` says (environment and descriptor
     /// limit first; the switch of user last, once the progress slot and the input are open).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of `ToWorker::Init`, where the worker runs, and a task compiled into the binary"
+    )]
     fn confined(
         task_name: &str,
         args_json: &str,
@@ -525,13 +532,21 @@ impl Worker {
             InputPlan::File { path } => Some(
                 MappedFile::open(path).map_err(|error| format!("cannot map input file {}: {error}", path.display()))?,
             ),
-            InputPlan::Range { .. } | InputPlan::Files => None,
+            InputPlan::Range { .. } | InputPlan::Files | InputPlan::Arena { .. } => None,
+        };
+        let arena = match &plan {
+            InputPlan::Arena { path } => Some(
+                SharedView::open(path)
+                    .map_err(|error| format!("cannot map the fetched-body arena {}: {error}", path.display()))?,
+            ),
+            _ => None,
         };
         let cpu_seconds_per_item = limits.cpu_seconds_per_item.filter(|_| place == Place::Process);
         Ok(Worker {
             task,
             plan,
             mapped,
+            arena,
             progress,
             cpu_seconds_per_item,
             hostile: None,
@@ -615,6 +630,29 @@ impl Worker {
                     }),
                 }
             }
+            Ok(Prepared::Fetched(k)) => match (&batch.items, &self.arena) {
+                (BatchItems::Fetched(bodies), Some(arena)) => {
+                    let body = &bodies[k];
+                    match arena.slice(body.offset, body.len) {
+                        Some(data) => call_task(
+                            &mut *self.task,
+                            Item {
+                                index,
+                                input: ItemInput::Fetched { data, url: &body.url },
+                            },
+                            &self.context,
+                        ),
+                        None => Err(TaskError {
+                            kind: TaskErrorKind::Error,
+                            message: format!("body of {} is outside the fetched-body arena", body.url),
+                        }),
+                    }
+                }
+                _ => Err(TaskError {
+                    kind: TaskErrorKind::Error,
+                    message: "no fetched-body arena mapped".into(),
+                }),
+            },
             Ok(Prepared::File(file)) => {
                 let input = ItemInput::Bytes {
                     data: &file,
@@ -663,6 +701,7 @@ impl Worker {
                     .map(Prepared::File)
                     .map_err(|error| format!("cannot read {}: {error}", path.display()))
             }
+            BatchItems::Fetched(_) => Ok(Prepared::Fetched(k as usize)),
         }
     }
 
@@ -675,6 +714,8 @@ enum Prepared {
     Range(u64, u64),
     Chunk(usize, usize),
     File(MappedFile),
+    /// The `k`-th body of a batch of fetched bodies.
+    Fetched(usize),
 }
 
 /// Runs the task on one item, turning a panic into the item's failure.

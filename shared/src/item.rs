@@ -17,6 +17,9 @@ pub enum InputPlan {
     File { path: PathBuf },
     /// Items are whole files named in each batch.
     Files,
+    /// Items are bodies the supervisor fetched (a `urls` input) into this shared arena: a memfd the worker opens
+    /// by its `/proc/<pid>/fd/<n>` path and maps read-only once, at `Init`. Batches name `(offset, len)` slots.
+    Arena { path: PathBuf },
 }
 
 impl InputPlan {
@@ -44,6 +47,17 @@ pub struct Chunk {
     pub len: u64,
 }
 
+/// A fetched body: `len` bytes at `offset` of the shared arena, and the URL it came from.
+///
+/// The supervisor writes the body before the batch is sent and frees the slot only after the item is recorded,
+/// so the bytes do not change while a worker may read them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedBody {
+    pub offset: u64,
+    pub len: u64,
+    pub url: String,
+}
+
 /// A unit of dispatch: the items `first .. first + len()` in input order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
@@ -63,6 +77,8 @@ pub enum BatchItems {
     Chunks(Vec<Chunk>),
     /// Paths of whole files, one per item.
     Files(Vec<PathBuf>),
+    /// Fetched bodies in the shared arena, one per item (a `urls` input).
+    Fetched(Vec<FetchedBody>),
 }
 
 impl Batch {
@@ -72,6 +88,7 @@ impl Batch {
             BatchItems::Range { count } => *count,
             BatchItems::Chunks(chunks) => chunks.len() as u64,
             BatchItems::Files(paths) => paths.len() as u64,
+            BatchItems::Fetched(bodies) => bodies.len() as u64,
         }
     }
 

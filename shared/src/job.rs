@@ -35,6 +35,20 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default `[input] chunk_bytes` for file inputs.
 pub const DEFAULT_CHUNK_BYTES: u64 = 4 << 20;
+/// Default `[input] fetch_concurrency` for `urls` inputs.
+pub const DEFAULT_FETCH_CONCURRENCY: usize = 32;
+/// Default `[input] fetch_timeout` for `urls` inputs.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `[input] fetch_retries` for `urls` inputs.
+pub const DEFAULT_FETCH_RETRIES: u32 = 2;
+/// Default `[input] fetch_retry_backoff` for `urls` inputs.
+pub const DEFAULT_FETCH_RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// Default `[input] max_in_flight_bytes` for `urls` inputs.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 256 << 20;
+/// Smallest accepted `[input] max_in_flight_bytes` (one page).
+pub const MIN_IN_FLIGHT_BYTES: u64 = 4096;
+/// Largest accepted `[input] fetch_concurrency`.
+pub const MAX_FETCH_CONCURRENCY: u64 = 4096;
 
 /// A job file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +121,25 @@ pub enum InputSpec {
     },
     /// `glob = "…"`: one item per matching regular file, in sorted path order. The pattern is absolute.
     Glob { pattern: String },
+    /// `urls = "…"`: a file of URLs, one per line; one item per URL, whose body the supervisor fetches.
+    Urls { path: PathBuf, fetch: FetchSpec },
+}
+
+/// How the bodies of a `urls` input are fetched (the `fetch_*` and `max_in_flight_bytes` keys of `[input]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchSpec {
+    /// `fetch_concurrency`: requests in progress at once.
+    pub concurrency: usize,
+    /// `fetch_timeout`: time one request may take (connecting, headers, body), not counting the wait for room in
+    /// the in-flight budget.
+    pub timeout: Duration,
+    /// `fetch_retries`: further attempts after a failed request that may succeed later (a connection error, a
+    /// timeout, a 5xx, 408 or 429 status).
+    pub retries: u32,
+    /// `fetch_retry_backoff`: wait before the first retry, doubled for each further one.
+    pub retry_backoff: Duration,
+    /// `max_in_flight_bytes`: fetched bodies held at once, waiting for or being processed by a worker.
+    pub max_in_flight_bytes: u64,
 }
 
 /// How a `file` input is split into items.
@@ -455,6 +488,12 @@ struct RawInput {
     split: Option<Spanned<Split>>,
     chunk_bytes: Option<Spanned<toml::Value>>,
     glob: Option<Spanned<String>>,
+    urls: Option<Spanned<String>>,
+    fetch_concurrency: Option<Spanned<u64>>,
+    fetch_timeout: Option<Spanned<String>>,
+    fetch_retries: Option<Spanned<u32>>,
+    fetch_retry_backoff: Option<Spanned<String>>,
+    max_in_flight_bytes: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -557,6 +596,7 @@ impl JobSpec {
             input.range.as_ref().map(|_| "range"),
             input.file.as_ref().map(|_| "file"),
             input.glob.as_ref().map(|_| "glob"),
+            input.urls.as_ref().map(|_| "urls"),
         ]
         .into_iter()
         .flatten()
@@ -569,7 +609,7 @@ impl JobSpec {
             };
             return Err(fail(
                 input_span,
-                format!("[input] needs exactly one source: `range`, `file` or `glob` (found: {found})"),
+                format!("[input] needs exactly one source: `range`, `file`, `glob` or `urls` (found: {found})"),
             ));
         }
         if input.file.is_none() {
@@ -583,10 +623,16 @@ impl JobSpec {
                 ));
             }
         }
+        if input.urls.is_none()
+            && let Some((key, span)) = fetch_key_without_urls(&input)
+        {
+            return Err(fail(span, format!("`{key}` applies only to a `urls` input")));
+        }
         let source_span = [
             input.range.as_ref().map(Spanned::span),
             input.file.as_ref().map(Spanned::span),
             input.glob.as_ref().map(Spanned::span),
+            input.urls.as_ref().map(Spanned::span),
         ]
         .into_iter()
         .flatten()
@@ -686,6 +732,28 @@ impl JobSpec {
                 format!("{}/{pattern}", escape_glob(&dir.to_string_lossy()))
             };
             InputSpec::Glob { pattern }
+        } else if let Some(urls) = input.urls.clone() {
+            let span = urls.span();
+            let urls_path = dir.join(urls.into_inner());
+            match std::fs::metadata(&urls_path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    return Err(fail(
+                        span,
+                        format!("urls file {} is not a regular file", urls_path.display()),
+                    ));
+                }
+                Err(error) => {
+                    return Err(fail(
+                        span,
+                        format!("cannot read urls file {}: {error}", urls_path.display()),
+                    ));
+                }
+            }
+            InputSpec::Urls {
+                path: urls_path,
+                fetch: fetch_spec(&input, &fail)?,
+            }
         } else {
             unreachable!("exactly one input source was checked above")
         };
@@ -1120,6 +1188,7 @@ fn user_task(
                     split: Split::Lines, ..
                 } => PlaceholderInput::Chunks,
                 InputSpec::File { split: Split::None, .. } | InputSpec::Glob { .. } => PlaceholderInput::WholeFiles,
+                InputSpec::Urls { .. } => PlaceholderInput::Urls,
             };
             crate::usertask::check_placeholders(command.get_ref(), placeholder_input)
                 .map_err(|message| fail(command.span(), format!("`command`: {message}")))?;
@@ -1168,6 +1237,78 @@ fn check_executable(path: &Path) -> Result<(), String> {
             "cannot be read: {error} (build it first, e.g. `cargo build --release`)"
         )),
     }
+}
+
+/// The first `fetch_*`/`max_in_flight_bytes` key given, for the error when the input is not `urls`.
+fn fetch_key_without_urls(input: &RawInput) -> Option<(&'static str, Range<usize>)> {
+    [
+        ("fetch_concurrency", input.fetch_concurrency.as_ref().map(Spanned::span)),
+        ("fetch_timeout", input.fetch_timeout.as_ref().map(Spanned::span)),
+        ("fetch_retries", input.fetch_retries.as_ref().map(Spanned::span)),
+        (
+            "fetch_retry_backoff",
+            input.fetch_retry_backoff.as_ref().map(Spanned::span),
+        ),
+        (
+            "max_in_flight_bytes",
+            input.max_in_flight_bytes.as_ref().map(Spanned::span),
+        ),
+    ]
+    .into_iter()
+    .find_map(|(key, span)| span.map(|span| (key, span)))
+}
+
+/// The fetch settings of a `urls` input, defaults applied.
+fn fetch_spec(input: &RawInput, fail: &impl Fn(Range<usize>, String) -> JobError) -> Result<FetchSpec, JobError> {
+    let duration = |value: &Option<Spanned<String>>, key: &str, default: Duration, positive: bool| match value {
+        None => Ok(default),
+        Some(value) => match parse_duration(value.get_ref()) {
+            Ok(d) if positive && d.is_zero() => Err(fail(value.span(), format!("`{key}` must be more than 0"))),
+            Ok(d) => Ok(d),
+            Err(message) => Err(fail(value.span(), format!("`{key}`: {message}"))),
+        },
+    };
+    let concurrency = match &input.fetch_concurrency {
+        None => DEFAULT_FETCH_CONCURRENCY,
+        Some(n) if (1..=MAX_FETCH_CONCURRENCY).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => {
+            return Err(fail(
+                n.span(),
+                format!(
+                    "`fetch_concurrency` is {}: expected an integer from 1 to {MAX_FETCH_CONCURRENCY}",
+                    n.get_ref()
+                ),
+            ));
+        }
+    };
+    let max_in_flight_bytes = match &input.max_in_flight_bytes {
+        None => DEFAULT_MAX_IN_FLIGHT_BYTES,
+        Some(value) => match size_value(value.get_ref()) {
+            Ok(bytes) if bytes >= MIN_IN_FLIGHT_BYTES && usize::try_from(bytes).is_ok() => bytes,
+            Ok(_) => {
+                return Err(fail(
+                    value.span(),
+                    format!("`max_in_flight_bytes` must be at least {MIN_IN_FLIGHT_BYTES} bytes"),
+                ));
+            }
+            Err(message) => return Err(fail(value.span(), format!("`max_in_flight_bytes`: {message}"))),
+        },
+    };
+    Ok(FetchSpec {
+        concurrency,
+        timeout: duration(&input.fetch_timeout, "fetch_timeout", DEFAULT_FETCH_TIMEOUT, true)?,
+        retries: input
+            .fetch_retries
+            .as_ref()
+            .map_or(DEFAULT_FETCH_RETRIES, |n| *n.get_ref()),
+        retry_backoff: duration(
+            &input.fetch_retry_backoff,
+            "fetch_retry_backoff",
+            DEFAULT_FETCH_RETRY_BACKOFF,
+            false,
+        )?,
+        max_in_flight_bytes,
+    })
 }
 
 /// A size given as an integer number of bytes or a string with a unit.
@@ -1480,6 +1621,65 @@ mod tests {
 
         let (_, _, message) = error_of("[input]\nrange = { start = -1, end = 1 }\n[task]\nbuiltin = \"noop\"\n");
         assert!(message.contains("-1"), "{message}");
+    }
+
+    #[test]
+    fn urls_inputs_take_fetch_keys_with_defaults_and_checks() {
+        let dir = std::env::temp_dir().join(format!("job-urls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("urls.txt"), "http://127.0.0.1/a\n").expect("write");
+        let job = |extra: &str| {
+            JobSpec::parse(
+                &dir.join("job.toml"),
+                format!("[input]\nurls = \"urls.txt\"\n{extra}[task]\nbuiltin = \"sha256\"\n"),
+            )
+        };
+        match job("").expect("valid").input {
+            InputSpec::Urls { path, fetch } => {
+                assert_eq!(path, dir.join("urls.txt"));
+                assert_eq!(
+                    fetch,
+                    FetchSpec {
+                        concurrency: DEFAULT_FETCH_CONCURRENCY,
+                        timeout: DEFAULT_FETCH_TIMEOUT,
+                        retries: DEFAULT_FETCH_RETRIES,
+                        retry_backoff: DEFAULT_FETCH_RETRY_BACKOFF,
+                        max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+                    }
+                );
+            }
+            other => panic!("expected a urls input, got {other:?}"),
+        }
+        let given =
+            job("fetch_concurrency = 3\nfetch_timeout = \"2s\"\nfetch_retries = 0\nmax_in_flight_bytes = \"1MiB\"\n");
+        let InputSpec::Urls { fetch, .. } = given.expect("valid").input else {
+            panic!("expected a urls input")
+        };
+        assert_eq!(
+            (fetch.concurrency, fetch.retries, fetch.max_in_flight_bytes),
+            (3, 0, 1 << 20)
+        );
+        assert_eq!(fetch.timeout, Duration::from_secs(2));
+        for (extra, says) in [
+            ("fetch_concurrency = 0\n", "`fetch_concurrency` is 0"),
+            ("fetch_timeout = \"0s\"\n", "`fetch_timeout` must be more than 0"),
+            (
+                "max_in_flight_bytes = 100\n",
+                "`max_in_flight_bytes` must be at least 4096 bytes",
+            ),
+        ] {
+            match job(extra) {
+                Err(JobError::Invalid { line, message, .. }) => {
+                    assert_eq!(line, 3, "{extra}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("{extra}: expected an error, got {other:?}"),
+            }
+        }
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        let (line, _, message) = error_of("[input]\nurls = \"no-such-urls.txt\"\n[task]\nbuiltin = \"sha256\"\n");
+        assert_eq!(line, 2);
+        assert!(message.contains("cannot read urls file"), "{message}");
     }
 
     #[test]

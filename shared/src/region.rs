@@ -77,6 +77,44 @@ impl SharedRegion {
         SharedRegion::create_named(c"supervisor-shared", len)
     }
 
+    /// Creates the arena that fetched bodies are written into (a `urls` input), `len` bytes long. A memfd is
+    /// sparse: pages exist (and count as memory) only once written, and [`SharedRegion::release`] gives them back.
+    pub fn create_arena(len: usize) -> io::Result<SharedRegion> {
+        SharedRegion::create_named(c"supervisor-arena", len)
+    }
+
+    /// Frees the memory behind `offset .. offset + len` (`fallocate` with `FALLOC_FL_PUNCH_HOLE`): the range
+    /// reads as zeros afterwards, and its pages no longer count towards anyone's memory. Whole pages inside the
+    /// range are freed; partial pages at its ends are zeroed.
+    pub fn release(&self, offset: usize, len: usize) -> io::Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cannot release {len} bytes at offset {offset} of a {}-byte shared region",
+                    self.len()
+                ),
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: fallocate on a descriptor this value owns, with a range inside the file; it touches no memory of
+        // ours (the mapping stays valid and reads zeros where the hole is).
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn create_named(name: &CStr, len: usize) -> io::Result<SharedRegion> {
         if len == 0 || !len.is_multiple_of(size_of::<u64>()) {
             return Err(io::Error::new(
@@ -172,6 +210,43 @@ impl SharedRegion {
     }
 }
 
+/// A read-only view of a [`SharedRegion`] made by another process (`PROT_READ`, `MAP_SHARED`): how a worker sees
+/// the arena of fetched bodies.
+///
+/// Unlike [`SharedRegion`] it hands out byte slices. That is sound only because the two processes agree, by
+/// message, that the writer never changes a range while a reader may hold a slice of it: the supervisor writes a
+/// body before it names it in a batch and frees it only after the item's result came back (the same contract as
+/// mapped input files, which must not change during the job).
+#[derive(Debug)]
+pub struct SharedView {
+    map: Option<Mmap>,
+}
+
+impl SharedView {
+    /// Opens a region created by another process from its `/proc/<pid>/fd/<n>` path, read-only, and maps all of it.
+    pub fn open(path: &Path) -> io::Result<SharedView> {
+        let file = File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "shared region is too large to map"))?;
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: a read-only shared mapping. Its bytes may be changed by the process that created the region;
+            // by the contract above (see the type's documentation) it never changes a range a slice was taken of.
+            Some(unsafe { MmapOptions::new().len(len).map(&file)? })
+        };
+        Ok(SharedView { map })
+    }
+
+    /// The bytes `offset .. offset + len`, or `None` when they are not all inside the region.
+    pub fn slice(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let bytes: &[u8] = self.map.as_deref().unwrap_or(&[]);
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        bytes.get(start..end)
+    }
+}
+
 /// One page of memory shared between the supervisor and one worker, seen by both as 64-bit atomics: a
 /// [`SharedRegion`] of [`SHARED_PAGE_BYTES`].
 ///
@@ -234,6 +309,20 @@ mod tests {
         page.words()[3].store(0xdead_beef, Ordering::Release);
         assert_eq!(other.words()[3].load(Ordering::Acquire), 0xdead_beef);
         assert_eq!(other.words().len(), SHARED_PAGE_BYTES / 8);
+    }
+
+    #[test]
+    fn an_arena_is_read_through_a_view_and_released_pages_read_as_zeros() {
+        let len = 4 * 4096;
+        let arena = SharedRegion::create_arena(len).expect("memfd");
+        let view = SharedView::open(&arena.proc_path()).expect("view");
+        arena.write(4096, b"body bytes").expect("write");
+        assert_eq!(view.slice(4096, 10), Some(&b"body bytes"[..]));
+        assert_eq!(view.slice(len as u64 - 1, 2), None, "past the end");
+        assert_eq!(view.slice(u64::MAX, 2), None, "overflow");
+        arena.release(4096, 4096).expect("punch hole");
+        assert_eq!(view.slice(4096, 10), Some(&[0u8; 10][..]));
+        assert!(arena.release(len - 4096, 8192).is_err());
     }
 
     #[test]

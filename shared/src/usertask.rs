@@ -98,6 +98,7 @@ pub enum PlaceholderInput {
     Range,
     Chunks,
     WholeFiles,
+    Urls,
 }
 
 impl PlaceholderInput {
@@ -107,6 +108,7 @@ impl PlaceholderInput {
             PlaceholderInput::Range => &["item", "start", "end"],
             PlaceholderInput::Chunks => &["item", "path", "offset", "len"],
             PlaceholderInput::WholeFiles => &["item", "path"],
+            PlaceholderInput::Urls => &["item", "path", "url", "len"],
         }
     }
 
@@ -115,6 +117,7 @@ impl PlaceholderInput {
             PlaceholderInput::Range => "a range input",
             PlaceholderInput::Chunks => "a file input split into chunks",
             PlaceholderInput::WholeFiles => "whole-file items",
+            PlaceholderInput::Urls => "a urls input",
         }
     }
 }

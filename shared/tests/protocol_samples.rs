@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shared::item::{Batch, BatchItems, Chunk, InputPlan, Value};
+use shared::item::{Batch, BatchItems, Chunk, FetchedBody, InputPlan, Value};
 use shared::protocol::{
     Credentials, FromWorker, Isolation, Outcome, PROTOCOL_VERSION, TaskError, TaskErrorKind, ToWorker, WorkerLimits,
 };
@@ -78,6 +78,17 @@ fn version_two_samples_still_decode_and_encode_identically() {
         },
     };
     check("to-worker-init", &init, debug_eq);
+    let init_arena = ToWorker::Init {
+        task: "sha256".into(),
+        args_json: "{}".into(),
+        input: InputPlan::Arena {
+            path: "/proc/1/fd/9".into(),
+        },
+        limits: WorkerLimits::default(),
+        progress: Some("/proc/1/fd/7".into()),
+        isolation: Isolation::default(),
+    };
+    check("to-worker-init-arena", &init_arena, debug_eq);
     let batches = [
         (
             "to-worker-batch-range",
@@ -101,6 +112,25 @@ fn version_two_samples_still_decode_and_encode_identically() {
                 id: 9,
                 first: 0,
                 items: BatchItems::Files(vec!["/a/b.jpg".into()]),
+            },
+        ),
+        (
+            "to-worker-batch-fetched",
+            Batch {
+                id: 10,
+                first: 5,
+                items: BatchItems::Fetched(vec![
+                    FetchedBody {
+                        offset: 0,
+                        len: 5000,
+                        url: "http://127.0.0.1:8000/a.png".into(),
+                    },
+                    FetchedBody {
+                        offset: 8192,
+                        len: 0,
+                        url: "https://example.org/b".into(),
+                    },
+                ]),
             },
         ),
     ];

@@ -26,7 +26,7 @@
 //! handed out, workers finish what they hold within the grace period, then are killed; items without a record
 //! are reported as not run. A second signal kills at once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,6 +42,7 @@ use tokio::time::{Instant as TokioInstant, sleep_until};
 use crate::batching::BatchSizer;
 use crate::error::Error;
 use crate::failure::{Death, crash_failure, describe_exit};
+use crate::fetch::{Arena, FetchCounters, FetchEvent, Slot};
 use crate::journal::{Done, JournalWriter};
 use crate::linux::{ExitInfo, Pidfd};
 use crate::plan::Items;
@@ -75,6 +76,8 @@ pub struct DispatchConfig {
     pub supervise: SuperviseSpec,
     /// The items this run owns: its shard's block of item indices, or every item.
     pub span: std::ops::Range<u64>,
+    /// How to fetch the bodies of a `urls` input (`None` for other inputs).
+    pub fetch: Option<shared::job::FetchSpec>,
 }
 
 /// Why a run stopped before every item had a record.
@@ -144,6 +147,53 @@ pub struct RunOutcome {
     pub retries: u64,
     /// Items recorded by an earlier run and skipped (`--resume`).
     pub resumed: u64,
+    /// The fetch stage of a `urls` input.
+    pub fetch: Option<FetchStats>,
+}
+
+/// How the fetch stage of a `urls` input went, for the summary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FetchStats {
+    /// Items whose body was fetched.
+    pub fetched: u64,
+    /// Items that failed to fetch (recorded `failed` with kind `fetch`).
+    pub failed: u64,
+    /// Body bytes fetched.
+    pub bytes: u64,
+    /// HTTP requests made, retries included.
+    pub requests: u64,
+    /// `max_in_flight_bytes`, rounded up to whole pages.
+    pub max_in_flight_bytes: u64,
+    /// Most body bytes held at once (whole pages).
+    pub peak_in_flight_bytes: u64,
+}
+
+/// The fetch stage of a `urls` input, as the dispatcher sees it: bodies in the arena waiting for or being
+/// processed by workers. Fetching itself runs in its own task ([`crate::fetch::start`]).
+#[derive(Debug)]
+struct FetchState {
+    arena: Arc<Arena>,
+    events: Option<mpsc::Receiver<FetchEvent>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    counters: Arc<FetchCounters>,
+    /// The arena slot of every fetched item not recorded yet.
+    bodies: HashMap<u64, Slot>,
+    /// Fetched items never handed out, by number (batches are runs of consecutive ready items).
+    ready: BTreeSet<u64>,
+    /// Items whose fetch has not reported yet.
+    unfetched: u64,
+    fetched: u64,
+    failed: u64,
+}
+
+impl FetchState {
+    /// Stops every fetch in progress (the run is stopping or over).
+    fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.events = None;
+    }
 }
 
 /// One worker's lifecycle. `Busy` is `Ready` with batches queued.
@@ -266,6 +316,7 @@ struct Dispatcher {
     finishing: bool,
     kill_deadline: Option<TokioInstant>,
     fatal: Option<Error>,
+    fetch: Option<FetchState>,
 }
 
 /// Runs the job to completion (or until stopped) and returns how it went.
@@ -295,6 +346,10 @@ pub async fn run(
     // No more workers than items: an empty job starts none.
     let target_workers = config.workers.min(usize::try_from(total).unwrap_or(usize::MAX));
     let sizer = BatchSizer::new(config.batch, items.batch_cap());
+    let fetch = match (&config.fetch, &*items) {
+        (Some(spec), Items::Urls { urls, .. }) => Some(start_fetching(spec, urls, span.clone(), &prior.done)?),
+        _ => None,
+    };
     let timeout_check = config
         .timeout
         .map(|t| (t / 10).clamp(Duration::from_millis(10), Duration::from_secs(1)));
@@ -312,7 +367,8 @@ pub async fn run(
         start_failures: 0,
         deaths: VecDeque::new(),
         worker_stats: Vec::new(),
-        next_item: span.start,
+        // A `urls` input hands out fetched items (`FetchState::ready`), not `next_item ..`.
+        next_item: if fetch.is_some() { span.end } else { span.start },
         done_before: prior.done,
         requeued: VecDeque::new(),
         suspects: VecDeque::new(),
@@ -338,6 +394,7 @@ pub async fn run(
         finishing: false,
         kill_deadline: None,
         fatal: None,
+        fetch,
     };
     dispatcher.replenish();
     dispatcher.check_complete();
@@ -346,13 +403,20 @@ pub async fn run(
     let mut timeout_tick = tokio::time::interval(timeout_check.unwrap_or(Duration::from_secs(3600)));
     while !dispatcher.workers.is_empty() {
         let retry_wake = dispatcher.next_retry().map(TokioInstant::from_std);
+        let fetching = dispatcher.fetch.as_ref().is_some_and(|f| f.events.is_some());
         tokio::select! {
             event = events.recv() => match event {
                 Some(event) => dispatcher.handle(event),
                 None => break,
             },
+            event = next_fetch_event(&mut dispatcher.fetch), if fetching => dispatcher.on_fetch(event),
             Some(signal) = signals.recv() => dispatcher.on_signal(signal),
-            _ = tick.tick() => dispatcher.progress.update(dispatcher.recorded, dispatcher.failed),
+            _ = tick.tick() => {
+                if let Some(fetch) = &dispatcher.fetch {
+                    dispatcher.progress.set_fetched(fetch.fetched + fetch.failed);
+                }
+                dispatcher.progress.update(dispatcher.recorded, dispatcher.failed);
+            }
             _ = timeout_tick.tick(), if timeout_check.is_some() => dispatcher.check_timeouts(),
             _ = sleep_until(retry_wake.unwrap_or_else(TokioInstant::now)), if retry_wake.is_some() => {
                 dispatcher.fill_all();
@@ -365,12 +429,94 @@ pub async fn run(
         dispatcher.flush_records().await;
         dispatcher.check_complete();
     }
+    if let Some(fetch) = &mut dispatcher.fetch {
+        fetch.stop();
+    }
     dispatcher.flush_records().await;
     dispatcher.progress.finish(dispatcher.recorded, dispatcher.failed);
     dispatcher.into_outcome().await
 }
 
+/// Creates the arena and starts fetching every item an earlier run did not record.
+fn start_fetching(
+    spec: &shared::job::FetchSpec,
+    urls: &Arc<Vec<String>>,
+    span: std::ops::Range<u64>,
+    done: &[bool],
+) -> Result<FetchState, Error> {
+    let arena = Arena::new(spec.max_in_flight_bytes).map_err(|error| Error::Internal {
+        message: format!("cannot create the shared arena for fetched bodies: {error}"),
+    })?;
+    let todo: Vec<u64> = span
+        .filter(|&item| !done.get(item as usize).copied().unwrap_or(false))
+        .collect();
+    let unfetched = todo.len() as u64;
+    let counters = Arc::new(FetchCounters::default());
+    // Room for every fetch in progress to report without waiting.
+    let (sender, events) = mpsc::channel(spec.concurrency.max(16));
+    let task = crate::fetch::start(
+        Arc::clone(urls),
+        todo,
+        spec.clone(),
+        Arc::clone(&arena),
+        Arc::clone(&counters),
+        sender,
+    )
+    .map_err(|message| Error::Internal { message })?;
+    Ok(FetchState {
+        arena,
+        events: Some(events),
+        task: Some(task),
+        counters,
+        bodies: HashMap::new(),
+        ready: BTreeSet::new(),
+        unfetched,
+        fetched: 0,
+        failed: 0,
+    })
+}
+
+/// The next report of the fetcher; `None` once it has reported every item.
+async fn next_fetch_event(fetch: &mut Option<FetchState>) -> Option<FetchEvent> {
+    match fetch.as_mut().and_then(|f| f.events.as_mut()) {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Dispatcher {
+    /// A fetch finished: the body joins the items ready to hand out, or the item is recorded `failed`.
+    fn on_fetch(&mut self, event: Option<FetchEvent>) {
+        let stopping = self.is_stopping();
+        let Some(fetch) = self.fetch.as_mut() else { return };
+        let Some(event) = event else {
+            fetch.events = None;
+            return;
+        };
+        fetch.unfetched = fetch.unfetched.saturating_sub(1);
+        match event {
+            FetchEvent::Fetched { item, slot } => {
+                fetch.fetched += 1;
+                if stopping {
+                    fetch.arena.release(slot);
+                    return;
+                }
+                fetch.bodies.insert(item, slot);
+                fetch.ready.insert(item);
+                self.fill_least_loaded_first();
+            }
+            FetchEvent::Failed { item, failure, elapsed } => {
+                fetch.failed += 1;
+                // Fetch failures were retried by the fetcher (`fetch_retries`), not by `[task] retries`.
+                let elapsed_ms = elapsed.as_micros() as f64 / 1000.0;
+                self.record(item, Status::Failed, None, Some(failure), Vec::new(), 0, elapsed_ms);
+                if self.config.supervise.halt.reached(self.failed, self.total) {
+                    self.stop(StopReason::Halt { failed: self.failed });
+                }
+            }
+        }
+    }
+
     fn handle(&mut self, event: Event) {
         match event {
             Event::Spawned { id, pid, pidfd } => {
@@ -402,7 +548,9 @@ impl Dispatcher {
                 to_worker.send(ToWorker::Init {
                     task: self.config.task.clone(),
                     args_json: self.config.args_json.clone(),
-                    input: self.items.input_plan(),
+                    input: self
+                        .items
+                        .input_plan(self.fetch.as_ref().map(|f| f.arena.proc_path()).as_deref()),
                     limits: self.config.limits,
                     progress: worker.progress.as_ref().map(ProgressReader::path),
                     isolation: self.config.isolation.clone(),
@@ -672,6 +820,16 @@ impl Dispatcher {
         }
     }
 
+    /// Like [`Dispatcher::fill_all`], but workers holding fewer batches choose first: when fetched items trickle
+    /// in one by one, an idle worker gets the next one before a busy worker queues it behind its current item.
+    fn fill_least_loaded_first(&mut self) {
+        let mut ids: Vec<(usize, WorkerId)> = self.workers.iter().map(|(id, w)| (w.batches.len(), *id)).collect();
+        ids.sort_unstable();
+        for (_, id) in ids {
+            self.fill(id);
+        }
+    }
+
     fn fill_all(&mut self) {
         let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
         for id in ids {
@@ -726,7 +884,7 @@ impl Dispatcher {
                 };
                 (item, 1, true)
             } else {
-                let remaining = self.end - self.next_item + self.requeued.iter().map(|(_, len)| len).sum::<u64>();
+                let remaining = self.fresh_left() + self.requeued.iter().map(|(_, len)| len).sum::<u64>();
                 let size = self.sizer.next_size(remaining, self.target_workers).min(quota);
                 if let Some((first, len)) = self.requeued.front_mut() {
                     let take = size.min(*len);
@@ -737,6 +895,14 @@ impl Dispatcher {
                         self.requeued.pop_front();
                     }
                     span
+                } else if let Some(fetch) = self.fetch.as_mut() {
+                    // Fetched items, in runs of consecutive numbers.
+                    let Some(&first) = fetch.ready.first() else { return };
+                    let mut end = first;
+                    while end - first < size && fetch.ready.remove(&end) {
+                        end += 1;
+                    }
+                    (first, end - first, false)
                 } else {
                     // Fresh items, skipping those an earlier run recorded: a batch is a run of consecutive items.
                     while self.next_item < self.end && self.is_done_before(self.next_item) {
@@ -773,7 +939,10 @@ impl Dispatcher {
     fn send_batch(&mut self, id: WorkerId, first: u64, len: u64, isolated: bool) {
         let batch_id = self.next_batch_id;
         self.next_batch_id += 1;
-        let batch = self.items.batch(batch_id, first, len);
+        let bodies = self.fetch.as_ref().map(|f| &f.bodies);
+        let batch = self.items.batch(batch_id, first, len, |item| {
+            bodies.and_then(|b| b.get(&item)).map(|slot| (slot.offset, slot.len))
+        });
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
@@ -810,7 +979,7 @@ impl Dispatcher {
         while self.next_item < self.end && self.is_done_before(self.next_item) {
             self.next_item += 1;
         }
-        let work_left = self.next_item < self.end
+        let work_left = self.fresh_left() > 0
             || !self.requeued.is_empty()
             || !self.suspects.is_empty()
             || !self.retry_at.is_empty();
@@ -878,6 +1047,9 @@ impl Dispatcher {
         if self.fatal.is_none() {
             self.fatal = Some(error);
         }
+        if let Some(fetch) = &mut self.fetch {
+            fetch.stop();
+        }
         self.kill_all();
     }
 
@@ -907,6 +1079,9 @@ impl Dispatcher {
             return;
         }
         self.stopped = Some(reason);
+        if let Some(fetch) = &mut self.fetch {
+            fetch.stop();
+        }
         match reason {
             StopReason::Signal(_) => {
                 self.shut_down_workers();
@@ -943,9 +1118,16 @@ impl Dispatcher {
         }
     }
 
+    /// New items not handed out yet: `next_item ..`, or for a `urls` input the fetched items not handed out and
+    /// the items still being fetched.
+    fn fresh_left(&self) -> u64 {
+        let fetching = self.fetch.as_ref().map_or(0, |f| f.ready.len() as u64 + f.unfetched);
+        self.end - self.next_item + fetching
+    }
+
     /// Items not handed to any worker yet (an upper bound: items an earlier run recorded are counted too).
     fn unassigned(&self) -> u64 {
-        self.end - self.next_item
+        self.fresh_left()
             + self.requeued.iter().map(|(_, len)| len).sum::<u64>()
             + self.suspects.len() as u64
             + self.retry_at.len() as u64
@@ -1011,6 +1193,12 @@ impl Dispatcher {
         elapsed_ms: f64,
     ) {
         self.recorded += 1;
+        // The item's body is no longer needed: its memory goes back, and fetching may go on.
+        if let Some(fetch) = &mut self.fetch
+            && let Some(slot) = fetch.bodies.remove(&item)
+        {
+            fetch.arena.release(slot);
+        }
         match status {
             Status::Ok => self.ok += 1,
             Status::Failed => self.failed += 1,
@@ -1087,6 +1275,14 @@ impl Dispatcher {
             batches: self.next_batch_id,
             retries: self.retries,
             resumed: self.resumed,
+            fetch: self.fetch.as_ref().map(|f| FetchStats {
+                fetched: f.fetched,
+                failed: f.failed,
+                bytes: f.counters.bytes.load(Ordering::Relaxed),
+                requests: f.counters.requests.load(Ordering::Relaxed),
+                max_in_flight_bytes: f.arena.budget_bytes(),
+                peak_in_flight_bytes: f.arena.peak_in_use(),
+            }),
         })
     }
 }

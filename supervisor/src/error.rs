@@ -25,6 +25,14 @@ pub enum Error {
     },
     #[error("--results {path} is a folder: expected a file path")]
     ResultsIsFolder { path: PathBuf },
+    #[error("{path}:{line}: {message}")]
+    UrlInvalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("urls file {path} lists no URLs: expected one http:// or https:// URL per line")]
+    UrlsEmpty { path: PathBuf },
     #[error("cannot write results to {path}: {source}")]
     Results {
         path: PathBuf,
@@ -89,6 +97,8 @@ impl Error {
             | Error::GlobNoMatch { .. }
             | Error::GlobInvalid { .. }
             | Error::InputUnreadable { .. }
+            | Error::UrlInvalid { .. }
+            | Error::UrlsEmpty { .. }
             | Error::ItemOutOfRange { .. }
             | Error::ExecutorConflict { .. }
             | Error::WorkerBinConflict { .. }

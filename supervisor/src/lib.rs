@@ -12,7 +12,10 @@
 //! mapped file, or file paths). The dispatcher groups consecutive items into batches ([`batching`] sizes them
 //! from measured per-item time) and sends each batch to a worker as descriptors over its socket. The worker
 //! maps the input read-only, runs the task on each item, and sends back results in item order. The dispatcher
-//! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer.
+//! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer. For a
+//! `urls` input, [`fetch`] first fetches each body into a memory arena shared with the workers (at most
+//! `max_in_flight_bytes` at once: the backpressure); the dispatcher hands out fetched items, and a batch names
+//! each body's place in the arena.
 //!
 //! **How a crash flows.** A dead worker is reaped at once by its waiter thread (`wait4`, with resource usage).
 //! Its progress slot (a shared page it stamps before each item) names the item it was running: that item is
@@ -48,6 +51,7 @@ pub mod dispatch;
 pub mod error;
 pub mod export;
 pub mod failure;
+pub mod fetch;
 pub mod forkserver;
 pub mod isolation;
 pub mod journal;
@@ -136,7 +140,7 @@ fn block_on(future: impl Future<Output = Result<i32, Error>>) -> Result<i32, Err
 }
 
 /// Runs `future` on a fresh runtime, which is gone when this returns.
-fn block_on_value<T>(future: impl Future<Output = T>) -> Result<T, Error> {
+pub(crate) fn block_on_value<T>(future: impl Future<Output = T>) -> Result<T, Error> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

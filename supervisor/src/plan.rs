@@ -7,9 +7,10 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use child::task::{InputKind, TaskInfo};
-use shared::item::{Batch, BatchItems, Chunk, InputPlan, range_item_count};
+use shared::item::{Batch, BatchItems, Chunk, FetchedBody, InputPlan, range_item_count};
 use shared::job::{InputSpec, JobSpec, Split};
 
 use crate::error::Error;
@@ -18,9 +19,21 @@ use crate::results::InputDesc;
 /// The items of a job, in input order.
 #[derive(Debug)]
 pub enum Items {
-    Range { start: u64, end: u64, chunk: u64 },
-    Chunks { path: PathBuf, chunks: Vec<Chunk> },
+    Range {
+        start: u64,
+        end: u64,
+        chunk: u64,
+    },
+    Chunks {
+        path: PathBuf,
+        chunks: Vec<Chunk>,
+    },
     Files(Vec<PathBuf>),
+    /// A `urls` input: item `i` is the body of `urls[i]`, fetched by the supervisor (see [`crate::fetch`]).
+    Urls {
+        path: PathBuf,
+        urls: Arc<Vec<String>>,
+    },
 }
 
 /// The kind of items a job's input produces.
@@ -30,7 +43,9 @@ pub fn input_kind(input: &InputSpec) -> InputKind {
         InputSpec::File {
             split: Split::Lines, ..
         } => InputKind::Chunks,
-        InputSpec::File { split: Split::None, .. } | InputSpec::Glob { .. } => InputKind::WholeFiles,
+        InputSpec::File { split: Split::None, .. } | InputSpec::Glob { .. } | InputSpec::Urls { .. } => {
+            InputKind::WholeFiles
+        }
     }
 }
 
@@ -179,6 +194,10 @@ impl Items {
                 files.sort();
                 Ok(Items::Files(files))
             }
+            InputSpec::Urls { path, .. } => Ok(Items::Urls {
+                path: path.clone(),
+                urls: Arc::new(read_urls(path)?),
+            }),
         }
     }
 
@@ -187,6 +206,7 @@ impl Items {
             Items::Range { start, end, chunk } => range_item_count(*start, *end, *chunk),
             Items::Chunks { chunks, .. } => chunks.len() as u64,
             Items::Files(files) => files.len() as u64,
+            Items::Urls { urls, .. } => urls.len() as u64,
         }
     }
 
@@ -194,7 +214,7 @@ impl Items {
     pub fn files(&self) -> &[PathBuf] {
         match self {
             Items::Files(files) => files,
-            Items::Range { .. } | Items::Chunks { .. } => &[],
+            Items::Range { .. } | Items::Chunks { .. } | Items::Urls { .. } => &[],
         }
     }
 
@@ -202,9 +222,13 @@ impl Items {
         self.len() == 0
     }
 
-    /// What every worker is told about the input at start-up.
-    pub fn input_plan(&self) -> InputPlan {
+    /// What every worker is told about the input at start-up. `arena` is the path of the fetched-body arena, for
+    /// a `urls` input.
+    pub fn input_plan(&self, arena: Option<&Path>) -> InputPlan {
         match self {
+            Items::Urls { .. } => InputPlan::Arena {
+                path: arena.map(Path::to_path_buf).unwrap_or_default(),
+            },
             Items::Range { start, end, chunk } => InputPlan::Range {
                 start: *start,
                 end: *end,
@@ -220,14 +244,27 @@ impl Items {
         match self {
             Items::Range { .. } => 1 << 20,
             Items::Chunks { .. } => 4096,
-            Items::Files(_) => 1024,
+            Items::Files(_) | Items::Urls { .. } => 1024,
         }
     }
 
-    /// The batch of items `first .. first + len`.
-    pub fn batch(&self, id: u64, first: u64, len: u64) -> Batch {
+    /// The batch of items `first .. first + len`. For a `urls` input, `body` gives each item's slot in the
+    /// arena (the dispatcher knows them; an item without one gets an empty body).
+    pub fn batch(&self, id: u64, first: u64, len: u64, body: impl Fn(u64) -> Option<(u64, u64)>) -> Batch {
         let span = first as usize..(first + len) as usize;
         let items = match self {
+            Items::Urls { urls, .. } => BatchItems::Fetched(
+                (first..first + len)
+                    .map(|item| {
+                        let (offset, len) = body(item).unwrap_or((0, 0));
+                        FetchedBody {
+                            offset,
+                            len,
+                            url: urls[item as usize].clone(),
+                        }
+                    })
+                    .collect(),
+            ),
             Items::Range { .. } => BatchItems::Range { count: len },
             Items::Chunks { chunks, .. } => BatchItems::Chunks(chunks[span].to_vec()),
             Items::Files(files) => BatchItems::Files(files[span].to_vec()),
@@ -255,6 +292,9 @@ impl Items {
             Items::Files(files) => InputDesc::File {
                 path: files[index as usize].clone(),
             },
+            Items::Urls { urls, .. } => InputDesc::Url {
+                url: urls[index as usize].clone(),
+            },
         }
     }
 }
@@ -280,6 +320,49 @@ fn glob_syntax_message(spec: &JobSpec, pattern: &str, message: &str) -> String {
         _ => message.to_string(),
     };
     format!("`glob = \"{written}\"` is not a valid pattern: {detail}; expected a pattern such as `images/*.jpg`")
+}
+
+/// Reads a urls file: one URL per line; blank lines and lines starting with `#` (after leading blanks) are
+/// skipped. Every URL must be absolute `http://` or `https://` with a host; the first that is not is reported
+/// with its line number.
+pub fn read_urls(path: &Path) -> Result<Vec<String>, Error> {
+    let text = std::fs::read(path).map_err(|source| Error::InputUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |line: usize, message: String| Error::UrlInvalid {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let mut urls = Vec::new();
+    for (number, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let line = number + 1;
+        let raw = std::str::from_utf8(raw).map_err(|_| invalid(line, "not UTF-8 text".into()))?;
+        let entry = raw.trim();
+        if entry.is_empty() || entry.starts_with('#') {
+            continue;
+        }
+        let url = reqwest::Url::parse(entry).map_err(|error| {
+            invalid(
+                line,
+                format!("`{entry}` is not a URL ({error}): expected e.g. https://example.org/data.bin"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(
+                line,
+                format!("`{entry}`: expected an http:// or https:// URL with a host"),
+            ));
+        }
+        urls.push(entry.to_string());
+    }
+    if urls.is_empty() {
+        return Err(Error::UrlsEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(urls)
 }
 
 /// Splits `data` into chunks of about `chunk_bytes`, each ending just after a newline (or at the end).

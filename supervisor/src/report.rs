@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use shared::item::Value;
 
-use crate::dispatch::{RunOutcome, StopReason, WorkerStats};
+use crate::dispatch::{FetchStats, RunOutcome, StopReason, WorkerStats};
 use crate::results::Failure;
 
 /// Interval between plain progress lines when stderr is not a terminal.
@@ -23,6 +23,8 @@ pub struct Progress {
     resumed: u64,
     started: Instant,
     last_line: Instant,
+    /// Items whose fetch has ended (a `urls` input): the first stage, shown beside the processed count.
+    fetched: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -58,15 +60,24 @@ impl Progress {
             resumed,
             started: now,
             last_line: now,
+            fetched: None,
         }
+    }
+
+    /// Sets how many items of a `urls` input have been fetched (or failed to), shown from the next update.
+    pub fn set_fetched(&mut self, fetched: u64) {
+        self.fetched = Some(fetched);
     }
 
     pub fn update(&mut self, done: u64, failed: u64) {
         match &self.mode {
             Mode::Bar(bar) => {
                 bar.set_position(done);
-                if failed > 0 {
-                    bar.set_message(format!("{failed} failed"));
+                let fetched = self.fetched.map(|n| format!("fetched {n}/{}", self.total));
+                let failed = (failed > 0).then(|| format!("{failed} failed"));
+                let message: Vec<String> = fetched.into_iter().chain(failed).collect();
+                if !message.is_empty() {
+                    bar.set_message(message.join(", "));
                 }
             }
             Mode::Lines if self.last_line.elapsed() >= LINE_INTERVAL => {
@@ -77,8 +88,11 @@ impl Progress {
                     done as f64 * 100.0 / self.total as f64
                 };
                 let rate = done.saturating_sub(self.resumed) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                let fetched = self
+                    .fetched
+                    .map_or(String::new(), |n| format!("fetched {n}/{}, ", self.total));
                 eprintln!(
-                    "progress: {done}/{} items ({percent:.0}%), {failed} failed, {rate:.0} items/s",
+                    "progress: {fetched}{done}/{} items ({percent:.0}%), {failed} failed, {rate:.0} items/s",
                     self.total
                 );
             }
@@ -147,6 +161,9 @@ pub struct Summary {
     pub stopped: Option<String>,
     /// The first failures (at most 20).
     pub failures: Vec<FailedItem>,
+    /// The fetch stage of a `urls` input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<FetchStats>,
     /// The shard this run was (absent when not sharded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<ShardSummary>,
@@ -233,6 +250,7 @@ impl Summary {
                 .collect(),
             shard: None,
             workers_from: String::new(),
+            fetch: outcome.fetch,
         }
     }
 
@@ -303,6 +321,18 @@ impl Summary {
             self.worker_cpu_s,
             human_bytes(self.worker_max_rss_bytes),
         )?;
+        if let Some(fetch) = &self.fetch {
+            writeln!(
+                out,
+                "fetch: {} fetched ({}), {} failed, {} requests; in flight at most {} of {}",
+                fetch.fetched,
+                human_bytes(fetch.bytes),
+                fetch.failed,
+                fetch.requests,
+                human_bytes(fetch.peak_in_flight_bytes),
+                human_bytes(fetch.max_in_flight_bytes),
+            )?;
+        }
         if !self.failures.is_empty() {
             writeln!(
                 out,
@@ -318,7 +348,10 @@ impl Summary {
                 let detail = f
                     .signal
                     .clone()
-                    .or(f.code.map(|c| format!("code {c}")))
+                    .or(f.code.map(|c| match f.kind {
+                        crate::results::FailureKind::Fetch => format!("HTTP {c}"),
+                        _ => format!("code {c}"),
+                    }))
                     .map_or(String::new(), |d| format!(" {d}"));
                 writeln!(out, "  item {}: {}{detail}: {}", failed.item, f.kind, f.message)?;
             }

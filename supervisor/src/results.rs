@@ -45,7 +45,7 @@ pub struct Failure {
     /// For `signal`: the signal's name, e.g. `SIGSEGV`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
-    /// For `exit`: the worker's exit code.
+    /// For `exit`: the worker's exit code; for `fetch`: the HTTP status, when the server answered with one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,
     /// For crashes: the last lines the worker wrote to stderr.
@@ -70,6 +70,9 @@ pub enum FailureKind {
     Protocol,
     /// The task returned an error.
     Error,
+    /// The body of a `urls` item could not be fetched (after `fetch_retries`); `code` holds the HTTP status when
+    /// the server answered with one.
+    Fetch,
 }
 
 impl std::fmt::Display for FailureKind {
@@ -82,6 +85,7 @@ impl std::fmt::Display for FailureKind {
             FailureKind::Memory => "memory",
             FailureKind::Protocol => "protocol",
             FailureKind::Error => "error",
+            FailureKind::Fetch => "fetch",
         };
         f.write_str(name)
     }
@@ -94,6 +98,7 @@ pub enum InputDesc {
     Range { start: u64, end: u64 },
     Chunk { offset: u64, len: u64 },
     File { path: PathBuf },
+    Url { url: String },
 }
 
 fn value_as_json<S: serde::Serializer>(value: &Option<Value>, serializer: S) -> Result<S::Ok, S::Error> {

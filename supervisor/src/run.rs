@@ -18,7 +18,7 @@ use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_pa
 use crate::plan::{self, Items};
 use crate::pool::Starter;
 use crate::report::{Progress, ShardSummary, Summary};
-use crate::results::{FailureKind, Record, Reducer, Status};
+use crate::results::{Failure, FailureKind, Record, Reducer, Status};
 use crate::shard::{self, ShardFlags};
 
 /// Loads a job file, applies the command-line overrides of `run`, and checks its task.
@@ -124,7 +124,15 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         Some(_) if !spec.output.journal && resume => return Err(Error::ResumeWithoutJournal),
         Some(results) => {
             let path = records_path(&spec, results);
-            let mut fingerprint = fingerprint(&spec, &items)?;
+            // Stats every file of a glob: off the runtime, so that a slow filesystem stalls nothing else.
+            let mut fingerprint = {
+                let (spec, items) = (spec.clone(), Arc::clone(&items));
+                tokio::task::spawn_blocking(move || fingerprint(&spec, &items))
+                    .await
+                    .map_err(|join| Error::Internal {
+                        message: format!("fingerprinting the input failed: {join}"),
+                    })??
+            };
             fingerprint.shard = shard.as_ref().map(|chosen| chosen.shard);
             let recovered = if resume && path.exists() {
                 let journal = Journal::recover(&path, &fingerprint)?;
@@ -172,6 +180,10 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         max_tasks: spec.workers.max_tasks,
         supervise: spec.supervise.clone(),
         span: span.clone(),
+        fetch: match &spec.input {
+            InputSpec::Urls { fetch, .. } => Some(fetch.clone()),
+            _ => None,
+        },
     };
     let progress = Progress::new(span.end - span.start, prior.ok + prior.failed, args.quiet);
     let reducer = Reducer::new(spec.output.reduce);
@@ -322,6 +334,24 @@ fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
                 &digest[..16]
             )
         }
+        // The URLs themselves, in order: what the item numbers mean. What a server answers can change between
+        // runs; that is the nature of a URL, and is not checked.
+        InputSpec::Urls { path, .. } => {
+            let mut listing = Sha256::new();
+            if let Items::Urls { urls, .. } = items {
+                for url in urls.iter() {
+                    listing.update(url.as_bytes());
+                    listing.update(b"\n");
+                }
+            }
+            let digest = hex(&listing.finalize());
+            format!(
+                "urls {} listing {} URLs (digest {})",
+                path.display(),
+                items.len(),
+                &digest[..16]
+            )
+        }
     };
     Ok(Fingerprint {
         job_sha256: hex(&Sha256::digest(spec.source_text().as_bytes())),
@@ -367,9 +397,40 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
     if let Some(UserTask::WorkerBin { path }) = &spec.task.user {
         return Err(Error::ReplayWorkerBin { path: path.clone() });
     }
-    let batch = items.batch(0, item, 1);
-    let outcome = child::worker::run_one(&task_name(spec), &task_args_json(spec), items.input_plan(), &batch)
-        .map_err(|reason| Error::WorkersCannotStart { reason })?;
+    // A `urls` item is fetched first, into an arena of its own; a failed fetch is the item's record.
+    let mut arena = None;
+    let mut slot = None;
+    if let (Items::Urls { urls, .. }, InputSpec::Urls { fetch, .. }) = (items, &spec.input) {
+        let made = crate::fetch::Arena::new(fetch.max_in_flight_bytes).map_err(|error| Error::Internal {
+            message: format!("cannot create the shared arena for the fetched body: {error}"),
+        })?;
+        let url = urls[item as usize].clone();
+        let event = crate::block_on_value(crate::fetch::fetch_one(item, &url, fetch, Arc::clone(&made)))?
+            .map_err(|message| Error::Internal { message })?;
+        match event {
+            crate::fetch::FetchEvent::Fetched { slot: fetched, .. } => slot = Some(fetched),
+            crate::fetch::FetchEvent::Failed { failure, elapsed, .. } => {
+                let elapsed_us = elapsed.as_micros() as u64;
+                return Ok(print_replayed(
+                    items,
+                    item,
+                    Status::Failed,
+                    None,
+                    Some(failure),
+                    elapsed_us,
+                ));
+            }
+        }
+        arena = Some(made);
+    }
+    let batch = items.batch(0, item, 1, |_| slot.map(|s| (s.offset, s.len)));
+    let outcome = child::worker::run_one(
+        &task_name(spec),
+        &task_args_json(spec),
+        items.input_plan(arena.as_ref().map(|a| a.proc_path()).as_deref()),
+        &batch,
+    )
+    .map_err(|reason| Error::WorkersCannotStart { reason })?;
     let (status, value, error) = match outcome.result {
         Ok(value) => (Status::Ok, Some(value), None),
         Err(error) => {
@@ -381,6 +442,18 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
             (Status::Failed, None, Some(failure))
         }
     };
+    Ok(print_replayed(items, item, status, value, error, outcome.elapsed_us))
+}
+
+/// Prints the record of a replayed item and returns the exit code it means.
+fn print_replayed(
+    items: &Items,
+    item: u64,
+    status: Status,
+    value: Option<shared::item::Value>,
+    error: Option<Failure>,
+    elapsed_us: u64,
+) -> i32 {
     let code = if status == Status::Ok {
         exit::OK
     } else {
@@ -394,12 +467,12 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
         attempts: 1,
         attempt_errors: Vec::new(),
         pid: std::process::id(),
-        elapsed_ms: outcome.elapsed_us as f64 / 1000.0,
+        elapsed_ms: elapsed_us as f64 / 1000.0,
         input: items.describe(item),
     };
     let line = serde_json::to_string(&record).unwrap_or_default();
     println!("{line}");
-    Ok(code)
+    code
 }
 
 pub fn tasks() -> i32 {

@@ -11,10 +11,11 @@ use std::path::Path;
 
 use crate::plan::Items;
 
-/// Why a worker that died by SIGBUS on item `item` did, when the item reads a file; `None` for range items.
+/// Why a worker that died by SIGBUS on item `item` did, when the item reads a file; `None` for range and URL items
+/// (a fetched body lives in the arena, which never shrinks).
 pub fn explain(items: &Items, item: u64) -> Option<String> {
     match items {
-        Items::Range { .. } => None,
+        Items::Range { .. } | Items::Urls { .. } => None,
         Items::Chunks { path, chunks } => {
             let listed = chunks.last().map_or(0, |last| last.offset + last.len);
             let chunk = chunks.get(usize::try_from(item).ok()?)?;

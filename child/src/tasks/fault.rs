@@ -90,6 +90,12 @@ pub(super) const ARGS: &[ArgInfo] = &[
         help: "the file `wait` items wait for (checked every 10 ms)",
     },
     ArgInfo {
+        name: "delay_ms",
+        kind: "int",
+        default: "0",
+        help: "every item sleeps this many milliseconds first (a deliberately slow task, e.g. to test backpressure)",
+    },
+    ArgInfo {
         name: "once_dir",
         kind: "path",
         default: "none",
@@ -162,6 +168,8 @@ struct FaultArgs {
     #[serde(default)]
     ignore_sigterm: Vec<u64>,
     pid_dir: Option<std::path::PathBuf>,
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 struct Fault {
@@ -175,6 +183,9 @@ impl Task for Fault {
     fn run(&mut self, item: Item<'_>) -> Result<Value, String> {
         let index = item.index;
         let a = &self.args;
+        if a.delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(a.delay_ms));
+        }
         if let Some(dir) = &a.once_dir {
             // create_new fails when the marker exists: this item already misbehaved once, so it behaves now.
             let marker = dir.join(format!("fault-{index}"));

@@ -122,11 +122,14 @@ pub(super) fn build(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
 
 impl Task for Thumbnail {
     fn run(&mut self, item: Item<'_>) -> Result<Value, String> {
-        let ItemInput::Bytes { data, path, .. } = item.input else {
-            return Err(format!("task `{TASK}` needs whole-file input, got a range item"));
+        let (data, source) = match item.input {
+            ItemInput::Bytes { data, path, .. } => (data, path.display().to_string()),
+            ItemInput::Fetched { data, url } => (data, url.to_string()),
+            ItemInput::Range { .. } => {
+                return Err(format!("task `{TASK}` needs whole-file input, got a range item"));
+            }
         };
-        let image =
-            decode(data, self.limits.clone()).map_err(|error| format!("cannot decode {}: {error}", path.display()))?;
+        let image = decode(data, self.limits.clone()).map_err(|error| format!("cannot decode {source}: {error}"))?;
         let (width, height) = fit(image.width(), image.height(), self.size);
         let thumb = if (width, height) == (image.width(), image.height()) {
             image
@@ -247,11 +250,16 @@ pub(crate) fn fit(width: u32, height: u32, size: u32) -> (u32, u32) {
 /// to 100 bytes, `image` when nothing is left), so that a person recognises the thumbnail. `hash` is the first 16
 /// hex digits of the SHA-256 of the source's absolute path, so that `a/cat.jpg`, `b/cat.jpg` and `a/cat.png` get
 /// different names, and the same source gets the same name on every run whatever else the job lists (the
-/// freedesktop thumbnail spec names thumbnails by a hash of the source URI for the same reasons). A source
-/// named by URL would use the last path segment as stem and the URL as the hashed text.
+/// freedesktop thumbnail spec names thumbnails by a hash of the source URI for the same reasons). A body fetched
+/// from a URL (a `urls` input) takes the stem of the URL's last path segment and hashes the URL as written.
 pub(crate) fn output_name(item: &Item<'_>) -> String {
     let (stem, source) = match item.input {
         ItemInput::Bytes { path, .. } => (path_stem(path), path.as_os_str().as_encoded_bytes().to_vec()),
+        ItemInput::Fetched { url, .. } => {
+            let path = url.split(['?', '#']).next().unwrap_or_default();
+            let last = path.rsplit('/').next().unwrap_or_default();
+            (path_stem(Path::new(last)), url.as_bytes().to_vec())
+        }
         ItemInput::Range { lo, hi } => (String::new(), format!("range:{lo}-{hi}").into_bytes()),
     };
     let digest = Sha256::digest(&source);
@@ -380,5 +388,18 @@ mod tests {
         let name = output_name(&file_item(Path::new(&format!("/x/{long}.jpg"))));
         assert!(name.len() <= MAX_STEM_BYTES + 1 + NAME_HASH_DIGITS);
         assert!(output_name(&file_item(Path::new("/"))).starts_with("image-"));
+    }
+
+    #[test]
+    fn url_items_are_named_after_their_last_segment_and_hashed_by_url() {
+        let url_item = |url| Item {
+            index: 0,
+            input: ItemInput::Fetched { data: b"", url },
+        };
+        let a = output_name(&url_item("http://127.0.0.1:8000/img/cat.jpg?size=big#top"));
+        let b = output_name(&url_item("http://127.0.0.1:8000/other/cat.jpg"));
+        assert!(a.starts_with("cat-") && b.starts_with("cat-"), "{a} {b}");
+        assert_ne!(a, b);
+        assert!(output_name(&url_item("https://example.org/")).starts_with("image-"));
     }
 }

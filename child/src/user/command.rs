@@ -74,7 +74,7 @@ impl CommandTask {
                 };
                 (Some(path.to_string_lossy().into_owned()), None, stdin)
             }
-            ItemInput::Bytes { data, .. } => {
+            ItemInput::Bytes { data, .. } | ItemInput::Fetched { data, .. } => {
                 let file = self
                     .chunk_file(data)
                     .map_err(|e| error(format!("cannot copy the chunk into a memfd: {e}")))?;
@@ -93,15 +93,17 @@ impl CommandTask {
         let (lo, hi) = match item.input {
             ItemInput::Range { lo, hi } => (lo, hi),
             ItemInput::Bytes { data, offset, .. } => (offset, offset + data.len() as u64),
+            ItemInput::Fetched { data, .. } => (0, data.len() as u64),
         };
         let value_of = |name: &str| -> Option<String> {
             match (name, item.input) {
                 ("item", _) => Some(item.index.to_string()),
-                ("path", ItemInput::Bytes { .. }) => path.clone(),
+                ("path", ItemInput::Bytes { .. } | ItemInput::Fetched { .. }) => path.clone(),
+                ("url", ItemInput::Fetched { url, .. }) => Some(url.to_string()),
                 ("start", ItemInput::Range { .. }) => Some(lo.to_string()),
                 ("end", ItemInput::Range { .. }) => Some(hi.to_string()),
                 ("offset", ItemInput::Bytes { .. }) => Some(lo.to_string()),
-                ("len", ItemInput::Bytes { .. }) => Some((hi - lo).to_string()),
+                ("len", ItemInput::Bytes { .. } | ItemInput::Fetched { .. }) => Some((hi - lo).to_string()),
                 _ => None,
             }
         };
@@ -186,7 +188,7 @@ pub fn parse_output(stdout: &[u8], parse: Parse) -> Result<Value, String> {
 }
 
 /// A close-on-exec memfd (it is handed to a command by clearing the flag in the forked child only).
-fn memfd(name: &str) -> std::io::Result<File> {
+pub(super) fn memfd(name: &str) -> std::io::Result<File> {
     let name = CString::new(name).map_err(std::io::Error::other)?;
     // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };

@@ -37,6 +37,8 @@ pub struct PersistentTask {
     running: Option<Running>,
     /// Kills the process's group if this worker dies; started with the first process.
     guard: Option<Guard>,
+    /// The body of the current URL item, for the process to read (`/proc/<worker>/fd/N`).
+    body: Option<std::fs::File>,
 }
 
 #[derive(Debug)]
@@ -55,6 +57,7 @@ impl PersistentTask {
             spec,
             running: None,
             guard: None,
+            body: None,
         }
     }
 
@@ -110,7 +113,29 @@ impl PersistentTask {
         })
     }
 
+    /// A memfd of this worker holding exactly `data` (reused from item to item); its path for the process.
+    fn body_file(&mut self, data: &[u8]) -> std::io::Result<String> {
+        use std::io::Seek;
+        use std::os::fd::AsRawFd;
+        let file = match self.body.take() {
+            Some(file) => file,
+            None => super::command::memfd("supervisor-body")?,
+        };
+        let file = self.body.insert(file);
+        file.set_len(0)?;
+        file.rewind()?;
+        file.write_all(data)?;
+        Ok(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd()))
+    }
+
     fn call(&mut self, item: Item<'_>, context: &ItemContext) -> Result<Value, TaskError> {
+        let body = match item.input {
+            ItemInput::Fetched { data, .. } => Some(self.body_file(data).map_err(|e| TaskError {
+                kind: TaskErrorKind::Error,
+                message: format!("cannot copy the fetched body into a memfd: {e}"),
+            })?),
+            _ => None,
+        };
         let running = match self.running.take() {
             Some(running) => running,
             None => self.start(context)?,
@@ -120,7 +145,7 @@ impl PersistentTask {
         if let Ok(mut tail) = running.stderr.lock() {
             tail.take();
         }
-        let request = request(item, context.attempt);
+        let request = request(item, context.attempt, body.as_deref());
         let exchanged = exchange(running, &request, self.spec.max_output);
         match exchanged {
             Ok(line) => match answer(&line, item.index) {
@@ -249,7 +274,10 @@ fn exchange(running: &mut Running, request: &str, max_output: u64) -> Result<Str
 }
 
 /// The request line for `item`.
-fn request(item: Item<'_>, attempt: u32) -> String {
+///
+/// A URL item's body is in a memfd of the worker, `body` (`/proc/<worker>/fd/N`), which the process reads as a
+/// whole file.
+fn request(item: Item<'_>, attempt: u32, body: Option<&str>) -> String {
     let input = match item.input {
         ItemInput::Range { lo, hi } => serde_json::json!({ "start": lo, "end": hi }),
         ItemInput::Bytes { data, path, offset } => {
@@ -260,6 +288,7 @@ fn request(item: Item<'_>, attempt: u32) -> String {
                 serde_json::json!({ "path": path, "offset": offset, "len": data.len() })
             }
         }
+        ItemInput::Fetched { url, .. } => serde_json::json!({ "url": url, "path": body }),
     };
     let mut line = serde_json::json!({ "item": item.index, "attempt": attempt, "input": input }).to_string();
     line.push('\n');

@@ -6,12 +6,13 @@
 //! closure with each item's bytes as a `&[u8]` slice of that mapping — nothing is copied or sent through a pipe.
 //! Crashes, timeouts, limits, retries and `--resume` work exactly as for the builtin tasks.
 
-use child::task::{Item, ItemInput};
+use child::task::{Item, bytes_of};
 use shared::item::Value;
 
 fn main() -> std::process::ExitCode {
-    child::serve(|item: Item<'_>| match item.input {
-        ItemInput::Bytes { data, .. } => Ok(Value::UInt(memchr::memchr_iter(b'\n', data).count() as u128)),
-        ItemInput::Range { .. } => Err("custom-worker counts lines: give it a `file` or `glob` input".to_string()),
+    // `bytes_of` gives the bytes of a file chunk, a whole file or a fetched URL body, and an error for a range.
+    child::serve(|item: Item<'_>| {
+        let data = bytes_of("custom-worker", &item)?;
+        Ok(Value::UInt(memchr::memchr_iter(b'\n', data).count() as u128))
     })
 }
