@@ -85,8 +85,9 @@ fn fault_storm_fails_exactly_the_faulty_items(start: &str) {
     let hang = [700, 2200];
     let oom = [800, 2300];
     let error = [104, 900, 1700, 2400, 2999];
-    // The timeout must leave an `oom` item time to fill its 256 MiB and fail: on a loaded machine that takes
-    // half a second, and at 500ms the timeout sometimes won and the item failed with `timeout`.
+    // The timeout must leave an `oom` item time to fill its memory limit and fail. With 256 MiB that took half a
+    // second on a loaded machine, and over 3 s at a load average of 15 (the item then failed with `timeout`):
+    // 64 MiB is a quarter of the work.
     let job = Job::new();
     job.write(&format!(
         r#"
@@ -112,7 +113,7 @@ oom_cap = "1GiB"
 [workers]
 start = "{start}"
 count = 2
-memory_limit = "256MiB"
+memory_limit = "64MiB"
 
 [supervise]
 max_restarts = 1000
