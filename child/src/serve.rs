@@ -1,9 +1,9 @@
 //! Your own worker binary: the entry points a `worker_bin` calls from `main`.
 //!
 //! A job whose `[task]` says `worker_bin = "target/release/my-worker"` starts that binary, instead of the
-//! supervisor's own worker, as `my-worker __worker NAME`. The binary calls [`serve`] (a closure) or
-//! [`serve_task`] (a [`Task`] value) from `main`; from there it is a worker like any other: it connects to the
-//! supervisor, maps the input read-only, and calls your code once per item with an [`Item`] whose bytes are a
+//! supervisor's own worker, as `my-worker __worker` with its channel to the supervisor as stdin. The binary calls
+//! [`serve`] (a closure) or [`serve_task`] (a [`Task`] value) from `main`; from there it is a worker like any
+//! other: it says hello to the supervisor, maps the input read-only, and calls your code once per item with an [`Item`] whose bytes are a
 //! `&[u8]` straight out of the mapping — nothing is copied. Crashes, timeouts, limits, retries and `--resume`
 //! all work as for builtin tasks: your code runs in the supervised process itself.
 //!
@@ -13,8 +13,11 @@
 //!
 //! fn main() -> std::process::ExitCode {
 //!     child::serve(|item: Item<'_>| match item.input {
-//!         // A chunk of a `file` input or a whole file: mapped, not copied.
-//!         ItemInput::Bytes { data, .. } => Ok(Value::UInt(data.iter().filter(|&&b| b == b'\n').count() as u128)),
+//!         // A chunk of a `file` input or a whole file (mapped, not copied), or a fetched URL body (in shared
+//!         // memory).
+//!         ItemInput::Bytes { data, .. } | ItemInput::Fetched { data, .. } => {
+//!             Ok(Value::UInt(data.iter().filter(|&&b| b == b'\n').count() as u128))
+//!         }
 //!         ItemInput::Range { lo, hi } => Ok(Value::UInt(u128::from(hi - lo))),
 //!     })
 //! }
