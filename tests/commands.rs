@@ -17,35 +17,6 @@ use std::time::Duration;
 
 use common::{Prng, generated_text, read_records, run, tool, wc, write_file};
 
-/// Processes (other than zombies) whose environment holds `MARKER=<value>`: the user's commands of one test.
-fn marked_processes(value: &str) -> Vec<i32> {
-    let marker = format!("TEST_MARKER={value}");
-    std::fs::read_dir("/proc")
-        .expect("read /proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = state
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie && environ.split(|&b| b == 0).any(|entry| entry == marker.as_bytes())
-        })
-        .collect()
-}
-
-/// Asserts that no command of this test is still running (waiting a little for SIGKILLs to land), and kills
-/// any that is, so that a failing test leaves nothing behind.
-pub fn assert_no_leftovers(marker: &str) {
-    let gone = common::wait_until(Duration::from_secs(10), || marked_processes(marker).is_empty());
-    let left = marked_processes(marker);
-    for pid in &left {
-        // SAFETY: kill(2) touches no memory of ours; the pid was just seen carrying this test's marker.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
-    assert!(gone, "processes left behind: {left:?}");
-}
-
 fn files(dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
     std::fs::create_dir_all(dir.join("in")).expect("mkdir");
     let mut prng = Prng::new(7);
@@ -89,7 +60,7 @@ fn wc_l_per_file_matches_wc() {
         total += expected;
     }
     assert_eq!(ran.summary()["reduced"].as_u64().map(u128::from), Some(total));
-    assert_no_leftovers(&marker);
+    common::assert_no_leftovers(&marker);
 }
 
 /// Chunks of one file reach the command both as `{path}` (a memfd) and on stdin; `sha256sum` of each chunk's
@@ -175,7 +146,7 @@ fn crashing_and_hanging_commands(flags: &[&str]) {
     let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("results");
     let nine = text.lines().find(|l| l.starts_with("{\"item\":9,")).expect("item 9");
     assert!(nine.contains("\"stderr\":\"bad item nine\""), "{nine}");
-    assert_no_leftovers(&marker);
+    common::assert_no_leftovers(&marker);
 }
 
 /// `kill -9` of the supervisor while commands run (each starting a `sleep` of its own): the workers die with
@@ -195,16 +166,16 @@ fn nothing_survives_a_sigkilled_supervisor() {
     let job = job.to_string_lossy().into_owned();
     let mut supervisor = common::Background::start(dir.path(), &["run", "--quiet", &job]);
     // Two `sh` and their two `sleep`s.
-    let started = common::wait_until(Duration::from_secs(60), || marked_processes(&marker).len() >= 4);
+    let started = common::wait_until(Duration::from_secs(60), || common::marked_processes(&marker).len() >= 4);
     assert!(
         started,
         "the commands did not start: {:?}\n{}",
-        marked_processes(&marker),
+        common::marked_processes(&marker),
         supervisor.context()
     );
     supervisor.signal(libc::SIGKILL);
     supervisor.wait(Duration::from_secs(30));
-    assert_no_leftovers(&marker);
+    common::assert_no_leftovers(&marker);
 }
 
 /// `env`, `cwd`, `SUPERVISOR_ITEM` and `SUPERVISOR_ATTEMPT`: the first attempt of each even item fails, its

@@ -6,6 +6,10 @@
 //! `TempDir` and every process started here is reaped (or killed and reaped) before the test ends.
 
 #[path = "common/mod.rs"]
+#[expect(
+    dead_code,
+    reason = "the process-marker helpers are for the suites that run user commands"
+)]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::{generated_text, read_records, run, wc, write_file};
 
@@ -23,33 +22,6 @@ fn repo() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf()
-}
-
-/// Live processes whose environment holds `TEST_MARKER=<value>`.
-fn marked_processes(value: &str) -> Vec<i32> {
-    let marker = format!("TEST_MARKER={value}");
-    std::fs::read_dir("/proc")
-        .expect("read /proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = state
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie && environ.split(|&b| b == 0).any(|entry| entry == marker.as_bytes())
-        })
-        .collect()
-}
-
-fn assert_no_leftovers(marker: &str) {
-    let gone = common::wait_until(Duration::from_secs(10), || marked_processes(marker).is_empty());
-    let left = marked_processes(marker);
-    for pid in &left {
-        // SAFETY: kill(2) touches no memory of ours; the pid was just seen carrying this test's marker.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
-    assert!(gone, "processes left behind: {left:?}");
 }
 
 fn python_available() -> bool {
@@ -156,7 +128,7 @@ fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
         longest = longest.max(counts.len());
     }
     assert!(longest >= 3, "no Python process answered several items: {by_process:?}");
-    assert_no_leftovers(&marker);
+    common::assert_no_leftovers(&marker);
 }
 
 /// The helper's `read_bytes` gives a chunk's bytes (`{path, offset, len}`) and a whole file's (`{path}`): line

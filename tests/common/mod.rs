@@ -626,3 +626,32 @@ pub fn workers_claiming(pid: i32) -> Vec<Proc> {
         })
         .collect()
 }
+
+/// Processes (other than zombies) whose environment holds `MARKER=<value>`: the user's commands of one test.
+pub fn marked_processes(value: &str) -> Vec<i32> {
+    let marker = format!("TEST_MARKER={value}");
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && environ.split(|&b| b == 0).any(|entry| entry == marker.as_bytes())
+        })
+        .collect()
+}
+
+/// Asserts that no command of this test is still running (waiting a little for SIGKILLs to land), and kills
+/// any that is, so that a failing test leaves nothing behind.
+pub fn assert_no_leftovers(marker: &str) {
+    let gone = wait_until(Duration::from_secs(10), || marked_processes(marker).is_empty());
+    let left = marked_processes(marker);
+    for pid in &left {
+        // SAFETY: kill(2) touches no memory of ours; the pid was just seen carrying this test's marker.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(gone, "processes left behind: {left:?}");
+}
