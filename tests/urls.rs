@@ -348,6 +348,63 @@ fn every_byte_task_accepts_url_items() {
     }
 }
 
+/// The user's own code on URL items: a command per item reads the body through `{path}` (a memfd) and on stdin,
+/// and gets the URL as `{url}`; a persistent Python worker reads it through `input["path"]`. Digests and sizes
+/// against `sha256sum` and the file's length.
+#[test]
+fn commands_and_persistent_workers_read_fetched_bodies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (routes, names) = generated_files(dir.path(), 5);
+    let server = Server::start(routes);
+    let urls: Vec<String> = names.iter().map(|n| server.url(&format!("/f/{n}"))).collect();
+    write_file(
+        dir.path(),
+        "urls.txt",
+        urls.iter().map(|u| format!("{u}\n")).collect::<String>(),
+    );
+    let helper = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    write_file(
+        dir.path(),
+        "size.py",
+        format!(
+            "import sys\nsys.path.insert(0, {:?})\nfrom supervisor_worker import serve, read_bytes\n\
+             serve(lambda input: {{'len': len(read_bytes(input)), 'url': input['url']}})\n",
+            helper.to_string_lossy()
+        ),
+    );
+    let jobs = [
+        (
+            "command",
+            "command = [\"sh\", \"-c\", \"sha256sum < $1 | cut -c1-64; echo $2\", \"sh\", \"{path}\", \"{url}\"]\n",
+        ),
+        ("stdin", "command = [\"sha256sum\"]\n"),
+        ("worker", "worker = [\"python3\", \"size.py\"]\n"),
+    ];
+    for (kind, task) in jobs {
+        write_file(
+            dir.path(),
+            "job.toml",
+            format!("[input]\nurls = \"urls.txt\"\n[task]\n{task}[output]\nresults = \"out.jsonl\"\n"),
+        );
+        run(dir.path(), ["run", "--force", "job.toml"], 0);
+        let records = records(&dir.path().join("out.jsonl"));
+        for (item, name) in names.iter().enumerate() {
+            let path = dir.path().join(name);
+            let value = &records[&(item as u64)]["value"];
+            let text = value.as_str().unwrap_or_default();
+            match kind {
+                "command" => assert_eq!(text, format!("{}\n{}", sha256sum(&path), urls[item]), "{kind} {name}"),
+                "stdin" => assert!(text.starts_with(&sha256sum(&path)), "{kind} {name}: {value}"),
+                _ => {
+                    let len = std::fs::metadata(&path).expect("stat").len();
+                    assert_eq!(value["len"].as_u64(), Some(len), "{kind} {name}: {value}");
+                    assert_eq!(value["url"].as_str(), Some(urls[item].as_str()), "{kind} {name}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_crash_on_a_url_item_costs_that_item_only() {
     let dir = tempfile::tempdir().expect("temp dir");
