@@ -22,7 +22,7 @@ use shared::protocol::{TaskError, TaskErrorKind};
 use shared::usertask::{CommandSpec, Parse, StdinMode};
 
 use super::json_to_value;
-use super::process::{Guard, capture, command, die_with_worker, ended, reap_group};
+use super::process::{Guard, Inherited, capture, command, ended, own_group, reap_group};
 use crate::task::{Item, ItemContext, ItemInput, Task};
 
 /// Runs `command` once per item.
@@ -117,13 +117,17 @@ impl CommandTask {
             .map_err(error)?;
         let mut command = command(&self.spec.process, &argv, context, Some(item.index));
         command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
-        die_with_worker(&mut command, keep_open);
+        own_group(&mut command);
         if self.guard.is_none() {
             self.guard = Some(Guard::start().map_err(|e| error(format!("cannot start the process guard: {e}")))?);
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| error(format!("cannot start `{}`: {e}", argv[0])))?;
+        let inherited = keep_open
+            .map(Inherited::new)
+            .transpose()
+            .map_err(|e| error(format!("cannot hand the item's memfd to the command: {e}")))?;
+        let spawned = command.spawn();
+        drop(inherited);
+        let mut child = spawned.map_err(|e| error(format!("cannot start `{}`: {e}", argv[0])))?;
         let pgid = child.id();
         if let Some(guard) = self.guard.as_mut() {
             guard.watch(pgid);

@@ -73,7 +73,7 @@ impl PersistentTask {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        die_with_worker(&mut command, None);
+        die_with_worker(&mut command);
         let mut child = command.spawn().map_err(|e| TaskError {
             kind: TaskErrorKind::Error,
             message: format!("cannot start worker `{}`: {e}", self.spec.argv[0]),
