@@ -276,7 +276,7 @@ impl Outbox {
     fn push(&mut self, outcome: Outcome) -> Result<(), WorkerError> {
         // Frames stay well under the supervisor's limit: pending results go out before they would pass
         // RESULT_FLUSH_BYTES (one outcome is at most MAX_RESULT_BYTES plus a short error message).
-        let size = encoded_size(&outcome);
+        let size = outcome_size(&outcome);
         if self.pending_bytes + size > frame::RESULT_FLUSH_BYTES {
             self.flush()?;
         }
@@ -310,6 +310,25 @@ impl Outbox {
     }
 }
 
+/// An upper bound of the bytes a scalar value (not text, a list or a map) takes in postcard; `None` for the others.
+fn scalar_size(value: &shared::item::Value) -> Option<usize> {
+    use shared::item::Value;
+    match value {
+        // A variant tag and at most a 19-byte varint of a 128-bit integer.
+        Value::Null | Value::Bool(_) | Value::UInt(_) | Value::Int(_) | Value::Float(_) => Some(24),
+        Value::Text(_) | Value::List(_) | Value::Map(_) => None,
+    }
+}
+
+/// An upper bound of the bytes `outcome` takes in postcard: cheap for the common case of a scalar value.
+fn outcome_size(outcome: &Outcome) -> usize {
+    match &outcome.result {
+        // The elapsed time and result tags (at most 12 bytes), plus the value.
+        Ok(value) => scalar_size(value).map_or_else(|| encoded_size(outcome), |size| size + 12),
+        Err(_) => encoded_size(outcome),
+    }
+}
+
 /// Bytes `value` takes in postcard.
 fn encoded_size<T: serde::Serialize>(value: &T) -> usize {
     postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).unwrap_or(usize::MAX)
@@ -320,6 +339,8 @@ fn encoded_size<T: serde::Serialize>(value: &T) -> usize {
 /// message longer than [`frame::MAX_MESSAGE_BYTES`] is cut.
 fn within_limits(result: Result<shared::item::Value, TaskError>) -> Result<shared::item::Value, TaskError> {
     match result {
+        // Scalars are far within both limits: no need to measure them (this runs once per item).
+        Ok(value) if scalar_size(&value).is_some() => Ok(value),
         Ok(value) => {
             let depth = value.depth();
             if depth > frame::MAX_VALUE_DEPTH {
