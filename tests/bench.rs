@@ -25,7 +25,7 @@ const STATS: &[&str] = &[
 ];
 
 /// The paths of every round-trip placement.
-const ROUND_TRIPS: &[&str] = &["ipc_channel", "thread_mpsc", "pipe"];
+const ROUND_TRIPS: &[&str] = &["socket_frames", "ipc_channel", "thread_mpsc", "pipe"];
 
 /// The paths of every hand-off placement.
 const HAND_OFFS: &[&str] = &["ipc_bytes", "shared_memory"];

@@ -138,6 +138,8 @@ pub struct RoundTripReport {
 #[derive(Debug, Serialize)]
 pub struct RoundTrips {
     pub ipc_channel: Stats,
+    /// The transport workers use: postcard frames on a Unix socket (`shared::frame`).
+    pub socket_frames: Stats,
     pub thread_mpsc: Stats,
     pub pipe: Stats,
 }
@@ -147,6 +149,7 @@ impl RoundTrips {
         let samples = transfer::round_trips(exe, plan, placement)?;
         Ok(RoundTrips {
             ipc_channel: Stats::latency(samples.ipc_channel),
+            socket_frames: Stats::latency(samples.socket_frames),
             thread_mpsc: Stats::latency(samples.thread_mpsc),
             pipe: Stats::latency(samples.pipe),
         })
@@ -324,7 +327,10 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
 fn round_trip_note(scheduled: &RoundTrips, same: &RoundTrips, other: Option<&RoundTrips>) -> String {
     let ipc = same.ipc_channel.median;
     let mut note = format!(
-        "on one CPU ipc-channel takes {} per round trip, {} the raw pipe floor, and threads over mpsc {}",
+        "on one CPU the workers' socket frames take {} per round trip, {} the raw pipe floor; ipc-channel {} ({}), \
+         and threads over mpsc {}",
+        micros(same.socket_frames.median),
+        ratio(same.socket_frames.median, same.pipe.median),
         micros(ipc),
         ratio(ipc, same.pipe.median),
         ratio(same.thread_mpsc.median, same.pipe.median),
@@ -436,6 +442,7 @@ fn print_round_trips(report: &RoundTripReport) {
         let Some(paths) = paths else { continue };
         println!("  {placement}");
         for (name, stats) in [
+            ("socket frames (workers)", &paths.socket_frames),
             ("ipc-channel (processes)", &paths.ipc_channel),
             ("std mpsc (threads)", &paths.thread_mpsc),
             ("raw pipe (processes)", &paths.pipe),

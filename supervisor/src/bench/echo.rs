@@ -4,8 +4,10 @@
 //! senders of two channels it reads (typed [`Down`] messages, and raw bytes), and then answers every request:
 //! a ping with the same number, a hand-off (bytes on the bytes channel, or a shared region the bench just
 //! filled) with the sum of the first byte of every 4 KiB page, which proves it saw the new data and touched
-//! every page. `supervisor __bench-echo pipe` copies 8-byte words from stdin to stdout: the raw floor that any
-//! channel between two processes pays.
+//! every page. `supervisor __bench-echo frames` answers framed [`Down::Ping`]s on the Unix socket it gets as
+//! stdin, exactly as a worker talks to the supervisor (`shared::frame`: a 4-byte length, then postcard).
+//! `supervisor __bench-echo pipe` copies 8-byte words from stdin to stdout: the raw floor that any channel
+//! between two processes pays.
 //!
 //! Both modes exit 0 when the bench closes their input, so a bench that dies takes them with it. Like
 //! `__worker`, these modes are dispatched in `main` before the command line is parsed and never start the
@@ -91,7 +93,8 @@ pub fn main(mut args: impl Iterator<Item = OsString>) -> i32 {
             None => Err("expected the bench's channel name after `ipc`".to_string()),
         },
         Some("pipe") => serve_pipe(),
-        _ => Err("expected `ipc <server-name>` or `pipe`".to_string()),
+        Some("frames") => serve_frames(),
+        _ => Err("expected `ipc <server-name>`, `frames` or `pipe`".to_string()),
     };
     match result {
         Ok(()) => exit::OK,
@@ -154,6 +157,31 @@ fn serve_ipc(server_name: &str) -> Result<(), String> {
                     sum: touch_words(mapped.words(), len),
                 })?;
             }
+        }
+    }
+}
+
+/// Answers each framed `Down::Ping(n)` on stdin (a Unix socket) with a framed `Up::Pong(n)`, until EOF: the
+/// supervisor–worker transport (`shared::frame`), with a decode and an encode per message.
+fn serve_frames() -> Result<(), String> {
+    let socket = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::os::unix::net::UnixStream::from)
+        .map_err(|error| format!("cannot use stdin: {error}"))?;
+    let mut buffer = Vec::new();
+    loop {
+        match shared::frame::read_into(&socket, shared::frame::MAX_TO_WORKER, &mut buffer) {
+            Ok(()) => {}
+            Err(shared::frame::FrameError::Closed) => return Ok(()),
+            Err(error) => return Err(format!("cannot read a frame: {error}")),
+        }
+        match postcard::from_bytes::<Down>(&buffer) {
+            Ok(Down::Ping(n)) => {
+                shared::frame::write(&socket, &Up::Pong(n)).map_err(|error| format!("cannot answer: {error}"))?
+            }
+            Ok(other) => return Err(format!("expected a ping, got {other:?}")),
+            Err(error) => return Err(format!("cannot decode a frame: {error}")),
         }
     }
 }

@@ -117,6 +117,7 @@ pub struct BandwidthPlan {
 #[derive(Debug)]
 pub struct RoundTrips {
     pub ipc_channel: Vec<f64>,
+    pub socket_frames: Vec<f64>,
     pub thread_mpsc: Vec<f64>,
     pub pipe: Vec<f64>,
 }
@@ -139,6 +140,10 @@ pub fn round_trips(exe: &Path, plan: RoundTripPlan, placement: Placement) -> Res
     pin_echo(echo.reaper.pid, placement)?;
     let ipc_channel = timed(plan.repeat, plan.warmup, |n| echo.ping(n))?;
     echo.finish()?;
+    let mut frames = FramesEcho::start(exe)?;
+    pin_echo(frames.child.id() as i32, placement)?;
+    let socket_frames = timed(plan.repeat, plan.warmup, |n| frames.ping(n))?;
+    frames.finish()?;
     let thread_mpsc = mpsc_round_trips(plan, placement)?;
     let mut pipe = PipeEcho::start(exe)?;
     pin_echo(pipe.child.id() as i32, placement)?;
@@ -146,6 +151,7 @@ pub fn round_trips(exe: &Path, plan: RoundTripPlan, placement: Placement) -> Res
     pipe.finish()?;
     Ok(RoundTrips {
         ipc_channel,
+        socket_frames,
         thread_mpsc,
         pipe: pipe_samples,
     })
@@ -427,6 +433,69 @@ impl Drop for Reaper {
         if self.waiter.is_some() {
             let _ = self.pidfd.signal(libc::SIGKILL);
             let _ = self.join();
+        }
+    }
+}
+
+/// An echo child process reached the way workers are: framed postcard messages on a Unix socket (its stdin).
+struct FramesEcho {
+    child: Child,
+    socket: Option<std::os::unix::net::UnixStream>,
+    buffer: Vec<u8>,
+}
+
+impl FramesEcho {
+    fn start(exe: &Path) -> Result<FramesEcho, Error> {
+        let fail = failed("echo process");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|error| fail(format!("cannot create a socket pair: {error}")))?;
+        let child = Command::new(exe)
+            .args([ECHO_ARG, "frames"])
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .spawn()
+            .map_err(|error| fail(format!("cannot start {}: {error}", exe.display())))?;
+        Ok(FramesEcho {
+            child,
+            socket: Some(ours),
+            buffer: Vec::new(),
+        })
+    }
+
+    fn ping(&mut self, n: u64) -> Result<(), Error> {
+        let fail = failed("socket frames round trip");
+        let socket = self
+            .socket
+            .as_ref()
+            .ok_or_else(|| fail("the socket is closed".to_string()))?;
+        shared::frame::write(socket, &Down::Ping(n)).map_err(|error| fail(format!("cannot write: {error}")))?;
+        shared::frame::read_into(socket, shared::frame::MAX_FROM_WORKER, &mut self.buffer)
+            .map_err(|error| fail(format!("cannot read: {error}")))?;
+        match postcard::from_bytes::<Up>(&self.buffer) {
+            Ok(Up::Pong(m)) if m == n => Ok(()),
+            other => Err(fail(format!("sent ping {n}, got {other:?}"))),
+        }
+    }
+
+    /// Closes the socket (it exits 0 on EOF) and reaps it.
+    fn finish(mut self) -> Result<(), Error> {
+        self.socket = None;
+        let status = self
+            .child
+            .wait()
+            .map_err(|error| failed("echo process")(format!("wait: {error}")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(failed("echo process")(format!("it ended with {status}")))
+        }
+    }
+}
+
+impl Drop for FramesEcho {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
