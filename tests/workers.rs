@@ -287,3 +287,31 @@ fn worker_bin_with_the_fork_server_is_refused() {
         ran.stderr()
     );
 }
+
+/// A `worker_bin` that is not a worker (it never says hello) does not hang the run: each start times out after
+/// `[supervise] start_timeout`, and after three start failures in a row the run ends with exit 3, naming why.
+/// Nothing it started is left behind.
+#[test]
+fn a_worker_bin_that_never_says_hello_times_out_instead_of_hanging() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    let script = write_file(
+        dir.path(),
+        "not-a-worker.sh",
+        format!("#!/bin/sh\nexport TEST_MARKER='{marker}'\nexec sleep 1000\n"),
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker_bin = \"not-a-worker.sh\"\n\
+         [supervise]\nstart_timeout = \"500ms\"\n",
+    );
+    let ran = run(dir.path(), [OsStr::new("run"), job.as_os_str()], 3);
+    assert!(
+        ran.stderr().contains("never said hello within start_timeout = 500ms"),
+        "{}",
+        ran.stderr()
+    );
+    common::assert_no_leftovers(&marker);
+}

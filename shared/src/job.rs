@@ -29,6 +29,8 @@ pub const MAX_WORKERS: usize = 1024;
 pub const DEFAULT_MAX_RESTARTS: u32 = 20;
 /// Default `[supervise] within`.
 pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(10);
+/// Default `[supervise] start_timeout`.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `[supervise] grace`.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// Longest accepted duration (`timeout`, `retry_backoff`, `cpu_limit`, `within`, `grace`): a year.
@@ -327,6 +329,9 @@ pub struct SuperviseSpec {
     pub halt: Halt,
     /// `grace`: time workers get to finish after a stop request, before SIGKILL.
     pub grace: Duration,
+    /// `start_timeout`: the longest a worker may take from its launch to `Ready`; one that takes longer is killed
+    /// and counts as a start failure.
+    pub start_timeout: Duration,
 }
 
 /// `[supervise] halt`: when failures stop the job (GNU parallel's `--halt`).
@@ -548,6 +553,7 @@ struct RawSupervise {
     within: Option<Spanned<String>>,
     halt: Option<Spanned<String>>,
     grace: Option<Spanned<String>>,
+    start_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -906,6 +912,7 @@ impl JobSpec {
             within: positive(raw_supervise.within, "within")?.unwrap_or(DEFAULT_RESTART_WINDOW),
             halt,
             grace: duration(raw_supervise.grace, "grace")?.unwrap_or(DEFAULT_GRACE),
+            start_timeout: positive(raw_supervise.start_timeout, "start_timeout")?.unwrap_or(DEFAULT_START_TIMEOUT),
         };
 
         let raw_output = raw.output.unwrap_or(RawOutput {
@@ -1410,7 +1417,8 @@ mod tests {
                 max_restarts: 20,
                 within: Duration::from_secs(10),
                 halt: Halt::NEVER,
-                grace: Duration::from_secs(5)
+                grace: Duration::from_secs(5),
+                start_timeout: DEFAULT_START_TIMEOUT,
             }
         );
         assert_eq!(

@@ -230,6 +230,8 @@ struct Worker {
     channel_closed: bool,
     /// The process was reaped; handled once the channel is closed too, so that no late result is missed.
     exit: Option<(ExitInfo, String)>,
+    /// When its launch was asked for (for `[supervise] start_timeout`).
+    launched: Instant,
 }
 
 impl Worker {
@@ -416,6 +418,7 @@ pub async fn run(
                     dispatcher.progress.set_fetched(fetch.fetched + fetch.failed);
                 }
                 dispatcher.progress.update(dispatcher.recorded, dispatcher.failed);
+                dispatcher.check_start_timeouts();
             }
             _ = timeout_tick.tick(), if timeout_check.is_some() => dispatcher.check_timeouts(),
             _ = sleep_until(retry_wake.unwrap_or_else(TokioInstant::now)), if retry_wake.is_some() => {
@@ -800,6 +803,31 @@ impl Dispatcher {
         }
     }
 
+    /// Kills workers that have not become ready within `[supervise] start_timeout` of their launch (a
+    /// `worker_bin` that is not a worker and never says hello, a task whose set-up hangs): a start failure, which
+    /// ends the run after a few in a row, instead of a run that waits forever.
+    fn check_start_timeouts(&mut self) {
+        let limit = self.config.supervise.start_timeout;
+        for worker in self.workers.values_mut() {
+            let starting = matches!(worker.state, WorkerState::Starting | WorkerState::Initializing);
+            if starting && worker.protocol_error.is_none() && worker.launched.elapsed() > limit {
+                let said = if worker.state == WorkerState::Starting {
+                    "never said hello"
+                } else {
+                    "never answered Init"
+                };
+                let error = format!(
+                    "worker {} {said} within start_timeout = {}",
+                    worker.pid,
+                    crate::failure::human_duration(limit)
+                );
+                worker.kill();
+                self.progress.message(&format!("{error}: killed it"));
+                worker.protocol_error = Some(error);
+            }
+        }
+    }
+
     /// Kills workers whose current item has run past the timeout.
     fn check_timeouts(&mut self) {
         let Some(timeout) = self.config.timeout else { return };
@@ -1014,6 +1042,7 @@ impl Dispatcher {
                 answered: 0,
                 channel_closed: false,
                 exit: None,
+                launched: Instant::now(),
             };
             self.workers.insert(id, worker);
             self.launcher.launch(id);
