@@ -718,3 +718,55 @@ fn a_stopped_url_job_resumes_where_it_stopped() {
         "{fetched_twice} fetched twice, {done} were done"
     );
 }
+
+/// A `urls` input split into N shards (N in 1, 2, 3, 7): each shard fetches only its own block of URLs, and
+/// `merge` gives every item exactly once, each digest equal to `sha256sum` of the file served.
+#[test]
+fn shards_of_a_urls_input_cover_every_url_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (routes, names) = generated_files(dir.path(), 11);
+    let server = Server::start(routes);
+    let list: String = names.iter().map(|n| server.url(&format!("/f/{n}")) + "\n").collect();
+    write_file(dir.path(), "urls.txt", list);
+    write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nurls = \"urls.txt\"\n[task]\nbuiltin = \"sha256\"\n[output]\nresults = \"out.jsonl\"\n",
+    );
+    for shards in [1u64, 2, 3, 7] {
+        for shard in 0..shards {
+            run(
+                dir.path(),
+                ["run", "--quiet", "--shard", &format!("{shard}/{shards}"), "job.toml"],
+                0,
+            );
+            // Each shard's own file holds its contiguous block of items, ⌊I·M/N⌋ .. ⌊(I+1)·M/N⌋.
+            let own = records(&dir.path().join(format!("out.shard-{shard:04}-of-{shards:04}.jsonl")));
+            let m = names.len() as u64;
+            let mut items: Vec<u64> = own.keys().copied().collect();
+            items.sort_unstable();
+            assert_eq!(
+                items,
+                (shard * m / shards..(shard + 1) * m / shards).collect::<Vec<_>>(),
+                "shard {shard}/{shards}"
+            );
+        }
+        run(dir.path(), ["merge", "job.toml"], 0);
+        let merged = records(&dir.path().join("out.jsonl"));
+        assert_eq!(merged.len(), names.len(), "{shards} shards");
+        for (item, name) in names.iter().enumerate() {
+            assert_eq!(
+                merged[&(item as u64)]["value"].as_str(),
+                Some(sha256sum(&dir.path().join(name)).as_str()),
+                "{name} with {shards} shards"
+            );
+        }
+        for shard in 0..shards {
+            std::fs::remove_file(dir.path().join(format!("out.shard-{shard:04}-of-{shards:04}.jsonl"))).expect("rm");
+        }
+    }
+    // Every URL was fetched once per shard count: a shard fetches nothing outside its block.
+    for name in &names {
+        assert_eq!(server.requests(&format!("/f/{name}")), 4, "{name}");
+    }
+}
