@@ -463,6 +463,23 @@ async fn append_records(
 /// Groups of records the journal writer's queue holds before the dispatcher waits for it.
 const WRITER_QUEUE_GROUPS: usize = 8;
 
+/// Calls `each` with the byte offset and the bytes (newline included) of every line after the journal's header,
+/// reading through a 1 MiB buffer.
+fn for_each_record(journal: &Path, mut each: impl FnMut(u64, &[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(journal)?);
+    let mut line = Vec::new();
+    let mut offset = reader.read_until(b'\n', &mut line)? as u64;
+    loop {
+        line.clear();
+        let len = reader.read_until(b'\n', &mut line)?;
+        if len == 0 {
+            return Ok(());
+        }
+        each(offset, &line)?;
+        offset += len as u64;
+    }
+}
+
 /// No line for this item in the journal (see [`finalize`]).
 const NO_LINE: u64 = u64::MAX;
 
@@ -481,36 +498,25 @@ pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Res
         path: results.to_path_buf(),
         source,
     };
-    let open = || {
-        File::open(journal)
-            .map(|file| BufReader::with_capacity(1 << 20, file))
-            .map_err(read_error)
-    };
     // Every line after the header was written by us (or kept by recovery), so each is a record ending in '\n'.
     let mut offsets: Vec<u64> = vec![NO_LINE; items as usize];
     let mut lengths: Vec<u32> = vec![0; items as usize];
-    let mut reader = open()?;
-    let mut line = Vec::new();
-    let mut offset = reader.read_until(b'\n', &mut line).map_err(read_error)? as u64;
-    loop {
-        line.clear();
-        let len = reader.read_until(b'\n', &mut line).map_err(read_error)?;
-        if len == 0 {
-            break;
-        }
-        if let Some(item) = item_of(&line).filter(|&item| item < items) {
+    for_each_record(journal, |offset, line| {
+        if let Some(item) = item_of(line).filter(|&item| item < items) {
             offsets[item as usize] = offset;
-            lengths[item as usize] = u32::try_from(len).unwrap_or(u32::MAX);
+            lengths[item as usize] = u32::try_from(line.len()).unwrap_or(u32::MAX);
         }
-        offset += len as u64;
-    }
+        Ok(())
+    })
+    .map_err(read_error)?;
     let temp = temp_beside(results);
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(write_error)?);
     let mut written = 0;
     match order {
         Order::Input => {
-            let mut reader = open()?;
+            let mut reader = BufReader::with_capacity(1 << 20, File::open(journal).map_err(read_error)?);
             let mut position = 0u64;
+            let mut line = Vec::new();
             for (&offset, &len) in offsets.iter().zip(&lengths).filter(|(offset, _)| **offset != NO_LINE) {
                 if offset != position {
                     reader
@@ -525,21 +531,23 @@ pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Res
             }
         }
         Order::Completion => {
-            let mut reader = open()?;
-            line.clear();
-            let mut offset = reader.read_until(b'\n', &mut line).map_err(read_error)? as u64;
-            loop {
-                line.clear();
-                let len = reader.read_until(b'\n', &mut line).map_err(read_error)?;
-                if len == 0 {
-                    break;
-                }
-                if item_of(&line).is_some_and(|item| item < items && offsets[item as usize] == offset) {
-                    out.write_all(&line).map_err(write_error)?;
+            // Errors of the writer travel out of the reading loop as `io::Error`s of another kind; told apart by
+            // where they happened.
+            let mut write_failed = None;
+            for_each_record(journal, |offset, line| {
+                if item_of(line).is_some_and(|item| item < items && offsets[item as usize] == offset) {
+                    if let Err(error) = out.write_all(line) {
+                        write_failed = Some(error);
+                        return Err(std::io::Error::other("the results file cannot be written"));
+                    }
                     written += 1;
                 }
-                offset += len as u64;
-            }
+                Ok(())
+            })
+            .map_err(|error| match write_failed.take() {
+                Some(write) => write_error(write),
+                None => read_error(error),
+            })?;
         }
     }
     let file = out.into_inner().map_err(|error| write_error(error.into_error()))?;

@@ -479,24 +479,13 @@ impl FramesEcho {
     /// Closes the socket (it exits 0 on EOF) and reaps it.
     fn finish(mut self) -> Result<(), Error> {
         self.socket = None;
-        let status = self
-            .child
-            .wait()
-            .map_err(|error| failed("echo process")(format!("wait: {error}")))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(failed("echo process")(format!("it ended with {status}")))
-        }
+        reap_echo(&mut self.child)
     }
 }
 
 impl Drop for FramesEcho {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_echo(&mut self.child);
     }
 }
 
@@ -552,24 +541,32 @@ impl PipeEcho {
     /// Closes its stdin (it exits 0 on EOF) and reaps it.
     fn finish(mut self) -> Result<(), Error> {
         self.input = None;
-        let status = self
-            .child
-            .wait()
-            .map_err(|error| failed("echo process")(format!("wait: {error}")))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(failed("echo process")(format!("it ended with {status}")))
-        }
+        reap_echo(&mut self.child)
     }
 }
 
 impl Drop for PipeEcho {
     fn drop(&mut self) {
-        // Reaped already when `finish` ran; otherwise an error cut the measurement short.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_echo(&mut self.child);
+    }
+}
+
+/// Waits for an echo child whose input was closed; it must have exited 0.
+fn reap_echo(child: &mut Child) -> Result<(), Error> {
+    let fail = failed("echo process");
+    let status = child.wait().map_err(|error| fail(format!("wait: {error}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(fail(format!("it ended with {status}")))
+    }
+}
+
+/// Kills and reaps an echo child still running: an error cut the measurement short (after `finish`, it is
+/// reaped already and this does nothing).
+fn kill_echo(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
