@@ -44,19 +44,6 @@ impl CommandTask {
         }
     }
 
-    /// A memfd holding exactly `data`.
-    fn chunk_file(&mut self, data: &[u8]) -> std::io::Result<&File> {
-        let file = match self.memfd.take() {
-            Some(file) => file,
-            None => memfd("supervisor-item")?,
-        };
-        let file = self.memfd.insert(file);
-        file.set_len(0)?;
-        file.rewind()?;
-        file.write_all(data)?;
-        Ok(file)
-    }
-
     fn run_command(&mut self, item: Item<'_>, context: &ItemContext) -> Result<Value, TaskError> {
         let error = |message: String| TaskError {
             kind: TaskErrorKind::Error,
@@ -75,8 +62,7 @@ impl CommandTask {
                 (Some(path.to_string_lossy().into_owned()), None, stdin)
             }
             ItemInput::Bytes { data, .. } | ItemInput::Fetched { data, .. } => {
-                let file = self
-                    .chunk_file(data)
+                let file = refill_memfd(&mut self.memfd, data)
                     .map_err(|e| error(format!("cannot copy the chunk into a memfd: {e}")))?;
                 let fd = file.as_raw_fd();
                 let proc_path = format!("/proc/self/fd/{fd}");
@@ -170,7 +156,7 @@ impl Task for CommandTask {
 }
 
 /// Whether `data` is all of the file at `path` (a whole-file item, or a file input split into one chunk).
-fn is_whole(path: &Path, data: &[u8]) -> bool {
+pub(super) fn is_whole(path: &Path, data: &[u8]) -> bool {
     std::fs::metadata(path).is_ok_and(|meta| meta.len() == data.len() as u64)
 }
 
@@ -191,8 +177,22 @@ pub fn parse_output(stdout: &[u8], parse: Parse) -> Result<Value, String> {
     }
 }
 
-/// A close-on-exec memfd (it is handed to a command by clearing the flag in the forked child only).
-pub(super) fn memfd(name: &str) -> std::io::Result<File> {
+/// The memfd in `slot` (created on first use, then reused from item to item), now holding exactly `data`: the
+/// bytes of a chunk or a fetched body, for a user process to read as a file.
+pub(super) fn refill_memfd<'a>(slot: &'a mut Option<File>, data: &[u8]) -> std::io::Result<&'a File> {
+    let file = match slot.take() {
+        Some(file) => file,
+        None => memfd("supervisor-item")?,
+    };
+    let file = slot.insert(file);
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(data)?;
+    Ok(file)
+}
+
+/// A close-on-exec memfd (it is handed to a command by clearing the flag around the spawn only).
+fn memfd(name: &str) -> std::io::Result<File> {
     let name = CString::new(name).map_err(std::io::Error::other)?;
     // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };

@@ -115,16 +115,8 @@ impl PersistentTask {
 
     /// A memfd of this worker holding exactly `data` (reused from item to item); its path for the process.
     fn body_file(&mut self, data: &[u8]) -> std::io::Result<String> {
-        use std::io::Seek;
         use std::os::fd::AsRawFd;
-        let file = match self.body.take() {
-            Some(file) => file,
-            None => super::command::memfd("supervisor-body")?,
-        };
-        let file = self.body.insert(file);
-        file.set_len(0)?;
-        file.rewind()?;
-        file.write_all(data)?;
+        let file = super::command::refill_memfd(&mut self.body, data)?;
         Ok(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd()))
     }
 
@@ -281,7 +273,7 @@ fn request(item: Item<'_>, attempt: u32, body: Option<&str>) -> String {
     let input = match item.input {
         ItemInput::Range { lo, hi } => serde_json::json!({ "start": lo, "end": hi }),
         ItemInput::Bytes { data, path, offset } => {
-            let whole = offset == 0 && std::fs::metadata(path).is_ok_and(|m| m.len() == data.len() as u64);
+            let whole = offset == 0 && super::command::is_whole(path, data);
             if whole {
                 serde_json::json!({ "path": path })
             } else {
