@@ -112,14 +112,14 @@ struct Header {
     fingerprint: Fingerprint,
 }
 
-/// The part of a journal line that recovery reads.
+/// The part of a record (a journal line, a line of a results file) that recovery and `merge` read.
 #[derive(Deserialize)]
-struct Line<'a> {
-    item: u64,
-    status: Status,
+pub(crate) struct Line<'a> {
+    pub item: u64,
+    pub status: Status,
     #[serde(borrow)]
-    value: Option<&'a RawValue>,
-    error: Option<Failure>,
+    pub value: Option<&'a RawValue>,
+    pub error: Option<Failure>,
 }
 
 /// What a journal says was done.
@@ -485,10 +485,10 @@ const NO_LINE: u64 = u64::MAX;
 
 /// Writes the results file from the journal, atomically; returns the number of records written.
 ///
-/// The journal is streamed, never read whole: a first pass notes where each item's last line is (12 bytes per
-/// item), a second writes those lines, in item order (reading each line at its offset through a 1 MiB buffer:
-/// records arrive nearly in item order, so most seeks stay inside the buffer) or in completion order (a second
-/// sequential pass). The supervisor's memory stays small however many records the job has.
+/// The journal is streamed, never read whole: a first pass notes where each item's last line is (16 bytes per
+/// item), a second reads those lines at their offsets through a 1 MiB buffer and writes them, in item order
+/// (records arrive nearly in item order, so most seeks stay inside the buffer) or sorted by offset for completion
+/// order (one forward pass). The supervisor's memory stays small however many records the job has.
 pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Result<u64, Error> {
     let read_error = |source| Error::Journal {
         path: journal.to_path_buf(),
@@ -499,57 +499,37 @@ pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Res
         source,
     };
     // Every line after the header was written by us (or kept by recovery), so each is a record ending in '\n'.
-    let mut offsets: Vec<u64> = vec![NO_LINE; items as usize];
-    let mut lengths: Vec<u32> = vec![0; items as usize];
+    // Where each item's last line is, by item: that is input order.
+    let mut latest: Vec<(u64, u32)> = vec![(NO_LINE, 0); items as usize];
     for_each_record(journal, |offset, line| {
         if let Some(item) = item_of(line).filter(|&item| item < items) {
-            offsets[item as usize] = offset;
-            lengths[item as usize] = u32::try_from(line.len()).unwrap_or(u32::MAX);
+            latest[item as usize] = (offset, u32::try_from(line.len()).unwrap_or(u32::MAX));
         }
         Ok(())
     })
     .map_err(read_error)?;
+    latest.retain(|&(offset, _)| offset != NO_LINE);
+    if order == Order::Completion {
+        // Journal order: one forward pass, skipping the lines an item's later line replaced.
+        latest.sort_unstable();
+    }
     let temp = temp_beside(results);
     let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(write_error)?);
-    let mut written = 0;
-    match order {
-        Order::Input => {
-            let mut reader = BufReader::with_capacity(1 << 20, File::open(journal).map_err(read_error)?);
-            let mut position = 0u64;
-            let mut line = Vec::new();
-            for (&offset, &len) in offsets.iter().zip(&lengths).filter(|(offset, _)| **offset != NO_LINE) {
-                if offset != position {
-                    reader
-                        .seek_relative(offset as i64 - position as i64)
-                        .map_err(read_error)?;
-                }
-                line.resize(len as usize, 0);
-                reader.read_exact(&mut line).map_err(read_error)?;
-                position = offset + u64::from(len);
-                out.write_all(&line).map_err(write_error)?;
-                written += 1;
-            }
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(journal).map_err(read_error)?);
+    let mut position = 0u64;
+    let mut line = Vec::new();
+    for &(offset, len) in &latest {
+        if offset != position {
+            reader
+                .seek_relative(offset as i64 - position as i64)
+                .map_err(read_error)?;
         }
-        Order::Completion => {
-            // Errors of the writer travel out of the reading loop as `io::Error`s of another kind; told apart by
-            // where they happened.
-            let mut write_failed = None;
-            for_each_record(journal, |offset, line| {
-                if item_of(line).is_some_and(|item| item < items && offsets[item as usize] == offset) {
-                    if let Err(error) = out.write_all(line) {
-                        write_failed = Some(error);
-                        return Err(std::io::Error::other("the results file cannot be written"));
-                    }
-                    written += 1;
-                }
-                Ok(())
-            })
-            .map_err(|error| match write_failed.take() {
-                Some(write) => write_error(write),
-                None => read_error(error),
-            })?;
-        }
+        line.resize(len as usize, 0);
+        reader.read_exact(&mut line).map_err(read_error)?;
+        position = offset + u64::from(len);
+        out.write_all(&line).map_err(write_error)?;
     }
+    let written = latest.len() as u64;
     let file = out.into_inner().map_err(|error| write_error(error.into_error()))?;
     file.sync_all().map_err(write_error)?;
     std::fs::rename(&temp, results).map_err(write_error)?;
