@@ -14,31 +14,20 @@ use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 use shared::exit;
 use shared::item::Value;
 use shared::job::{JobSpec, Order};
 
 use crate::cli::MergeArgs;
 use crate::error::Error;
-use crate::journal::{journal_path, sync_parent, temp_beside, value_from_json};
+use crate::journal::{Line, journal_path, sync_parent, temp_beside, value_from_json};
 use crate::report::FailedItem;
-use crate::results::{Failure, Reducer, Status};
+use crate::results::{Reducer, Status};
 use crate::shard::Shard;
 
 /// Problems listed before the rest are only counted.
 const PROBLEMS_SHOWN: usize = 20;
-
-/// The part of a record merge reads.
-#[derive(Deserialize)]
-struct Line<'a> {
-    item: u64,
-    status: Status,
-    #[serde(borrow)]
-    value: Option<&'a RawValue>,
-    error: Option<Failure>,
-}
 
 /// What `merge` prints (`--json`).
 #[derive(Debug, Serialize)]
@@ -122,14 +111,12 @@ fn print_human(summary: &MergeSummary, out: &mut impl Write) -> std::io::Result<
         summary.ok,
         summary.failed
     )?;
-    match (&summary.reduced, &summary.reduce_error) {
-        (_, Some(problem)) => writeln!(out, "reduced ({}): none, {problem}", summary.reduce)?,
-        (Some(value), None) => {
-            let text = serde_json::to_string(&value.json()).unwrap_or_default();
-            writeln!(out, "reduced ({}): {text}", summary.reduce)?;
-        }
-        (None, None) => {}
-    }
+    crate::report::write_reduced(
+        out,
+        &summary.reduce,
+        summary.reduced.as_ref(),
+        summary.reduce_error.as_deref(),
+    )?;
     writeln!(out, "results: {}", summary.results.display())?;
     if !summary.failures.is_empty() {
         writeln!(

@@ -286,14 +286,7 @@ impl Summary {
         if self.retries > 0 {
             writeln!(out, "retries: {}", self.retries)?;
         }
-        match (&self.reduced, &self.reduce_error) {
-            (_, Some(problem)) => writeln!(out, "reduced ({}): none, {problem}", self.reduce)?,
-            (Some(value), None) => {
-                let text = serde_json::to_string(&value.json()).unwrap_or_default();
-                writeln!(out, "reduced ({}): {text}", self.reduce)?;
-            }
-            (None, None) => {}
-        }
+        write_reduced(out, &self.reduce, self.reduced.as_ref(), self.reduce_error.as_deref())?;
         if self.resumed > 0 {
             writeln!(out, "resumed: {} items were recorded by an earlier run", self.resumed)?;
         }
@@ -357,6 +350,24 @@ impl Summary {
             }
         }
         Ok(())
+    }
+}
+
+/// The `reduced (KIND): VALUE` line of a summary (of a run, or of `merge`): none when nothing was reduced, the
+/// problem when the reduction failed.
+pub fn write_reduced(
+    out: &mut impl Write,
+    reduce: &str,
+    reduced: Option<&Value>,
+    problem: Option<&str>,
+) -> std::io::Result<()> {
+    match (reduced, problem) {
+        (_, Some(problem)) => writeln!(out, "reduced ({reduce}): none, {problem}"),
+        (Some(value), None) => {
+            let text = serde_json::to_string(&value.json()).unwrap_or_default();
+            writeln!(out, "reduced ({reduce}): {text}")
+        }
+        (None, None) => Ok(()),
     }
 }
 
