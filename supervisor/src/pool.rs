@@ -126,6 +126,11 @@ pub enum Event {
 pub struct WorkerSender(std_mpsc::Sender<ToWorker>);
 
 impl WorkerSender {
+    /// A sender whose messages arrive on `queue`'s receiver (a writer thread's, or a test's).
+    pub fn new(queue: std_mpsc::Sender<ToWorker>) -> WorkerSender {
+        WorkerSender(queue)
+    }
+
     /// Queues `message`; returns false when the writer has stopped (the worker is gone).
     pub fn send(&self, message: ToWorker) -> bool {
         self.0.send(message).is_ok()
@@ -229,6 +234,20 @@ impl Launcher {
     pub fn launch(&self, id: WorkerId) {
         // The launcher thread only stops when this handle is dropped, so the send cannot fail while we hold it.
         let _ = self.requests.send(id);
+    }
+}
+
+impl crate::dispatch::Launch for Launcher {
+    fn launch(&mut self, id: WorkerId) {
+        Launcher::launch(self, id);
+    }
+
+    fn kill(&mut self, _id: WorkerId, pidfd: Option<&Pidfd>) {
+        // SIGKILL ends a stopped process too; a worker thread (no pidfd) cannot be killed and needs no kill:
+        // it ends when its channel closes.
+        if let Some(pidfd) = pidfd {
+            let _ = pidfd.signal(libc::SIGKILL);
+        }
     }
 }
 
