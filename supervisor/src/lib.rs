@@ -2,10 +2,13 @@
 //!
 //! # Theory of operation
 //!
-//! **Who owns what.** The [`dispatch`] loop owns all job state (pending, in-flight, done items; each worker's
-//! lifecycle) and is the only code that changes it. The [`pool`] starts worker processes from one long-lived
-//! launcher thread and turns everything a worker does — its messages, its channel closing, its exit — into
-//! events for the dispatcher. The [`results`] writer owns the results file. Workers (the `child` crate) own
+//! **Who owns what.** The [`dispatch`]er owns all job state (pending, in-flight, done items; each worker's
+//! lifecycle) and is the only code that changes it: one `select!` loop (its driver) feeds a state machine that
+//! keeps the work queue, the worker table and the tallies, and asks a pure attribution function whom a death is
+//! charged to. It builds nothing it talks to: [`run`] passes in the launcher, the stop signals and the reporter
+//! ([`report::Progress`]), so the state machine is unit-tested with a fake launcher. The [`pool`] starts worker
+//! processes from one long-lived launcher thread and turns everything a worker does — its messages, its channel
+//! closing, its exit — into events for the dispatcher. The [`results`] writer owns the results file. Workers (the `child` crate) own
 //! nothing but the item in hand.
 //!
 //! **How an item flows.** [`plan`] lists the input into items (sub-ranges, line-aligned byte ranges of one
@@ -21,7 +24,9 @@
 //! Its progress slot (a shared page it stamps before each item) names the item it was running: that item is
 //! recorded as failed (or retried), with the signal or exit code and the worker's stderr tail; the items it had
 //! not answered go back in the queue, uncharged. When the slot cannot be trusted, the unanswered items are re-run
-//! one at a time, so that the item that kills a worker alone is the one recorded.
+//! one at a time, so that the item that kills a worker alone is the one recorded. A worker that stops making
+//! progress is killed too: inside an item at its `timeout`, between items (slot idle, nothing sent, work held)
+//! after the stall deadline; a stalled worker's work goes back uncharged.
 //!
 //! **How results last.** Records are appended to a journal as they finish; at the end the results file is
 //! written from it atomically. `--resume` reads the journal back and runs only what it does not record.

@@ -15,6 +15,11 @@
 //!   (after what the worker sent) even if something the worker started still holds the worker's end open;
 //! - the **stderr drain** keeps the last few KiB of the worker's stderr, so a chatty worker never blocks.
 //!
+//! A worker whose threads cannot all start (the process is out of threads) is killed and reported as a start
+//! failure (`SpawnFailed`, or the end of its channel with the reason), never left for the dispatcher to wait on.
+//! The launcher is the dispatcher's [`Launch`](crate::dispatch::Launch): it launches and kills (through the
+//! worker's pidfd).
+//!
 //! The pool owns no job state: the dispatcher decides what each worker does; this module only moves messages.
 
 use std::fs::File;

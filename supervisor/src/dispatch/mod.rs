@@ -6,7 +6,7 @@
 //! machine runs in unit tests with a fake launcher and no process at all.
 //!
 //! ## Who does what
-//! - [`driver`]: the one `select!` loop. It turns pool events, fetch events, signals and timers into calls on
+//! - `driver`: the one `select!` loop. It turns pool events, fetch events, signals and timers into calls on
 //!   the state machine, flushes records to the journal writer, and returns the outcome. Nothing else awaits.
 //! - `state`: the state machine (`Dispatcher::handle(event)` and the timer entry points): what each event
 //!   means for the job.
@@ -69,9 +69,9 @@ use crate::pool::WorkerId;
 use crate::results::{Failure, Reducer};
 use crate::signal::StopSignal;
 
-/// How the dispatcher gets workers. The process launcher ([`crate::pool::Launcher`]), the thread launcher of the
-/// `thread`/`serial` executors ([`crate::pool::ThreadLauncher`]) and the unit tests' fake all implement it; every
-/// answer comes back as [`crate::pool::Event`]s on the channel the driver reads.
+/// How the dispatcher gets workers. The pool's launcher ([`crate::pool::Launcher`]: worker processes, or the
+/// worker threads of the `thread`/`serial` executors) and the unit tests' fake implement it; every answer comes
+/// back as [`crate::pool::Event`]s on the channel the driver reads.
 pub trait Launch: Send {
     /// Asks for worker `id`; its events follow, starting with `Spawned` or `SpawnFailed`.
     fn launch(&mut self, id: WorkerId);
