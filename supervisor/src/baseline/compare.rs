@@ -6,6 +6,8 @@
 //! its CPU time comes from `wait4` (which includes the workers it reaped). Every executor's results must be
 //! identical, or the comparison fails.
 
+mod chart;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,12 +18,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use shared::exit;
 
-use crate::bench::stats::Stats;
+use super::Error;
+use super::scratch::Scratch;
+use super::stats::Stats;
 use crate::cli::CompareArgs;
-use crate::error::Error;
 use crate::linux::{ExitStatus, signal_name, wait4};
 use crate::report::human_bytes;
-use crate::scratch::Scratch;
 
 /// The executors compared, with the `run` flags that select them.
 const EXECUTORS: [(&str, &[&str]); 4] = [
@@ -83,9 +85,7 @@ pub struct Comparison {
 
 pub fn run(args: &CompareArgs) -> Result<i32, Error> {
     let spec = crate::run::load(&args.job, None)?;
-    let exe = std::env::current_exe().map_err(|error| Error::Internal {
-        message: format!("current_exe: {error}"),
-    })?;
+    let exe = super::scratch::this_exe()?;
     let scratch = Scratch::new("compare")?;
     let mut reports = Vec::new();
     let mut first_results: Vec<(String, PathBuf)> = Vec::new();
@@ -118,7 +118,7 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
                     break;
                 }
                 Measured::Died { what, stderr } => {
-                    return Err(Error::CompareFailed {
+                    return Err(Error::Compare {
                         reason: format!("the {name} run {what}: {}", stderr.trim()),
                     });
                 }
@@ -148,7 +148,7 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
         identical: identical.is_ok(),
     };
     if let Some(path) = &args.svg {
-        crate::chart::draw(path, &comparison)?;
+        chart::draw(path, &comparison)?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&comparison).unwrap_or_default());
@@ -190,9 +190,7 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|error| Error::Internal {
-            message: format!("cannot start a run: {error}"),
-        })?;
+        .map_err(|source| Error::Start { what: "a run", source })?;
     let pid = child.id() as i32;
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -210,8 +208,8 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
     };
     // Read the pipes before reaping, so a chatty run cannot block on a full pipe.
     let (stdout, stderr) = read_outputs(child.stdout, child.stderr);
-    let info = wait4(pid).map_err(|error| Error::Internal {
-        message: format!("wait4: {error}"),
+    let info = wait4(pid).map_err(|error| Error::Compare {
+        reason: format!("cannot wait for a run: {error}"),
     })?;
     let wall = started.elapsed();
     done.store(true, Ordering::Relaxed);
@@ -232,7 +230,7 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
             });
         }
     }
-    let summary: serde_json::Value = serde_json::from_str(&stdout).map_err(|error| Error::CompareFailed {
+    let summary: serde_json::Value = serde_json::from_str(&stdout).map_err(|error| Error::Compare {
         reason: format!("a run printed no JSON summary ({error}): {stdout}"),
     })?;
     let internal_wall = summary["wall_s"].as_f64().unwrap_or(0.0);
@@ -344,13 +342,14 @@ fn derive_relative(reports: &mut [ExecutorReport], items: u64) {
 
 /// The records that must agree between executors: item, status, value, and the failure's kind/signal/code.
 fn comparable_records(path: &Path) -> Result<BTreeMap<u64, String>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Results {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+        action: "read the results",
         path: path.to_path_buf(),
         source,
     })?;
     let mut records = BTreeMap::new();
     for line in text.lines() {
-        let record: serde_json::Value = serde_json::from_str(line).map_err(|error| Error::CompareFailed {
+        let record: serde_json::Value = serde_json::from_str(line).map_err(|error| Error::Compare {
             reason: format!("{} has a bad line ({error})", path.display()),
         })?;
         let item = record["item"].as_u64().unwrap_or(u64::MAX);
@@ -397,7 +396,8 @@ fn isolation_check(exe: &Path, scratch: &Path, flags: &[&str]) -> Result<(bool, 
     let job = scratch.join("isolation.toml");
     let text = "[input]\nrange = { start = 0, end = 8 }\n[task]\nbuiltin = \"fault\"\nargs = { segfault = [3] }\n\
                 [output]\nresults = \"isolation.jsonl\"\n";
-    std::fs::write(&job, text).map_err(|source| Error::Results {
+    std::fs::write(&job, text).map_err(|source| Error::File {
+        action: "write the job file",
         path: job.clone(),
         source,
     })?;
@@ -407,8 +407,9 @@ fn isolation_check(exe: &Path, scratch: &Path, flags: &[&str]) -> Result<(bool, 
         .args(flags)
         .stdin(Stdio::null())
         .output()
-        .map_err(|error| Error::Internal {
-            message: format!("cannot start the isolation check: {error}"),
+        .map_err(|source| Error::Start {
+            what: "the isolation check",
+            source,
         })?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (output.status.code(), output.status.signal()) {

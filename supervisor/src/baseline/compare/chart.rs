@@ -5,8 +5,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::compare::Comparison;
-use crate::error::Error;
+use super::Comparison;
+use crate::baseline::Error;
 
 const COLORS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
