@@ -139,3 +139,72 @@ fn an_executor_that_cannot_run_the_job_is_reported_not_fatal() {
         }
     }
 }
+
+/// 200 items that do nothing: a process run pays the workers' start-up and the messages, a serial run neither.
+const NOOP_JOB: &str = "[input]\nrange = { start = 0, end = 200, chunk = 1 }\n[task]\nbuiltin = \"noop\"\n";
+
+/// How one executor's min–max wall range stands against another's, computed here from the JSON numbers.
+fn order(a: &serde_json::Value, b: &serde_json::Value) -> std::cmp::Ordering {
+    let wall = |e: &serde_json::Value, key: &str| e[key].as_f64().unwrap_or(f64::NAN);
+    if wall(a, "wall_max_s") < wall(b, "wall_min_s") {
+        std::cmp::Ordering::Less
+    } else if wall(a, "wall_min_s") > wall(b, "wall_max_s") {
+        std::cmp::Ordering::Greater
+    } else {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// Regression (issue 13): `compare` said "isolation is worth it" for a job whose processes were 20x slower than
+/// serial, because its verdict looked only at processes against threads, by median. On a job where processes
+/// cannot win, the verdict must say that the parallel job does not pay for itself, judged by the runs' ranges.
+#[test]
+fn compare_verdict_on_a_job_processes_cannot_win_says_it_does_not_pay() {
+    let dir = temp_dir();
+    let job = write_file(dir.path(), "job.toml", NOOP_JOB);
+    let ran = run(
+        dir.path(),
+        [
+            "compare",
+            job.to_str().expect("utf-8"),
+            "--repeat",
+            "3",
+            "--workers",
+            "2",
+            "--json",
+        ],
+        0,
+    );
+    let comparison = ran.summary();
+    let verdict = comparison["verdict"].as_str().unwrap_or_default();
+    assert!(!verdict.contains("worth"), "{verdict}");
+    let executors = comparison["executors"].as_array().expect("executors");
+    let named = |name: &str| {
+        executors
+            .iter()
+            .find(|e| e["executor"] == name)
+            .unwrap_or_else(|| panic!("no {name} executor"))
+    };
+    // The process executor the verdict judges is the faster of the two by median; its range against serial's
+    // decides the finding.
+    let process = ["process", "process/forkserver"]
+        .map(named)
+        .into_iter()
+        .min_by(|a, b| {
+            a["wall_median_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                .total_cmp(&b["wall_median_s"].as_f64().unwrap_or(f64::NAN))
+        })
+        .expect("two process executors");
+    let expected = match order(process, named("serial")) {
+        std::cmp::Ordering::Greater => "slower_than_serial",
+        std::cmp::Ordering::Equal => "no_faster_than_serial",
+        std::cmp::Ordering::Less => panic!(
+            "processes beat serial beyond noise on 200 no-op items: {}",
+            ran.context()
+        ),
+    };
+    assert_eq!(comparison["finding"], expected, "{verdict}");
+    assert!(verdict.contains("does not pay for itself"), "{verdict}");
+}

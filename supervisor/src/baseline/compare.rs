@@ -7,6 +7,7 @@
 //! identical, or the comparison fails.
 
 mod chart;
+mod verdict;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use shared::exit;
 
+use self::verdict::{Finding, verdict};
 use super::Error;
 use super::scratch::Scratch;
 use super::stats::Stats;
@@ -80,6 +82,8 @@ pub struct Comparison {
     pub executors: Vec<ExecutorReport>,
     /// Every executor that ran produced the same records (item, status, value, failure kind).
     pub identical: bool,
+    /// Which conclusion the numbers support; `verdict` says it in words.
+    pub finding: Finding,
     pub verdict: String,
 }
 
@@ -139,11 +143,13 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
         }
     }
     derive_relative(&mut reports, items);
+    let verdict = verdict(&reports, items);
     let comparison = Comparison {
         job: spec.path.clone(),
         items,
         repeat: args.repeat,
-        verdict: verdict(&reports, items),
+        finding: verdict.finding,
+        verdict: verdict.text,
         executors: reports,
         identical: identical.is_ok(),
     };
@@ -426,39 +432,6 @@ fn isolation_check(exe: &Path, scratch: &Path, flags: &[&str]) -> Result<(bool, 
         }
         (code, _) => (true, format!("the job ended with exit code {code:?}")),
     })
-}
-
-/// A one-line conclusion computed from the numbers.
-fn verdict(reports: &[ExecutorReport], items: u64) -> String {
-    let find = |name: &str| reports.iter().find(|r| r.executor == name && r.unavailable.is_none());
-    let (Some(process), Some(serial)) = (find("process"), find("serial")) else {
-        return "not enough executors ran to compare".to_string();
-    };
-    let Some(thread) = find("thread") else {
-        return format!(
-            "only processes can run this job; they run it {:.2}x faster than serial",
-            serial.wall_median_s / process.wall_median_s
-        );
-    };
-    let per_item_us = if items > 0 {
-        serial.cpu_median_s * 1e6 / items as f64
-    } else {
-        0.0
-    };
-    let overhead_us = process.overhead_us_per_item.unwrap_or(0.0);
-    if items > 0 && overhead_us > per_item_us && process.wall_median_s > thread.wall_median_s * 1.1 {
-        return format!(
-            "per-item work is {per_item_us:.1} µs and processes add {overhead_us:.1} µs of CPU per item: IPC dominates, raise batch or use threads"
-        );
-    }
-    let wall = (process.wall_median_s / thread.wall_median_s - 1.0) * 100.0;
-    let memory = (process.peak_pss_bytes as f64 - thread.peak_pss_bytes as f64) / (1 << 20) as f64;
-    let worth = if wall <= 10.0 {
-        "isolation is worth it"
-    } else {
-        "isolation costs more than 10% of wall time here"
-    };
-    format!("processes cost {wall:+.1}% wall and {memory:+.1} MiB (PSS) vs threads on this job; {worth}")
 }
 
 fn print_table(comparison: &Comparison, difference: Option<&String>) {
