@@ -96,6 +96,21 @@ fn compare_prints_a_table_with_a_verdict() {
     }
     assert!(text.contains("results: identical across executors"), "{text}");
     assert!(text.lines().any(|line| line.starts_with("verdict: ")), "{text}");
+    // One progress line per run (one run each of four executors) on stderr, none on stdout.
+    let progress: Vec<String> = ran
+        .stderr()
+        .lines()
+        .filter(|line| line.starts_with("compare: "))
+        .map(String::from)
+        .collect();
+    assert_eq!(progress.len(), 4, "{progress:?}");
+    for (line, executor) in progress
+        .iter()
+        .zip(["process", "process/forkserver", "thread", "serial"])
+    {
+        assert!(line.starts_with(&format!("compare: {executor} run 1/1: ")), "{line}");
+    }
+    assert!(!text.contains("compare: "), "{text}");
     // The job itself still computes the right thing under the process executor.
     let check = run(
         dir.path(),
@@ -126,6 +141,13 @@ fn an_executor_that_cannot_run_the_job_is_reported_not_fatal() {
     );
     let comparison = ran.summary();
     let executors = comparison["executors"].as_array().expect("executors");
+    let stderr = ran.stderr();
+    for executor in ["thread", "serial"] {
+        assert!(
+            stderr.contains(&format!("compare: {executor} cannot run this job: ")),
+            "{stderr}"
+        );
+    }
     for executor in executors {
         let name = executor["executor"].as_str().unwrap_or_default();
         let unavailable = executor["unavailable"].as_str();
@@ -207,4 +229,34 @@ fn compare_verdict_on_a_job_processes_cannot_win_says_it_does_not_pay() {
     };
     assert_eq!(comparison["finding"], expected, "{verdict}");
     assert!(verdict.contains("does not pay for itself"), "{verdict}");
+}
+
+#[test]
+fn compare_prints_one_progress_line_per_run_unless_quiet() {
+    let dir = temp_dir();
+    let job = write_file(dir.path(), "job.toml", NOOP_JOB);
+    let job = job.to_str().expect("utf-8");
+    let ran = run(
+        dir.path(),
+        ["compare", job, "--repeat", "2", "--json", "--isolation-check"],
+        0,
+    );
+    let lines: Vec<String> = ran.stderr().lines().map(String::from).collect();
+    let mut expected = Vec::new();
+    for executor in ["process", "process/forkserver", "thread", "serial"] {
+        for round in 1..=2 {
+            expected.push(format!("compare: {executor} run {round}/2: "));
+        }
+    }
+    for executor in ["process", "process/forkserver", "thread", "serial"] {
+        expected.push(format!(
+            "compare: {executor} isolation check: crash takes the job down: "
+        ));
+    }
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for (line, start) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(start.as_str()), "{line:?} should start with {start:?}");
+    }
+    let quiet = run(dir.path(), ["compare", job, "--repeat", "1", "--json", "--quiet"], 0);
+    assert_eq!(quiet.stderr(), "", "{}", quiet.context());
 }

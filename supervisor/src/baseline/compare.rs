@@ -4,7 +4,8 @@
 //! the `thread` executor's isolation check takes down only that run). While it runs, a sampler reads the
 //! memory of its process tree from /proc (RSS, and PSS, which counts shared mappings such as the input once);
 //! its CPU time comes from `wait4` (which includes the workers it reaped). Every executor's results must be
-//! identical, or the comparison fails.
+//! identical, or the comparison fails. Each run prints one progress line on stderr as it ends (not with `--quiet`);
+//! the conclusion is `verdict.rs`'s, from the numbers alone.
 
 mod chart;
 mod verdict;
@@ -91,6 +92,12 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
     let spec = crate::run::load(&args.job, None)?;
     let exe = super::scratch::this_exe()?;
     let scratch = Scratch::new("compare")?;
+    // One line per run, as it ends: a comparison of slow jobs takes minutes, and says where it is.
+    let progress = |line: String| {
+        if !args.quiet {
+            eprintln!("compare: {line}");
+        }
+    };
     let mut reports = Vec::new();
     let mut first_results: Vec<(String, PathBuf)> = Vec::new();
     let mut items = 0;
@@ -112,13 +119,22 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
             match measure(command)? {
                 Measured::Ran { sample, summary } => {
                     items = summary["items"].as_u64().unwrap_or(items);
+                    progress(format!(
+                        "{name} run {}/{}: {:.3}s wall, {:.2}s cpu",
+                        round + 1,
+                        args.repeat,
+                        sample.wall_s,
+                        sample.cpu_s
+                    ));
                     samples.push(sample);
                     if round == 0 {
                         first_results.push((name.to_string(), results));
                     }
                 }
                 Measured::Refused { stderr } => {
-                    unavailable = Some(stderr.trim().trim_start_matches("error: ").to_string());
+                    let why = stderr.trim().trim_start_matches("error: ").to_string();
+                    progress(format!("{name} cannot run this job: {why}"));
+                    unavailable = Some(why);
                     break;
                 }
                 Measured::Died { what, stderr } => {
@@ -138,6 +154,11 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
                 .find(|(name, _)| *name == report.executor)
                 .map_or(&[][..], |(_, f)| f);
             let (down, detail) = isolation_check(&exe, &scratch.path, flags)?;
+            let answer = if down { "yes" } else { "no" };
+            progress(format!(
+                "{} isolation check: crash takes the job down: {answer}: {detail}",
+                report.executor
+            ));
             report.crash_takes_job_down = Some(down);
             report.isolation_detail = Some(detail);
         }
