@@ -76,6 +76,8 @@ fn compare_runs_every_executor_and_finds_identical_results() {
     assert!(comparison["verdict"].as_str().is_some_and(|v| !v.is_empty()));
     let svg = std::fs::read_to_string(&chart).expect("chart written");
     assert!(svg.starts_with("<svg") && svg.contains("process/forkserver") && svg.contains("wall time"));
+    // Each wall-time bar carries its min–max whisker (plotters marks the median on it with a circle).
+    assert_eq!(svg.matches("<circle").count(), 4, "one whisker per executor:\n{svg}");
 }
 
 #[test]
