@@ -262,3 +262,19 @@ fn compare_prints_one_progress_line_per_run_unless_quiet() {
     let quiet = run(dir.path(), ["compare", job, "--repeat", "1", "--json", "--quiet"], 0);
     assert_eq!(quiet.stderr(), "", "{}", quiet.context());
 }
+
+/// The baselines' own error wraps the core's: a bad job file still exits 2 with its located message.
+#[test]
+fn compare_of_a_bad_job_exits_2_naming_the_file_and_line() {
+    let dir = temp_dir();
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nrange = { start = 0, end = 5 }\n[task]\nbuiltin = \"nope\"\n",
+    );
+    let ran = run(dir.path(), ["compare", job.to_str().expect("utf-8")], 2);
+    let stderr = ran.stderr();
+    assert!(stderr.contains("job.toml:4:"), "{stderr}");
+    assert!(stderr.contains("nope"), "{stderr}");
+    assert!(ran.stdout().is_empty(), "{}", ran.context());
+}
