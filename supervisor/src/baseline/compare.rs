@@ -5,10 +5,10 @@
 //! memory of its process tree from /proc (RSS, and PSS, which counts shared mappings such as the input once);
 //! its CPU time comes from `wait4` (which includes the workers it reaped). Every executor's results must be
 //! identical, or the comparison fails. Each run prints one progress line on stderr as it ends (not with `--quiet`);
-//! the conclusion is `verdict.rs`'s, from the numbers alone.
+//! the conclusion is [`verdict()`]'s, from the numbers alone.
 
 mod chart;
-mod verdict;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
