@@ -46,11 +46,9 @@
 //! it is reaped ([`linux::wait4_and_kill_group`]), and children of its task that left the group are killed once
 //! they are orphaned to the supervisor, a child subreaper ([`orphans`]).
 
+pub mod baseline;
 pub mod batching;
-pub mod bench;
-pub mod chart;
 pub mod cli;
-pub mod compare;
 pub mod cpus;
 pub mod dispatch;
 pub mod error;
@@ -68,7 +66,6 @@ pub mod pool;
 pub mod report;
 pub mod results;
 pub mod run;
-pub mod scratch;
 pub mod shard;
 pub mod sigbus;
 pub mod signal;
@@ -89,8 +86,8 @@ pub fn main() -> i32 {
     if mode.as_deref() == Some(pool::WORKER_ARG.as_ref()) {
         return worker_main();
     }
-    if mode.as_deref() == Some(bench::echo::ECHO_ARG.as_ref()) {
-        return bench::echo::main(args);
+    if mode.as_deref() == Some(baseline::bench::echo::ECHO_ARG.as_ref()) {
+        return baseline::bench::echo::main(args);
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -101,9 +98,14 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Tasks => return run::tasks(),
-        Command::Compare(args) => compare::run(&args),
+        // The baselines have an error of their own (which wraps this crate's).
+        Command::Compare(args) => {
+            return baseline::compare::run(&args).unwrap_or_else(|error| fail(&error, error.exit_code()));
+        }
         // Starts its fork server first thing, while this process is still single-threaded.
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) => {
+            return baseline::bench::run(&args).unwrap_or_else(|error| fail(&error, error.exit_code()));
+        }
         Command::Check { job } => block_on(async move { run::check(&job).await }),
         // The job is loaded and the fork server (if any) started before the runtime: the fork server must be
         // forked while this process is single-threaded.
@@ -122,22 +124,25 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(error) => {
-            let mut printed = error.to_string();
-            eprintln!("error: {printed}");
-            // Messages usually name their cause already; print only the causes they do not.
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                if !printed.contains(&text) {
-                    eprintln!("  caused by: {text}");
-                    printed.push_str(&text);
-                }
-                source = cause.source();
-            }
-            error.exit_code()
-        }
+        Err(error) => fail(&error, error.exit_code()),
     }
+}
+
+/// Prints `error` and its causes on stderr; returns `code`.
+fn fail(error: &dyn std::error::Error, code: i32) -> i32 {
+    let mut printed = error.to_string();
+    eprintln!("error: {printed}");
+    // Messages usually name their cause already; print only the causes they do not.
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !printed.contains(&text) {
+            eprintln!("  caused by: {text}");
+            printed.push_str(&text);
+        }
+        source = cause.source();
+    }
+    code
 }
 
 fn block_on(future: impl Future<Output = Result<i32, Error>>) -> Result<i32, Error> {
