@@ -43,7 +43,7 @@ use crate::batching::BatchSizer;
 use crate::error::Error;
 use crate::failure::{Death, crash_failure, describe_exit};
 use crate::fetch::{Arena, FetchCounters, FetchEvent, Slot};
-use crate::journal::{Done, JournalWriter};
+use crate::journal::{Done, ItemSet, JournalWriter};
 use crate::linux::{ExitInfo, Pidfd};
 use crate::plan::Items;
 use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, WorkerSender, message_name};
@@ -287,7 +287,7 @@ struct Dispatcher {
     /// Next item never handed out.
     next_item: u64,
     /// Items recorded by an earlier run (`--resume`), never handed out.
-    done_before: Vec<bool>,
+    done_before: ItemSet,
     /// Spans `(first, len)` to hand out again before new items (work of a dead worker it never finished).
     requeued: VecDeque<(u64, u64)>,
     /// Items to run alone to find which one kills its worker.
@@ -326,14 +326,11 @@ pub async fn run(
     items: Arc<Items>,
     starter: Starter,
     config: DispatchConfig,
-    mut reducer: Reducer,
+    reducer: Reducer,
     writer: Option<JournalWriter>,
     progress: Progress,
     prior: Done,
 ) -> Result<RunOutcome, Error> {
-    for value in &prior.values {
-        reducer.add(value);
-    }
     let (events_sender, mut events) = mpsc::channel(1024);
     let counter = Arc::new(IpcCounter::default());
     let launcher =
@@ -375,7 +372,7 @@ pub async fn run(
         requeued: VecDeque::new(),
         suspects: VecDeque::new(),
         retry_at: Vec::new(),
-        attempt_errors: HashMap::new(),
+        attempt_errors: prior.attempts,
         batches: HashMap::new(),
         next_batch_id: 0,
         sizer,
@@ -445,14 +442,12 @@ fn start_fetching(
     spec: &shared::job::FetchSpec,
     urls: &Arc<Vec<String>>,
     span: std::ops::Range<u64>,
-    done: &[bool],
+    done: &ItemSet,
 ) -> Result<FetchState, Error> {
     let arena = Arena::new(spec.max_in_flight_bytes).map_err(|error| Error::Internal {
         message: format!("cannot create the shared arena for fetched bodies: {error}"),
     })?;
-    let todo: Vec<u64> = span
-        .filter(|&item| !done.get(item as usize).copied().unwrap_or(false))
-        .collect();
+    let todo: Vec<u64> = span.filter(|&item| !done.contains(item)).collect();
     let unfetched = todo.len() as u64;
     let counters = Arc::new(FetchCounters::default());
     // Room for every fetch in progress to report without waiting.
@@ -1163,7 +1158,7 @@ impl Dispatcher {
     }
 
     fn is_done_before(&self, item: u64) -> bool {
-        self.done_before.get(item as usize).copied().unwrap_or(false)
+        self.done_before.contains(item)
     }
 
     fn is_stopping(&self) -> bool {
@@ -1246,6 +1241,7 @@ impl Dispatcher {
             };
             let record = Record {
                 item,
+                retrying: false,
                 status,
                 value,
                 error,
