@@ -1183,11 +1183,19 @@ impl Dispatcher {
         let errors = self.attempt_errors.entry(item).or_default();
         errors.push(failure.clone());
         let attempts = errors.len() as u32;
-        if attempts <= self.config.retries && !self.is_stopping() {
-            let backoff = self.config.retry_backoff.saturating_mul(1 << (attempts - 1).min(16));
-            self.retry_at.push((Instant::now() + backoff, item));
-            self.retries += 1;
-            self.replenish();
+        if attempts <= self.config.retries {
+            // Journaled as a used attempt: a stop before the retry runs leaves it for `--resume`, not failed.
+            if self.writer.is_some() {
+                let input = self.items.describe(item);
+                let line = Record::retrying(item, failure, attempts, pid, elapsed_ms, input);
+                self.pending_records.push(line);
+            }
+            if !self.is_stopping() {
+                let backoff = self.config.retry_backoff.saturating_mul(1 << (attempts - 1).min(16));
+                self.retry_at.push((Instant::now() + backoff, item));
+                self.retries += 1;
+                self.replenish();
+            }
             return;
         }
         let mut attempt_errors = self.attempt_errors.remove(&item).unwrap_or_default();
