@@ -46,6 +46,7 @@
 //! it is reaped ([`linux::wait4_and_kill_group`]), and children of its task that left the group are killed once
 //! they are orphaned to the supervisor, a child subreaper ([`orphans`]).
 
+pub mod atomic;
 pub mod baseline;
 pub mod batching;
 pub mod cli;
@@ -58,11 +59,14 @@ pub mod fetch;
 pub mod forkserver;
 pub mod isolation;
 pub mod journal;
+pub mod journal_index;
 pub mod linux;
+pub mod lock;
 pub mod merge;
 pub mod orphans;
 pub mod plan;
 pub mod pool;
+pub mod record;
 pub mod report;
 pub mod results;
 pub mod run;

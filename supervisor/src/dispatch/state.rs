@@ -129,7 +129,7 @@ impl Dispatcher {
             batches: HashMap::new(),
             next_batch_id: 0,
             sizer,
-            attempt_errors: HashMap::new(),
+            attempt_errors: std::mem::take(&mut prior.attempts),
             tallies,
             records: Vec::new(),
             keep_records,
@@ -874,10 +874,17 @@ impl Dispatcher {
         let errors = self.attempt_errors.entry(item).or_default();
         errors.push(failure.clone());
         let attempts = errors.len() as u32;
-        if attempts <= self.config.retries && !self.is_stopping() {
-            self.queue.schedule_retry(Instant::now() + self.backoff(attempts), item);
-            self.tallies.retries += 1;
-            self.replenish();
+        if attempts <= self.config.retries {
+            // Journaled as a used attempt: a stop before the retry runs leaves it for `--resume`, not failed.
+            if self.keep_records {
+                let input = self.source.describe(item);
+                self.records.push(Record::retrying(item, failure, attempts, pid, elapsed_ms, input));
+            }
+            if !self.is_stopping() {
+                self.queue.schedule_retry(Instant::now() + self.backoff(attempts), item);
+                self.tallies.retries += 1;
+                self.replenish();
+            }
             return;
         }
         let mut attempt_errors = self.attempt_errors.remove(&item).unwrap_or_default();
@@ -931,6 +938,7 @@ impl Dispatcher {
             };
             self.records.push(Record {
                 item,
+                retrying: false,
                 status,
                 value,
                 error,

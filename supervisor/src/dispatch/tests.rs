@@ -397,8 +397,8 @@ fn only_this_runs_span_is_run() {
 #[test]
 fn items_recorded_by_an_earlier_run_are_never_handed_out() {
     let n = 50;
-    let done: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
-    let earlier = done.iter().filter(|d| **d).count() as u64;
+    let done: crate::journal::ItemSet = (0..n).filter(|i| i % 3 == 0).collect();
+    let earlier = done.len();
     let prior = Done {
         done,
         ok: earlier,
