@@ -5,9 +5,9 @@
 //! input order, skipping items an earlier run recorded. Which worker gets what, and when, is the state
 //! machine's decision; this module only keeps the lists.
 
+use crate::journal::ItemSet;
 use std::collections::VecDeque;
 use std::time::Instant;
-use crate::journal::ItemSet;
 
 #[derive(Debug)]
 pub(super) struct WorkQueue {

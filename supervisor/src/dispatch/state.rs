@@ -878,7 +878,8 @@ impl Dispatcher {
             // Journaled as a used attempt: a stop before the retry runs leaves it for `--resume`, not failed.
             if self.keep_records {
                 let input = self.source.describe(item);
-                self.records.push(Record::retrying(item, failure, attempts, pid, elapsed_ms, input));
+                self.records
+                    .push(Record::retrying(item, failure, attempts, pid, elapsed_ms, input));
             }
             if !self.is_stopping() {
                 self.queue.schedule_retry(Instant::now() + self.backoff(attempts), item);
