@@ -14,7 +14,7 @@ use std::process::{Command, ExitStatus};
 use shared::protocol::{TaskError, TaskErrorKind};
 use shared::usertask::ProcessSpec;
 
-use crate::task::ItemContext;
+use child::task::ItemContext;
 
 /// Bytes of a process's stderr kept for a failure record.
 pub const STDERR_TAIL_BYTES: usize = 4 << 10;
@@ -180,7 +180,7 @@ unsafe fn guard_main(read: RawFd) -> ! {
         // worker's death from the supervisor) but the pipe, as fd 0.
         libc::dup2(read, 0);
         libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
-        // Leave the worker's process group: when the worker dies, its group is killed (see `crate::isolation`),
+        // Leave the worker's process group: when the worker dies, its group is killed (see `child::isolation`),
         // and the guard must outlive it to kill the user's groups.
         libc::setpgid(0, 0);
         let mut groups = [0i32; GUARD_GROUPS];

@@ -25,7 +25,7 @@ use shared::usertask::ProcessSpec;
 
 use super::json_to_value;
 use super::process::{Guard, Tail, command, die_with_worker, ended, has_ended, reap_group};
-use crate::task::{Item, ItemContext, ItemInput, Task};
+use child::task::{Item, ItemContext, ItemInput, Task};
 
 /// How long to wait for the last stderr bytes of a dead process (a grandchild may keep the pipe open).
 const STDERR_GRACE: Duration = Duration::from_millis(200);

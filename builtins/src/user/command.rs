@@ -23,7 +23,7 @@ use shared::usertask::{CommandSpec, Parse, StdinMode};
 
 use super::json_to_value;
 use super::process::{Guard, Inherited, capture, command, ended, own_group, reap_group};
-use crate::task::{Item, ItemContext, ItemInput, Task};
+use child::task::{Item, ItemContext, ItemInput, Task};
 
 /// Runs `command` once per item.
 #[derive(Debug)]
