@@ -7,8 +7,9 @@
 //! item, `{"path"}` for a whole file, and `{"path", "offset", "len"}` for a chunk of a `file` input.
 //!
 //! The process is started at the worker's `Init` and kept for the worker's life, so it keeps its imports and
-//! state. It has *started* once it waits for its first request: a thread of it is blocked reading its stdin or
-//! waiting on descriptors (poll, select, epoll), as `/proc/PID/task/*/syscall` shows, or it has run for
+//! state. It has *started* once it waits for its first request: a thread of it (or of a process it started, as
+//! `sh -c 'python3 …'` does) is blocked reading its stdin or waiting on descriptors (poll, select, epoll), as
+//! `/proc/PID/task/*/syscall` shows, or it has run for
 //! [`START_SETTLE`] without exiting (a program whose waiting cannot be seen). A process that exits before it has
 //! started (a Python `ImportError`) fails `Init` with its exit status and the last lines of its stderr, so that
 //! the run ends (exit 3) instead of starting one process per item for a job that could never work.
@@ -427,16 +428,33 @@ fn set_nonblocking(stdin: &ChildStdin) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether some thread of process `pid` is blocked waiting for input: reading its stdin, or in a call that waits
-/// for descriptors (poll, select, epoll). `/proc/PID/task/TID/syscall` gives the call a blocked thread is in and
-/// its arguments; a process whose threads cannot be read counts as not waiting.
+/// How deep below the started process [`waits_for_input`] looks (`sh -c 'python3 worker.py'`: the shell waits
+/// for its child, which is the one that reads).
+const WAIT_DEPTH: u32 = 3;
+
+/// Whether some thread of process `pid`, or of a process it started (down to [`WAIT_DEPTH`]), is blocked waiting
+/// for input: reading its stdin, or in a call that waits for descriptors (poll, select, epoll).
+/// `/proc/PID/task/TID/syscall` gives the call a blocked thread is in and its arguments, and
+/// `/proc/PID/task/TID/children` the processes it started; what cannot be read counts as not waiting.
 fn waits_for_input(pid: u32) -> bool {
+    waits_below(pid, WAIT_DEPTH)
+}
+
+fn waits_below(pid: u32, depth: u32) -> bool {
     let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    threads
-        .flatten()
-        .any(|thread| std::fs::read_to_string(thread.path().join("syscall")).is_ok_and(|text| waiting(&text)))
+    threads.flatten().any(|thread| {
+        let path = thread.path();
+        std::fs::read_to_string(path.join("syscall")).is_ok_and(|text| waiting(&text))
+            || (depth > 0
+                && std::fs::read_to_string(path.join("children")).is_ok_and(|children| {
+                    children
+                        .split_whitespace()
+                        .filter_map(|child| child.parse().ok())
+                        .any(|child| waits_below(child, depth - 1))
+                }))
+    })
 }
 
 /// Whether a `/proc/…/syscall` line (`NUMBER ARG1 …` of a blocked thread, `running` otherwise) is a wait for
