@@ -327,6 +327,34 @@ fn a_background_process_holding_the_commands_pipes_does_not_hold_its_item() {
     common::assert_no_leftovers(&marker);
 }
 
+/// A command whose background process left its process group (`setsid`) and so survives the kill of the group,
+/// still holding the command's stdout: the item still ends, once what was in the pipe has been read for a short
+/// while, and the process is killed once orphaned to the supervisor (its end-of-run sweep).
+#[test]
+fn a_background_process_that_left_the_group_does_not_hold_its_item() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    write_file(
+        dir.path(),
+        "escape.sh",
+        "if [ \"$1\" = 1 ]; then setsid sleep 100 & fi\necho $(($1 * 7))\n",
+    );
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 3 }}\n[task]\ncommand = [\"sh\", \"escape.sh\", \"{{item}}\"]\n\
+             parse = \"json\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 1\n\
+             [output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    let records = run_within_30s(dir.path(), &job, 0);
+    let values: BTreeMap<u64, Option<u64>> = records.iter().map(|r| (r.item, r.value)).collect();
+    let expected: BTreeMap<u64, Option<u64>> = (0..3).map(|item| (item, Some(item * 7))).collect();
+    assert_eq!(values, expected);
+    common::assert_no_leftovers(&marker);
+}
+
 /// A command that times out after starting a background process: the worker is killed for the timeout, and the
 /// command's whole process group (the background `sleep` too) with it; the other items are not affected.
 #[test]
