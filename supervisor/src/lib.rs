@@ -168,7 +168,7 @@ fn worker_main() -> i32 {
     let parent = std::env::var(child::worker::PARENT_PID_ENV)
         .ok()
         .and_then(|pid| pid.parse().ok());
-    match child::worker::run(parent) {
+    match child::worker::run(parent, Box::new(builtins::build)) {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("worker: {error}");

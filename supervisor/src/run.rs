@@ -450,6 +450,7 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
         &task_args_json(spec),
         items.input_plan(arena.as_ref().map(|a| a.proc_path()).as_deref()),
         &batch,
+        Box::new(builtins::build),
     )
     .map_err(|reason| Error::WorkersCannotStart { reason })?;
     let (status, value, error) = match outcome.result {
@@ -499,7 +500,7 @@ fn print_replayed(
 
 pub fn tasks() -> i32 {
     let mut out = String::new();
-    for info in child::task::builtins() {
+    for info in builtins::all() {
         let inputs: Vec<&str> = info.inputs.iter().map(|kind| kind.describe()).collect();
         out.push_str(&format!(
             "{}\n    {}\n    input: {}\n",
