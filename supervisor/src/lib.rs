@@ -53,6 +53,7 @@ pub mod export;
 pub mod failure;
 pub mod fetch;
 pub mod forkserver;
+pub mod input;
 pub mod isolation;
 pub mod journal;
 pub mod linux;
