@@ -2,9 +2,10 @@
 //! the whole file as one item (`split = "none"`).
 //!
 //! The file is read at each chunk boundary only, not mapped: the supervisor's memory stays independent of the
-//! input's size (mapping it would fault in ~64 KiB around every boundary). The listing holds one 16-byte
-//! descriptor per chunk, i.e. `size / chunk_bytes` of them (64 K for 1 TiB at the default 16 MiB). A batch
-//! carries the byte ranges; every worker maps the file read-only once and reads its ranges.
+//! input's size (mapping it would fault in ~64 KiB around every boundary). A chunk's start depends on where the
+//! one before it ended, so the listing walks the boundaries once and keeps one offset per 1024 chunks
+//! ([`Blocks`]), never a descriptor per chunk (with `chunk_bytes = 1` a chunk is a line). A batch carries the
+//! byte ranges; every worker maps the file read-only once and reads its ranges.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use shared::item::{BatchItems, Chunk, InputPlan};
 use shared::job::Split;
 
+use super::blocks::Blocks;
 use super::{BodyOf, Source};
 use crate::error::Error;
 use crate::results::InputDesc;
@@ -19,7 +21,12 @@ use crate::results::InputDesc;
 #[derive(Debug)]
 pub struct Chunks {
     path: PathBuf,
-    chunks: Vec<Chunk>,
+    file: std::fs::File,
+    /// The file's size when it was listed: the end of the last chunk.
+    size: u64,
+    /// Target chunk size; `u64::MAX` for `split = "none"` (one chunk, the whole file).
+    step: u64,
+    blocks: Blocks,
 }
 
 impl Chunks {
@@ -31,25 +38,49 @@ impl Chunks {
         };
         let file = std::fs::File::open(path).map_err(unreadable)?;
         let size = file.metadata().map_err(unreadable)?.len();
-        let chunks = match split {
-            Split::Lines => {
-                line_chunks(size, chunk_bytes, |at, buffer| file.read_at(buffer, at)).map_err(unreadable)?
-            }
-            Split::None => vec![Chunk { offset: 0, len: size }],
+        let step = match split {
+            Split::Lines => chunk_bytes,
+            Split::None => u64::MAX,
         };
+        let mut blocks = Blocks::default();
+        let mut window = vec![0u8; WINDOW];
+        let mut offset = 0;
+        while offset < size {
+            blocks.push(offset);
+            offset = chunk_end(offset, size, step, &mut window, |at, buffer| file.read_at(buffer, at))
+                .map_err(unreadable)?;
+        }
         Ok(Chunks {
             path: path.to_path_buf(),
-            chunks,
+            file,
+            size,
+            step,
+            blocks,
         })
     }
 
-    /// The file's size when it was listed: the end of the last chunk.
-    fn listed_size(&self) -> u64 {
-        self.chunks.last().map_or(0, |last| last.offset + last.len)
+    /// The `want` chunks from byte `from` on (none if the file cannot be read now).
+    fn decode(&self, from: u64, want: usize) -> Vec<Chunk> {
+        let mut window = vec![0u8; WINDOW];
+        let mut chunks = Vec::with_capacity(want);
+        let mut offset = from;
+        while chunks.len() < want && offset < self.size {
+            match chunk_end(offset, self.size, self.step, &mut window, |at, buffer| {
+                self.file.read_at(buffer, at)
+            }) {
+                Ok(end) => chunks.push(Chunk {
+                    offset,
+                    len: end - offset,
+                }),
+                Err(_) => return Vec::new(),
+            }
+            offset = chunks.last().map_or(offset, |last| last.offset + last.len);
+        }
+        chunks
     }
 
-    fn chunk(&self, index: u64) -> Option<Chunk> {
-        self.chunks.get(usize::try_from(index).ok()?).copied()
+    fn chunk(&self, index: u64) -> Chunk {
+        self.blocks.get(index, |from, want| self.decode(from, want))
     }
 }
 
@@ -59,15 +90,22 @@ impl Source for Chunks {
     }
 
     fn known_len(&self) -> Option<u64> {
-        Some(self.chunks.len() as u64)
+        Some(self.blocks.count())
     }
 
     fn items(&self, first: u64, len: u64, _body: BodyOf<'_>) -> BatchItems {
-        BatchItems::Chunks(self.chunks[first as usize..(first + len) as usize].to_vec())
+        let mut chunks = Vec::with_capacity(len as usize);
+        self.blocks.each(
+            first,
+            len,
+            |from, want| self.decode(from, want),
+            |chunk| chunks.push(chunk),
+        );
+        BatchItems::Chunks(chunks)
     }
 
     fn describe(&self, index: u64) -> InputDesc {
-        super::byte_range(self.chunk(index).unwrap_or(Chunk { offset: 0, len: 0 }))
+        super::byte_range(self.chunk(index))
     }
 
     fn plan(&self, _arena: Option<&Path>) -> InputPlan {
@@ -89,48 +127,56 @@ impl Source for Chunks {
     }
 
     fn explain_sigbus(&self, index: u64) -> Option<String> {
-        let chunk = self.chunk(index)?;
+        let chunk = self.chunk(index);
         let reading = format!("bytes {}..{} of it", chunk.offset, chunk.offset + chunk.len);
-        Some(crate::sigbus::explain_file(
-            &self.path,
-            Some(self.listed_size()),
-            &reading,
-        ))
+        Some(crate::sigbus::explain_file(&self.path, Some(self.size), &reading))
     }
 
     fn changed_during_job(&self) -> Option<String> {
-        crate::sigbus::size_changed(&self.path, self.listed_size())
+        crate::sigbus::size_changed(&self.path, self.size)
     }
 }
 
+/// Bytes read at once when looking for the newline after a boundary.
+const WINDOW: usize = 64 << 10;
+
+/// Where the chunk that starts at `offset` ends: just after the first newline at or after byte
+/// `offset + step - 1`, or at `size`. Reads through `read_at` with `window`, only around that byte.
+fn chunk_end(
+    offset: u64,
+    size: u64,
+    step: u64,
+    window: &mut [u8],
+    mut read_at: impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<u64> {
+    let target = offset.saturating_add(step.max(1));
+    let mut at = target - 1;
+    while target < size && at < size {
+        let want = window.len().min((size - at) as usize);
+        let read = read_at(at, &mut window[..want])?;
+        if read == 0 {
+            break;
+        }
+        if let Some(found) = memchr::memchr(b'\n', &window[..read]) {
+            return Ok(at + found as u64 + 1);
+        }
+        at += read as u64;
+    }
+    Ok(size)
+}
+
 /// Splits `size` bytes, read through `read_at`, into chunks of about `chunk_bytes`, each ending just after a
-/// newline (or at the end).
+/// newline (or at the end). Every chunk at once: for tests and small inputs; [`Chunks`] keeps only marks.
 pub fn line_chunks(
     size: u64,
     chunk_bytes: u64,
     mut read_at: impl FnMut(u64, &mut [u8]) -> std::io::Result<usize>,
 ) -> std::io::Result<Vec<Chunk>> {
-    let step = chunk_bytes.max(1);
-    let mut window = vec![0u8; 64 << 10];
+    let mut window = vec![0u8; WINDOW];
     let mut chunks = Vec::new();
     let mut offset = 0;
     while offset < size {
-        let target = offset.saturating_add(step);
-        let mut end = size;
-        // Look for the first newline at or after byte `target - 1`: the chunk ends just after it.
-        let mut at = target - 1;
-        while target < size && at < size {
-            let want = window.len().min((size - at) as usize);
-            let read = read_at(at, &mut window[..want])?;
-            if read == 0 {
-                break;
-            }
-            if let Some(found) = memchr::memchr(b'\n', &window[..read]) {
-                end = at + found as u64 + 1;
-                break;
-            }
-            at += read as u64;
-        }
+        let end = chunk_end(offset, size, chunk_bytes, &mut window, &mut read_at)?;
         chunks.push(Chunk {
             offset,
             len: end - offset,
@@ -225,7 +271,20 @@ mod tests {
         for step in [1u64, 5, 64, 1000, 1 << 20] {
             let source = Chunks::open(&path, Split::Lines, step).expect("open");
             let expected = serial_split(&text, step as usize);
-            assert_eq!(source.chunks, expected, "step {step}");
+            let len = source.known_len().expect("known");
+            assert_eq!(
+                source.items(0, len, &|_| None),
+                BatchItems::Chunks(expected.clone()),
+                "step {step}"
+            );
+            // Item by item, from the far end back (each lookup may decode another block).
+            for index in (0..len).rev() {
+                assert_eq!(
+                    source.chunk(index),
+                    expected[index as usize],
+                    "step {step}, chunk {index}"
+                );
+            }
             let newlines: usize = expected
                 .iter()
                 .map(|c| {

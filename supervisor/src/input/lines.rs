@@ -8,42 +8,28 @@
 //!
 //! The length is known before any item runs: [`Lines::open`] counts the lines in one pass (`memchr` over 1 MiB
 //! reads, at memory speed from the page cache), because sharding and the progress total need it, and resuming
-//! by index needs the numbering fixed. The pass keeps one offset per block of [`BLOCK`] lines, 8 bytes per
-//! 1024 lines (about 800 KB for 10^8 lines), never one per line. A line's place is found by scanning its block
-//! from that mark; the last few decoded blocks are cached, because batches and records go through the lines
-//! nearly in order. The supervisor reads the file with `pread`, never maps it, so its memory does not grow with
-//! the file.
+//! by index needs the numbering fixed. The pass keeps one offset per block of 1024 lines ([`Blocks`]: about
+//! 800 KB for 10^8 lines), never one per line; a line's place is found by scanning its block from that mark.
+//! The supervisor reads the file with `pread`, never maps it, so its memory does not grow with the file.
 //!
 //! A journal of a `lines` job is resumed only against the same file: the fingerprint records the file's size,
 //! modification time and line count.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use shared::item::{BatchItems, Chunk, InputPlan};
 
+use super::blocks::Blocks;
 use super::{BodyOf, Source};
 use crate::error::Error;
 use crate::results::InputDesc;
 
-/// Lines per block: one mark (8 bytes) per block, and the most lines one lookup scans.
-pub const BLOCK: u64 = 1024;
-/// Decoded blocks kept: enough for the batch being built, the records coming back and a retry or two.
-const CACHED: usize = 4;
 /// Bytes read at once by the counting pass.
 const COUNT_WINDOW: usize = 1 << 20;
 /// Bytes read at once when a block is decoded.
 const BLOCK_WINDOW: usize = 64 << 10;
-
-/// The descriptor of a line the supervisor cannot find any more (the file shrank or became unreadable after it
-/// was counted): past any file's end, so the worker fails the item saying the file shrank.
-const LOST: Chunk = Chunk {
-    offset: u64::MAX,
-    len: 0,
-};
 
 #[derive(Debug)]
 pub struct Lines {
@@ -51,17 +37,7 @@ pub struct Lines {
     file: File,
     /// Bytes counted; the end of the last line.
     size: u64,
-    count: u64,
-    /// `marks[k]`: where line `k * BLOCK` starts.
-    marks: Vec<u64>,
-    /// Recently decoded blocks, most recent last.
-    cache: Mutex<VecDeque<Block>>,
-}
-
-#[derive(Debug)]
-struct Block {
-    number: u64,
-    lines: Vec<Chunk>,
+    blocks: Blocks,
 }
 
 impl Lines {
@@ -73,13 +49,9 @@ impl Lines {
         };
         let file = File::open(path).map_err(unreadable)?;
         let size = file.metadata().map_err(unreadable)?.len();
-        let mut count = 0u64;
-        let mut marks = Vec::new();
+        let mut blocks = Blocks::default();
         let end = scan(&file, 0, size, COUNT_WINDOW, |line| {
-            if count.is_multiple_of(BLOCK) {
-                marks.push(line.offset);
-            }
-            count += 1;
+            blocks.push(line.offset);
             true
         })
         .map_err(unreadable)?;
@@ -87,71 +59,30 @@ impl Lines {
             path: path.to_path_buf(),
             file,
             size: end,
-            count,
-            marks,
-            cache: Mutex::new(VecDeque::with_capacity(CACHED)),
+            blocks,
         })
     }
 
-    /// Bytes the index holds (the marks), for the test that it stays small.
+    /// Bytes the index holds, for the test that it stays small.
     pub fn index_bytes(&self) -> usize {
-        self.marks.capacity() * std::mem::size_of::<u64>()
+        self.blocks.index_bytes()
     }
 
-    /// Calls `each` with the descriptor of every line `first .. first + len`, in order.
-    fn each_line(&self, first: u64, len: u64, mut each: impl FnMut(Chunk)) {
-        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut index = first;
-        while index < first + len {
-            let number = index / BLOCK;
-            let at = match cache.iter().position(|block| block.number == number) {
-                Some(at) => at,
-                None => {
-                    if cache.len() == CACHED {
-                        cache.pop_front();
-                    }
-                    cache.push_back(self.decode(number));
-                    cache.len() - 1
-                }
-            };
-            let block = &cache[at];
-            let stop = (first + len).min((number + 1) * BLOCK);
-            for line in index..stop {
-                each(
-                    block
-                        .lines
-                        .get((line - number * BLOCK) as usize)
-                        .copied()
-                        .unwrap_or(LOST),
-                );
-            }
-            index = stop;
+    /// The `want` lines from byte `from` on (fewer if the file changed since it was counted).
+    fn decode(&self, from: u64, want: usize) -> Vec<Chunk> {
+        let mut lines = Vec::with_capacity(want);
+        let scanned = scan(&self.file, from, self.size, BLOCK_WINDOW, |line| {
+            lines.push(line);
+            lines.len() < want
+        });
+        if scanned.is_err() {
+            lines.clear();
         }
-    }
-
-    /// The lines of block `number`, found by scanning from its mark. Fewer than expected (none on a read error)
-    /// when the file changed since it was counted; the missing ones are then [`LOST`].
-    fn decode(&self, number: u64) -> Block {
-        let mut lines = Vec::new();
-        if let Some(&from) = self.marks.get(number as usize) {
-            let want = BLOCK.min(self.count - number * BLOCK) as usize;
-            let scanned = scan(&self.file, from, self.size, BLOCK_WINDOW, |line| {
-                lines.push(line);
-                lines.len() < want
-            });
-            if scanned.is_err() {
-                lines.clear();
-            }
-        }
-        Block { number, lines }
+        lines
     }
 
     fn line(&self, index: u64) -> Chunk {
-        let mut found = LOST;
-        if index < self.count {
-            self.each_line(index, 1, |line| found = line);
-        }
-        found
+        self.blocks.get(index, |from, want| self.decode(from, want))
     }
 }
 
@@ -161,12 +92,17 @@ impl Source for Lines {
     }
 
     fn known_len(&self) -> Option<u64> {
-        Some(self.count)
+        Some(self.blocks.count())
     }
 
     fn items(&self, first: u64, len: u64, _body: BodyOf<'_>) -> BatchItems {
         let mut chunks = Vec::with_capacity(len as usize);
-        self.each_line(first, len, |line| chunks.push(line));
+        self.blocks.each(
+            first,
+            len,
+            |from, want| self.decode(from, want),
+            |line| chunks.push(line),
+        );
         BatchItems::Chunks(chunks)
     }
 
@@ -189,7 +125,7 @@ impl Source for Lines {
         Ok(format!(
             "lines of {} ({} lines) of {size} bytes modified at {modified} ns",
             self.path.display(),
-            self.count
+            self.blocks.count()
         ))
     }
 
@@ -349,7 +285,7 @@ mod tests {
         // Lines of varied length (some longer than a block window), about 3.5 blocks, CRLF here and there.
         let mut text = Vec::new();
         let mut seed = 11u64;
-        for line in 0..(3 * BLOCK + 517) {
+        for line in 0..(3 * crate::input::blocks::BLOCK + 517) {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let len = if line % 997 == 0 {
                 BLOCK_WINDOW + 3
@@ -365,7 +301,7 @@ mod tests {
         std::fs::write(&path, &text).expect("write");
         let source = Lines::open(&path).expect("open");
         // One mark per block: 4 blocks, nowhere near one descriptor per line.
-        assert_eq!(source.marks.len(), 4);
+        assert_eq!(source.index_bytes(), 4 * 8);
         // Jumping around (a retry far behind) decodes the right block again.
         let last = source.known_len().expect("known") - 1;
         let far = source.describe(last);

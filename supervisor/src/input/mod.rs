@@ -29,6 +29,7 @@
 //! again resumes by index like a listed one (fingerprinting the file), a stream that cannot be read again
 //! (stdin) refuses `--resume`.
 
+mod blocks;
 pub mod chunks;
 pub mod glob;
 pub mod lines;
