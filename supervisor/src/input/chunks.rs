@@ -4,7 +4,7 @@
 //! The file is read at each chunk boundary only, not mapped: the supervisor's memory stays independent of the
 //! input's size (mapping it would fault in ~64 KiB around every boundary). A chunk's start depends on where the
 //! one before it ended, so the listing walks the boundaries once and keeps one offset per 1024 chunks
-//! ([`Blocks`]), never a descriptor per chunk (with `chunk_bytes = 1` a chunk is a line). A batch carries the
+//! (`input::blocks`), never a descriptor per chunk (with `chunk_bytes = 1` a chunk is a line). A batch carries the
 //! byte ranges; every worker maps the file read-only once and reads its ranges.
 
 use std::os::unix::fs::FileExt;

@@ -8,7 +8,7 @@
 //!
 //! The length is known before any item runs: [`Lines::open`] counts the lines in one pass (`memchr` over 1 MiB
 //! reads, at memory speed from the page cache), because sharding and the progress total need it, and resuming
-//! by index needs the numbering fixed. The pass keeps one offset per block of 1024 lines ([`Blocks`]: about
+//! by index needs the numbering fixed. The pass keeps one offset per block of 1024 lines (`input::blocks`: about
 //! 800 KB for 10^8 lines), never one per line; a line's place is found by scanning its block from that mark.
 //! The supervisor reads the file with `pread`, never maps it, so its memory does not grow with the file.
 //!
