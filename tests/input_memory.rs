@@ -74,6 +74,7 @@ fn pulling_sources_keeps_memory_bounded() {
     let mut seen = 0;
     let growth = peak_growth(|| seen = pull_all(&mut range));
     assert_eq!(seen, 100_000_000);
+    eprintln!("10^8 range items pulled: peak growth {growth} bytes");
     // A Vec of the items would be 1.6 GB; one batch's descriptors of a range are a count.
     assert!(
         growth < 64 << 10,
@@ -103,6 +104,10 @@ fn pulling_sources_keeps_memory_bounded() {
     let mut seen = 0;
     let growth = peak_growth(|| seen = pull_all(&mut source));
     assert_eq!(seen, lines);
+    eprintln!(
+        "10^6 lines: counting peak {opening} bytes, index {} bytes, pulling peak {growth} bytes",
+        source.index_bytes()
+    );
     // A batch of 4096 descriptors (64 KiB), a few decoded blocks of 1024 (16 KiB each), a 64 KiB read window.
     assert!(
         growth < 512 << 10,
