@@ -9,14 +9,16 @@ use shared::job::{BatchSize, Executor, InputSpec, JobSpec, StartMethod, WorkerCo
 use shared::protocol::WorkerLimits;
 use shared::usertask::UserTask;
 
+use crate::atomic::remove_stale_temps;
 use crate::cli::RunArgs;
 use crate::cpus;
 use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
 use crate::forkserver::ForkServer;
 use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path, staging_path};
+use crate::lock::ResultsLock;
 use crate::plan::{self, Items};
-use crate::pool::Starter;
+use crate::pool::{IpcCounter, Launcher, Starter};
 use crate::report::{Progress, ShardSummary, Summary};
 use crate::results::{Failure, FailureKind, Record, Reducer, Status};
 use crate::shard::{self, ShardFlags};
@@ -100,6 +102,14 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     if let Some(chosen) = &shard {
         spec.output.results = spec.output.results.map(|results| chosen.shard.results_path(&results));
     }
+    // Held to the end of the run: no other run or merge writes these results or their journal meanwhile.
+    let _lock = spec.output.results.as_deref().map(ResultsLock::acquire).transpose()?;
+    if let Some(results) = &spec.output.results {
+        // Temporary files of runs that died: they must not fill the disk this run needs.
+        remove_stale_temps(results);
+        remove_stale_temps(&journal_path(results));
+    }
+    let mut reducer = Reducer::new(spec.output.reduce);
     let shard_summary = shard.as_ref().map(|chosen| ShardSummary {
         index: chosen.shard.index,
         count: chosen.shard.count,
@@ -134,8 +144,8 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
                     })??
             };
             fingerprint.shard = shard.as_ref().map(|chosen| chosen.shard);
-            let recovered = if resume && path.exists() {
-                let journal = Journal::recover(&path, &fingerprint)?;
+            let mut recovered = if resume && path.exists() {
+                let journal = Journal::recover(&path, &fingerprint, args.retry_failed, &mut reducer)?;
                 for dropped in &journal.dropped {
                     eprintln!("journal {}: dropped {dropped}", path.display());
                 }
@@ -149,10 +159,10 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
                 None
             };
             let prior = recovered
-                .as_ref()
-                .map(|j| j.done(items.len(), args.retry_failed))
+                .as_mut()
+                .map(|journal| std::mem::take(&mut journal.done))
                 .unwrap_or_default();
-            let writer = JournalWriter::create(&path, &fingerprint, recovered.as_ref(), spec.output.journal)?;
+            let writer = JournalWriter::create(&path, &fingerprint, recovered, spec.output.journal)?;
             (Some(writer), prior)
         }
     };
@@ -186,17 +196,8 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         },
     };
     let progress = Progress::new(span.end - span.start, prior.ok + prior.failed, args.quiet);
-    let reducer = Reducer::new(spec.output.reduce);
-    let outcome = dispatch::run(
-        Arc::clone(&items),
-        starter.clone(),
-        config,
-        reducer,
-        writer,
-        progress,
-        prior,
-    )
-    .await;
+    let ports = ports(starter.clone(), progress)?;
+    let outcome = dispatch::run(Arc::clone(&items), config, reducer, writer, prior, ports).await;
     starter.shut_down();
     crate::orphans::sweep_until_clean();
     let outcome = outcome?;
@@ -242,6 +243,26 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     // A closed stdout (e.g. piped into `head`) must not turn a finished job into a failure.
     let _ = printed.and_then(|()| out.flush());
     Ok(code)
+}
+
+/// What the dispatcher talks to: the pool's launcher for `starter`, the stop signals, and `progress`.
+fn ports(starter: Starter, progress: Progress) -> Result<dispatch::Ports, Error> {
+    let (events_sender, events) = tokio::sync::mpsc::channel(1024);
+    let counter = Arc::new(IpcCounter::default());
+    let launcher =
+        Launcher::start(events_sender, Arc::clone(&counter), starter).map_err(|error| Error::WorkersCannotStart {
+            reason: format!("cannot start the launcher: {error}"),
+        })?;
+    let signals = crate::signal::listen().map_err(|error| Error::Internal {
+        message: format!("cannot listen for signals: {error}"),
+    })?;
+    Ok(dispatch::Ports {
+        launcher: Box::new(launcher),
+        events,
+        counter,
+        signals,
+        reporter: Box::new(progress),
+    })
 }
 
 /// This run's shard, from `--shard`, the scheduler's environment, `--shard-count` or `[shard] count`.
@@ -413,6 +434,7 @@ fn print_replayed(
     };
     let record = Record {
         item,
+        retrying: false,
         status,
         value,
         error,

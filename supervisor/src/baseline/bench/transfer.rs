@@ -36,7 +36,7 @@ use ipc_channel::ipc::{IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender}
 use shared::region::SharedRegion;
 
 use super::echo::{Down, ECHO_ARG, PAGE, Up, touch_bytes};
-use crate::error::Error;
+use crate::baseline::Error;
 use crate::linux::{self, ExitInfo, ExitStatus, Pidfd, wait4};
 
 /// Where the two sides of a round trip run.
