@@ -22,8 +22,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    Background, Proc, Ran, Record, children_of, complete_lines, field_u64, generated_text, is_running, kill_survivors,
-    raw_number, read_records, run, sum_of_squares, wait_until, wc, worker_pids, workers_claiming, write_file,
+    Background, InputExt, Proc, Ran, Record, children_of, complete_lines, field_u64, generated_text, is_running,
+    kill_survivors, raw_number, read_records, run, sum_of_squares, wait_until, wc, worker_pids, workers_claiming,
+    write_file,
 };
 use serde_json::value::RawValue;
 
