@@ -146,7 +146,7 @@ const DROPPED_SHOWN: usize = 20;
 pub struct Journal {
     /// The fresh journal: the header and the lines kept, waiting to be renamed over the old one.
     file: AtomicFile,
-    /// What was dropped and why, for the user (the first [`DROPPED_SHOWN`], then a count).
+    /// What was dropped and why, for the user (the first 20, then a count).
     pub dropped: Vec<String>,
     /// What the kept lines say was done.
     pub done: Done,
