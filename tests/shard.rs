@@ -292,7 +292,7 @@ fn every_source_splits_into_shards_that_cover_each_item_exactly_once() {
             );
             if !source.digests.is_empty() {
                 for record in read_records::<String>(&source.results) {
-                    let path = record.input.path.as_ref().expect("a file item");
+                    let path = record.input.path().expect("a file item");
                     assert_eq!(record.value.as_ref(), source.digests.get(path), "{}", path.display());
                 }
             }

@@ -9,7 +9,7 @@ use shared::job::{BatchSize, Executor, InputSpec, JobSpec, StartMethod, WorkerCo
 use shared::protocol::WorkerLimits;
 use shared::usertask::UserTask;
 
-use crate::atomic::remove_stale_temps;
+use crate::atomic::{RemoveOnDrop, remove_stale_temps};
 use crate::cli::RunArgs;
 use crate::cpus;
 use crate::dispatch::{self, DispatchConfig, StopReason};
@@ -109,6 +109,10 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         remove_stale_temps(results);
         remove_stale_temps(&journal_path(results));
     }
+    let _staging = match &spec.output.results {
+        Some(results) if !spec.output.journal => Some(RemoveOnDrop(staging_path(results))),
+        _ => None,
+    };
     let mut reducer = Reducer::new(spec.output.reduce);
     let shard_summary = shard.as_ref().map(|chosen| ShardSummary {
         index: chosen.shard.index,
