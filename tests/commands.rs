@@ -421,7 +421,7 @@ fn a_globbed_file_that_became_a_fifo_fails_its_item_instead_of_blocking_the_work
     let records = read_records::<u64>(&dir.path().join("out.jsonl"));
     assert_eq!(records.len(), 6);
     for record in &records {
-        let path = record.input.path.as_ref().expect("file item");
+        let path = record.input.path().expect("file item");
         if path.ends_with("f4.txt") {
             let error = record.error.as_ref().expect("the FIFO's item failed");
             assert_eq!(error.kind, "error");
