@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{InputExt, Prng, generated_text, read_records, run, tool, wc, write_file};
+use common::{InputExt, Job, Prng, generated_text, read_records, run, tool, wc, write_file};
 
 fn files(dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
     std::fs::create_dir_all(dir.join("in")).expect("mkdir");
@@ -37,14 +37,14 @@ fn wc_l_per_file_matches_wc() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inputs = files(dir.path(), 40);
     let marker = dir.path().to_string_lossy().into_owned();
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"sh\", \"-c\", \"wc -l < {{path}}\"]\nparse = \"json\"\n\
-             env = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n[output]\nresults = \"out.jsonl\"\nreduce = \"sum\"\n"
-        ),
-    );
+    let job = Job::glob("in/*.txt")
+        .command(&["sh", "-c", "wc -l < {path}"])
+        .parse("json")
+        .marker(&marker)
+        .workers(2)
+        .results("out.jsonl")
+        .reduce("sum")
+        .write(dir.path());
     let ran = run(
         dir.path(),
         [OsStr::new("run"), OsStr::new("--json"), job.as_os_str()],
@@ -70,13 +70,16 @@ fn chunks_reach_the_command_as_path_and_stdin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = generated_text(300_000, 3, true);
     write_file(dir.path(), "big.txt", &text);
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nfile = \"big.txt\"\nchunk_bytes = 20000\n[task]\n\
-         command = [\"sh\", \"-c\", \"wc -c < {path}; sha256sum | cut -d' ' -f1; echo {offset} {len} {item}\"]\n\
-         [workers]\ncount = 2\n[output]\nresults = \"out.jsonl\"\n",
-    );
+    let job = Job::file("big.txt")
+        .chunk_bytes(20000)
+        .command(&[
+            "sh",
+            "-c",
+            "wc -c < {path}; sha256sum | cut -d' ' -f1; echo {offset} {len} {item}",
+        ])
+        .workers(2)
+        .results("out.jsonl")
+        .write(dir.path());
     run(dir.path(), [OsStr::new("run"), job.as_os_str()], 0);
     let records = read_records::<String>(&dir.path().join("out.jsonl"));
     assert!(records.len() >= 10, "{} chunks", records.len());
@@ -108,15 +111,14 @@ fn crashing_and_hanging_commands(flags: &[&str]) {
     let marker = dir.path().to_string_lossy().into_owned();
     let script = "case {item} in 3|11) kill -SEGV $$;; 7) sleep 1000;; 9) echo 'bad item nine' >&2; exit 4;; esac; \
                   echo $(({start} * 2))";
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 100, end = 130 }}\n[task]\ncommand = [\"sh\", \"-c\", \"{script}\"]\n\
-             parse = \"json\"\ntimeout = \"3s\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n\
-             [output]\nresults = \"out.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(100, 130)
+        .command(&["sh", "-c", script])
+        .parse("json")
+        .timeout("3s")
+        .marker(&marker)
+        .workers(2)
+        .results("out.jsonl")
+        .write(dir.path());
     let mut args = vec![OsStr::new("run")];
     args.extend(flags.iter().map(OsStr::new));
     args.push(job.as_os_str());
@@ -155,14 +157,11 @@ fn crashing_and_hanging_commands(flags: &[&str]) {
 fn nothing_survives_a_sigkilled_supervisor() {
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().to_string_lossy().into_owned();
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 10 }}\n[task]\ncommand = [\"sh\", \"-c\", \"sleep 1000; echo {{item}}\"]\n\
-             env = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n"
-        ),
-    );
+    let job = Job::range(0, 10)
+        .command(&["sh", "-c", "sleep 1000; echo {item}"])
+        .marker(&marker)
+        .workers(2)
+        .write(dir.path());
     let job = job.to_string_lossy().into_owned();
     let mut supervisor = common::Background::start(dir.path(), &["run", "--quiet", &job]);
     // Two `sh` and their two `sleep`s.
@@ -186,15 +185,13 @@ fn environment_folder_and_attempts_reach_the_command() {
     std::fs::create_dir(dir.path().join("work")).expect("mkdir");
     let script = "if [ $(({item} % 2)) = 0 ] && [ $SUPERVISOR_ATTEMPT = 1 ]; then exit 1; fi; \
                   echo $GREETING $(basename $PWD) $SUPERVISOR_ITEM $SUPERVISOR_ATTEMPT";
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 6 }}\n[task]\ncommand = [\"sh\", \"-c\", \"{script}\"]\n\
-             env = {{ GREETING = \"hello there\" }}\ncwd = \"work\"\nretries = 1\n\
-             [output]\nresults = \"out.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, 6)
+        .command(&["sh", "-c", script])
+        .env(&[("GREETING", "hello there")])
+        .task("cwd", "work")
+        .retries(1)
+        .results("out.jsonl")
+        .write(dir.path());
     run(dir.path(), [OsStr::new("run"), job.as_os_str()], 0);
     let records = read_records::<String>(&dir.path().join("out.jsonl"));
     for record in &records {
@@ -219,14 +216,13 @@ fn a_command_over_the_memory_limit_fails_with_memory() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let script = "import sys; n = int(sys.argv[1]); b = bytearray((1 << 30) if n == 2 else 1000); print(n * n)";
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 5 }}\n[task]\ncommand = [\"python3\", \"-c\", \"{script}\", \"{{start}}\"]\n\
-             parse = \"json\"\n[workers]\ncount = 1\nmemory_limit = \"256MiB\"\n[output]\nresults = \"out.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, 5)
+        .command(&["python3", "-c", script, "{start}"])
+        .parse("json")
+        .workers(1)
+        .worker_key("memory_limit", "256MiB")
+        .results("out.jsonl")
+        .write(dir.path());
     run(dir.path(), [OsStr::new("run"), job.as_os_str()], 1);
     let records = read_records::<u64>(&dir.path().join("out.jsonl"));
     for record in &records {
@@ -248,31 +244,31 @@ fn task_mistakes_are_located() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [
         (
-            "[input]\nrange = { start = 0, end = 3 }\n[task]\nbuiltin = \"noop\"\ncommand = [\"true\"]\n",
+            Job::range(0, 3).builtin("noop").command(&["true"]).text(),
             "job.toml:5:11: [task] needs exactly one of `builtin`, `command`, `worker` or `worker_bin` (found `builtin` and `command`)",
         ),
         (
-            "[input]\nrange = { start = 0, end = 3 }\n[task]\ncommand = [\"cat\", \"{path}\"]\n",
+            Job::range(0, 3).command(&["cat", "{path}"]).text(),
             "unknown placeholder `{path}` for a range input: expected one of {item}, {start}, {end}",
         ),
         (
-            "[input]\nrange = { start = 0, end = 3 }\n[task]\ncommand = [\"curl\", \"{url}\"]\n",
+            Job::range(0, 3).command(&["curl", "{url}"]).text(),
             "unknown placeholder `{url}`",
         ),
         (
-            "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker_bin = \"no-such-binary\"\n",
+            Job::range(0, 3).worker_bin("no-such-binary").text(),
             "job.toml:4:14: `worker_bin`",
         ),
         (
-            "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker = [\"python3\"]\nparse = \"json\"\n",
+            Job::range(0, 3).worker(&["python3"]).parse("json").text(),
             "job.toml:5:9: `parse` applies only to a `command` task, not to `worker`",
         ),
         (
-            "[input]\nrange = { start = 0, end = 3 }\n[task]\ntimeout = \"1s\"\n",
+            Job::range(0, 3).timeout("1s").text(),
             "job.toml:3:1: [task] needs exactly one of",
         ),
         (
-            "[input]\nrange = { start = 0, end = 3 }\n[task]\ncommand = [\"no-such-program-here\", \"{item}\"]\n",
+            Job::range(0, 3).command(&["no-such-program-here", "{item}"]).text(),
             "job.toml:4:11: `command`: program `no-such-program-here` is not found in PATH",
         ),
     ];
@@ -311,15 +307,13 @@ fn a_background_process_holding_the_commands_pipes_does_not_hold_its_item() {
         "case \"$1\" in\n0) sleep 100 & ;;\n1) sleep 100 >/dev/null & ;;\n2) sleep 100 >/dev/null 2>&1 & ;;\nesac\n\
          echo $(($1 * 7))\n",
     );
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 4 }}\n[task]\ncommand = [\"sh\", \"leave.sh\", \"{{item}}\"]\n\
-             parse = \"json\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n\
-             [output]\nresults = \"out.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, 4)
+        .command(&["sh", "leave.sh", "{item}"])
+        .parse("json")
+        .marker(&marker)
+        .workers(2)
+        .results("out.jsonl")
+        .write(dir.path());
     let records = run_within_30s(dir.path(), &job, 0);
     let values: BTreeMap<u64, Option<u64>> = records.iter().map(|r| (r.item, r.value)).collect();
     let expected: BTreeMap<u64, Option<u64>> = (0..4).map(|item| (item, Some(item * 7))).collect();
@@ -339,15 +333,13 @@ fn a_background_process_that_left_the_group_does_not_hold_its_item() {
         "escape.sh",
         "if [ \"$1\" = 1 ]; then setsid sleep 100 & fi\necho $(($1 * 7))\n",
     );
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 3 }}\n[task]\ncommand = [\"sh\", \"escape.sh\", \"{{item}}\"]\n\
-             parse = \"json\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 1\n\
-             [output]\nresults = \"out.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, 3)
+        .command(&["sh", "escape.sh", "{item}"])
+        .parse("json")
+        .marker(&marker)
+        .workers(1)
+        .results("out.jsonl")
+        .write(dir.path());
     let records = run_within_30s(dir.path(), &job, 0);
     let values: BTreeMap<u64, Option<u64>> = records.iter().map(|r| (r.item, r.value)).collect();
     let expected: BTreeMap<u64, Option<u64>> = (0..3).map(|item| (item, Some(item * 7))).collect();
@@ -366,15 +358,14 @@ fn a_timed_out_command_leaves_nothing_of_its_process_group() {
         "hang.sh",
         "if [ \"$1\" = 2 ]; then sleep 100 & sleep 100 >/dev/null 2>&1 & sleep 1000; fi\necho $(($1 * 7))\n",
     );
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 4 }}\n[task]\ncommand = [\"sh\", \"hang.sh\", \"{{item}}\"]\n\
-             parse = \"json\"\ntimeout = \"2s\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n\
-             [output]\nresults = \"out.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, 4)
+        .command(&["sh", "hang.sh", "{item}"])
+        .parse("json")
+        .timeout("2s")
+        .marker(&marker)
+        .workers(2)
+        .results("out.jsonl")
+        .write(dir.path());
     let records = run_within_30s(dir.path(), &job, 1);
     assert_eq!(records.len(), 4);
     for record in &records {
@@ -401,14 +392,13 @@ fn a_globbed_file_that_became_a_fifo_fails_its_item_instead_of_blocking_the_work
     // Item 0 says it runs (the listing is done), then waits (at most 60 s) for the FIFO.
     let script = "if [ {item} = 0 ]; then touch started; n=0; while [ ! -p in/f4.txt ] && [ $n -lt 1200 ]; do \
                   sleep 0.05; n=$((n+1)); done; fi; wc -l < {path}";
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"sh\", \"-c\", \"{script}\"]\nparse = \"json\"\n\
-             [workers]\ncount = 1\nbatch = 1\n[output]\nresults = \"out.jsonl\"\n"
-        ),
-    );
+    let job = Job::glob("in/*.txt")
+        .command(&["sh", "-c", script])
+        .parse("json")
+        .workers(1)
+        .batch(1)
+        .results("out.jsonl")
+        .write(dir.path());
     let job = job.to_string_lossy().into_owned();
     let mut supervisor = common::Background::start(dir.path(), &["run", "--quiet", &job]);
     let started = common::wait_until(Duration::from_secs(60), || dir.path().join("started").exists());

@@ -9,19 +9,24 @@
 )]
 mod common;
 
-use common::{run, sum_of_squares_below, write_file};
+use common::{Job, run, sum_of_squares_below};
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
+    common::temp_dir("compare")
 }
 
-const JOB: &str = "[input]\nrange = { start = 0, end = 2_000_000, chunk = 20_000 }\n[task]\nbuiltin = \"sum-squares\"\n\
-                   [output]\nreduce = \"sum\"\n";
+/// The job the comparisons run: 100 items of sum-squares, reduced to one total.
+fn job() -> Job {
+    Job::range(0, 2_000_000)
+        .chunk(20000)
+        .builtin("sum-squares")
+        .reduce("sum")
+}
 
 #[test]
 fn compare_runs_every_executor_and_finds_identical_results() {
     let dir = temp_dir();
-    let job = write_file(dir.path(), "job.toml", JOB);
+    let job = job().write(dir.path());
     let chart = dir.path().join("chart.svg");
     let ran = run(
         dir.path(),
@@ -83,7 +88,7 @@ fn compare_runs_every_executor_and_finds_identical_results() {
 #[test]
 fn compare_prints_a_table_with_a_verdict() {
     let dir = temp_dir();
-    let job = write_file(dir.path(), "job.toml", JOB);
+    let job = job().write(dir.path());
     let ran = run(
         dir.path(),
         ["compare", job.to_str().expect("utf-8"), "--repeat", "1"],
@@ -128,14 +133,7 @@ fn compare_prints_a_table_with_a_verdict() {
 #[test]
 fn an_executor_that_cannot_run_the_job_is_reported_not_fatal() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!("{JOB}[supervise]\ngrace = \"1s\"\n").replace(
-            "builtin = \"sum-squares\"\n",
-            "builtin = \"sum-squares\"\ntimeout = \"10s\"\n",
-        ),
-    );
+    let job = job().timeout("10s").supervise("grace", "1s").write(dir.path());
     let ran = run(
         dir.path(),
         ["compare", job.to_str().expect("utf-8"), "--repeat", "1", "--json"],
@@ -165,7 +163,9 @@ fn an_executor_that_cannot_run_the_job_is_reported_not_fatal() {
 }
 
 /// 200 items that do nothing: a process run pays the workers' start-up and the messages, a serial run neither.
-const NOOP_JOB: &str = "[input]\nrange = { start = 0, end = 200, chunk = 1 }\n[task]\nbuiltin = \"noop\"\n";
+fn noop_job() -> Job {
+    Job::range(0, 200).chunk(1).builtin("noop")
+}
 
 /// How one executor's min–max wall range stands against another's, computed here from the JSON numbers.
 fn order(a: &serde_json::Value, b: &serde_json::Value) -> std::cmp::Ordering {
@@ -185,7 +185,7 @@ fn order(a: &serde_json::Value, b: &serde_json::Value) -> std::cmp::Ordering {
 #[test]
 fn compare_verdict_on_a_job_processes_cannot_win_says_it_does_not_pay() {
     let dir = temp_dir();
-    let job = write_file(dir.path(), "job.toml", NOOP_JOB);
+    let job = noop_job().write(dir.path());
     let ran = run(
         dir.path(),
         [
@@ -236,7 +236,7 @@ fn compare_verdict_on_a_job_processes_cannot_win_says_it_does_not_pay() {
 #[test]
 fn compare_prints_one_progress_line_per_run_unless_quiet() {
     let dir = temp_dir();
-    let job = write_file(dir.path(), "job.toml", NOOP_JOB);
+    let job = noop_job().write(dir.path());
     let job = job.to_str().expect("utf-8");
     let ran = run(
         dir.path(),
@@ -267,11 +267,7 @@ fn compare_prints_one_progress_line_per_run_unless_quiet() {
 #[test]
 fn compare_of_a_bad_job_exits_2_naming_the_file_and_line() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nrange = { start = 0, end = 5 }\n[task]\nbuiltin = \"nope\"\n",
-    );
+    let job = Job::range(0, 5).builtin("nope").write(dir.path());
     let ran = run(dir.path(), ["compare", job.to_str().expect("utf-8")], 2);
     let stderr = ran.stderr();
     assert!(stderr.contains("job.toml:4:"), "{stderr}");

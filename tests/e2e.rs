@@ -19,23 +19,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Background, InputExt, Record, children_of, complete_lines, field_u64, generated_text, is_running, kill_survivors,
-    primes_below_table, raw_number, read_records, run, sum_of_squares, tool, wait_until, wc, wc_of_bytes, worker_pids,
-    workers_claiming, write_file,
+    Background, InputExt, Job, Record, children_of, complete_lines, field_u64, generated_text, is_running,
+    kill_survivors, path_str, primes_below_table, raw_number, read_records, run, sum_of_squares, tool, wait_until, wc,
+    wc_of_bytes, worker_pids, workers_claiming, write_file,
 };
 
 /// Workers per run: the machine has two cores, and two workers are what the tests must see doing work.
 const WORKERS: &str = "2";
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("supervisor-e2e-")
-        .tempdir()
-        .expect("create temp dir")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
+    common::temp_dir("e2e")
 }
 
 /// `run JOB --json --workers 2 --quiet`, expecting `code`. Runs from `/`, not the job's folder, so that every
@@ -67,15 +60,13 @@ fn assert_items_in_order<V>(records: &[Record<V>], n: usize) {
 fn sum_squares_total_beyond_u64_matches_the_closed_form() {
     let dir = temp_dir();
     let (end, chunk) = (10_000_000u64, 10_000u64);
-    let job = write_file(
-        dir.path(),
-        "squares.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = {end}, chunk = {chunk} }}\n\
-             [task]\nbuiltin = \"sum-squares\"\n\
-             [output]\nresults = \"squares.jsonl\"\nreduce = \"sum\"\n"
-        ),
-    );
+    let job = Job::range(0, end)
+        .chunk(chunk)
+        .builtin("sum-squares")
+        .results("squares.jsonl")
+        .reduce("sum")
+        .named("squares.toml")
+        .write(dir.path());
     let ran = run_json(&job, 0);
 
     let expected = sum_of_squares(0, end);
@@ -110,15 +101,13 @@ fn sum_squares_total_beyond_u64_matches_the_closed_form() {
 fn sum_squares_items_beyond_u64_are_exact_including_a_short_last_chunk() {
     let dir = temp_dir();
     let (start, end, chunk) = (4_000_000_000u64, 4_000_100_500u64, 1_000u64);
-    let job = write_file(
-        dir.path(),
-        "big-squares.toml",
-        format!(
-            "[input]\nrange = {{ start = {start}, end = {end}, chunk = {chunk} }}\n\
-             [task]\nbuiltin = \"sum-squares\"\n\
-             [output]\nresults = \"big.jsonl\"\nreduce = \"sum\"\n"
-        ),
-    );
+    let job = Job::range(start, end)
+        .chunk(chunk)
+        .builtin("sum-squares")
+        .results("big.jsonl")
+        .reduce("sum")
+        .named("big-squares.toml")
+        .write(dir.path());
     let ran = run_json(&job, 0);
     assert_eq!(
         raw_number(&ran.stdout(), "reduced"),
@@ -149,15 +138,13 @@ fn count_primes_match_a_serial_sieve_per_item_and_in_total() {
     let dir = temp_dir();
     // Odd bounds and chunk, so that item edges fall anywhere.
     let (start, end, chunk) = (1u64, 2_000_003u64, 19_997u64);
-    let job = write_file(
-        dir.path(),
-        "primes.toml",
-        format!(
-            "[input]\nrange = {{ start = {start}, end = {end}, chunk = {chunk} }}\n\
-             [task]\nbuiltin = \"count-primes\"\n\
-             [output]\nresults = \"primes.jsonl\"\nreduce = \"sum\"\n"
-        ),
-    );
+    let job = Job::range(start, end)
+        .chunk(chunk)
+        .builtin("count-primes")
+        .results("primes.jsonl")
+        .reduce("sum")
+        .named("primes.toml")
+        .write(dir.path());
     let ran = run_json(&job, 0);
     let below = primes_below_table(end as usize);
     let primes = |lo: u64, hi: u64| u128::from(below[hi as usize] - below[lo as usize]);
@@ -187,14 +174,12 @@ fn reduce_min_max_and_count_agree_with_a_serial_sieve() {
         ("count", Some(per_item.len() as u64)),
     ];
     for (reduce, value) in expected {
-        let job = write_file(
-            dir.path(),
-            &format!("{reduce}.toml"),
-            format!(
-                "[input]\nrange = {{ start = 0, end = {end}, chunk = {chunk} }}\n\
-                 [task]\nbuiltin = \"count-primes\"\n[output]\nreduce = \"{reduce}\"\n"
-            ),
-        );
+        let job = Job::range(0, end)
+            .chunk(chunk)
+            .builtin("count-primes")
+            .reduce(reduce)
+            .named(&format!("{reduce}.toml"))
+            .write(dir.path());
         let ran = run_json(&job, 0);
         let summary = ran.summary();
         assert_eq!(summary["reduce"], reduce);
@@ -208,12 +193,12 @@ fn reduce_min_max_and_count_agree_with_a_serial_sieve() {
 fn empty_file_runs_no_items_and_exits_0() {
     let dir = temp_dir();
     write_file(dir.path(), "empty.txt", "");
-    let job = write_file(
-        dir.path(),
-        "empty-file.toml",
-        "[input]\nfile = \"empty.txt\"\n[task]\nbuiltin = \"line-count\"\n\
-         [output]\nresults = \"empty-file.jsonl\"\nreduce = \"sum\"\n",
-    );
+    let job = Job::file("empty.txt")
+        .builtin("line-count")
+        .results("empty-file.jsonl")
+        .reduce("sum")
+        .named("empty-file.toml")
+        .write(dir.path());
     let ran = run_json(&job, 0);
     assert_eq!(field_u64(&ran.summary(), "items"), 0);
     assert_eq!(raw_number(&ran.stdout(), "reduced"), "0");
@@ -226,17 +211,20 @@ fn empty_file_runs_no_items_and_exits_0() {
 /// Runs `builtin` (with `args`) over `file` in 64 KiB chunks; checks that the records are items `0..n` in input
 /// order whose `offset/len` tile the file exactly, each chunk ending just after a newline or at the end of the
 /// file. Returns the records and the run.
-fn run_chunked(dir: &Path, file: &Path, builtin: &str, args: &str) -> (Vec<Record<u128>>, common::Ran) {
-    let job = write_file(
-        dir,
-        &format!("{builtin}.toml"),
-        format!(
-            "[input]\nfile = \"{}\"\nsplit = \"lines\"\nchunk_bytes = \"64KiB\"\n\
-             [task]\nbuiltin = \"{builtin}\"\n{args}\n\
-             [output]\nresults = \"{builtin}.jsonl\"\nreduce = \"sum\"\norder = \"input\"\n",
-            file.file_name().and_then(OsStr::to_str).expect("file name")
-        ),
-    );
+fn run_chunked(dir: &Path, file: &Path, builtin: &str, args: Option<&str>) -> (Vec<Record<u128>>, common::Ran) {
+    let mut job = Job::file(file.file_name().and_then(OsStr::to_str).expect("file name"))
+        .split("lines")
+        .chunk_bytes("64KiB")
+        .builtin(builtin);
+    if let Some(args) = args {
+        job = job.args(args);
+    }
+    let job = job
+        .results(format!("{builtin}.jsonl"))
+        .reduce("sum")
+        .order("input")
+        .named(&format!("{builtin}.toml"))
+        .write(dir);
     let ran = run_json(&job, 0);
     let records = read_records::<u128>(&dir.join(format!("{builtin}.jsonl")));
     let data = std::fs::read(file).expect("read input");
@@ -274,7 +262,7 @@ fn line_count_matches_wc_l_across_many_chunks() {
     // No final newline: `wc -l` counts newline bytes, so the unterminated last line is not a line.
     let data = generated_text(4 << 20, 1, false);
     let file = write_file(dir.path(), "text.txt", &data);
-    let (records, ran) = run_chunked(dir.path(), &file, "line-count", "");
+    let (records, ran) = run_chunked(dir.path(), &file, "line-count", None);
 
     for record in &records {
         let newlines = chunk_of(&data, record).iter().filter(|&&b| b == b'\n').count();
@@ -288,12 +276,13 @@ fn split_none_makes_the_whole_file_one_item() {
     let dir = temp_dir();
     let data = generated_text(1 << 20, 6, true);
     let file = write_file(dir.path(), "whole.txt", &data);
-    let job = write_file(
-        dir.path(),
-        "whole.toml",
-        "[input]\nfile = \"whole.txt\"\nsplit = \"none\"\nchunk_bytes = \"4KiB\"\n\
-         [task]\nbuiltin = \"word-count\"\n[output]\nresults = \"whole.jsonl\"\n",
-    );
+    let job = Job::file("whole.txt")
+        .split("none")
+        .chunk_bytes("4KiB")
+        .builtin("word-count")
+        .results("whole.jsonl")
+        .named("whole.toml")
+        .write(dir.path());
     run_json(&job, 0);
     let records = read_records::<u128>(&dir.path().join("whole.jsonl"));
     assert_items_in_order(&records, 1);
@@ -306,7 +295,7 @@ fn word_count_matches_c_locale_wc_w_per_chunk_and_in_total() {
     let dir = temp_dir();
     let data = generated_text(4 << 20, 2, true);
     let file = write_file(dir.path(), "words.txt", &data);
-    let (records, ran) = run_chunked(dir.path(), &file, "word-count", "");
+    let (records, ran) = run_chunked(dir.path(), &file, "word-count", None);
 
     for record in &records {
         let expected = wc_of_bytes("-w", dir.path(), chunk_of(&data, record));
@@ -334,8 +323,8 @@ fn grep_counts_match_grep_c_e_with_and_without_ignore_case() {
     };
 
     for (ignore_case, flags) in [(false, "-cE"), (true, "-ciE")] {
-        let args = format!("args = {{ pattern = '{pattern}', ignore_case = {ignore_case} }}");
-        let (records, ran) = run_chunked(dir.path(), &file, "grep", &args);
+        let args = format!("{{ pattern = '{pattern}', ignore_case = {ignore_case} }}");
+        let (records, ran) = run_chunked(dir.path(), &file, "grep", Some(&args));
         let expected = grep_count(flags);
         assert!(expected > 0, "the pattern must match something");
         assert_eq!(
@@ -354,12 +343,13 @@ fn grep_counts_an_item_that_is_a_single_empty_line() {
     let dir = temp_dir();
     // With chunk_bytes = 1 the items are "a\n", "\n" and "b\n"; `^$` matches the middle one.
     let file = write_file(dir.path(), "blank.txt", "a\n\nb\n");
-    let job = write_file(
-        dir.path(),
-        "blank.toml",
-        "[input]\nfile = \"blank.txt\"\nchunk_bytes = 1\n\
-         [task]\nbuiltin = \"grep\"\nargs = { pattern = \"^$\" }\n[output]\nreduce = \"sum\"\n",
-    );
+    let job = Job::file("blank.txt")
+        .chunk_bytes(1)
+        .builtin("grep")
+        .args("{ pattern = \"^$\" }")
+        .reduce("sum")
+        .named("blank.toml")
+        .write(dir.path());
     let expected = tool(
         "grep",
         &[OsStr::new("-cE"), OsStr::new("^$"), file.as_os_str()],
@@ -391,12 +381,11 @@ fn sha256_of_each_globbed_file_matches_sha256sum() {
     write_file(&data, "notes.txt", "not a .bin file\n");
     std::fs::create_dir(data.join("folder.bin")).expect("mkdir folder.bin");
 
-    let job = write_file(
-        dir.path(),
-        "digests.toml",
-        "[input]\nglob = \"data/*.bin\"\n[task]\nbuiltin = \"sha256\"\n\
-         [output]\nresults = \"digests.jsonl\"\n",
-    );
+    let job = Job::glob("data/*.bin")
+        .builtin("sha256")
+        .results("digests.jsonl")
+        .named("digests.toml")
+        .write(dir.path());
     let checked = run(dir.path(), ["check", path_str(&job)], 0);
     assert!(
         checked.stdout().contains(&format!("{} items", files.len())),
@@ -452,12 +441,13 @@ fn large_file_input_keeps_ipc_small_and_uses_two_workers() {
     let size = std::fs::metadata(&file).expect("metadata").len();
     assert!(size >= 64 << 20);
 
-    let job = write_file(
-        dir.path(),
-        "large.toml",
-        "[input]\nfile = \"large.txt\"\nchunk_bytes = \"1MiB\"\n[task]\nbuiltin = \"line-count\"\n\
-         [output]\nresults = \"large.jsonl\"\nreduce = \"sum\"\n",
-    );
+    let job = Job::file("large.txt")
+        .chunk_bytes("1MiB")
+        .builtin("line-count")
+        .results("large.jsonl")
+        .reduce("sum")
+        .named("large.toml")
+        .write(dir.path());
     let ran = run_json(&job, 0);
     let summary = ran.summary();
 
@@ -485,14 +475,11 @@ fn large_file_input_keeps_ipc_small_and_uses_two_workers() {
 fn noop_runs_every_item_exactly_once() {
     let dir = temp_dir();
     let n = 200_000usize;
-    let job = write_file(
-        dir.path(),
-        "noop.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = {n} }}\n[task]\nbuiltin = \"noop\"\n\
-             [output]\nresults = \"noop.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, n)
+        .builtin("noop")
+        .results("noop.jsonl")
+        .named("noop.toml")
+        .write(dir.path());
     let ran = run_json(&job, 0);
     let summary = ran.summary();
     assert_eq!(field_u64(&summary, "items"), n as u64);
@@ -514,14 +501,13 @@ fn noop_runs_every_item_exactly_once() {
 fn completion_order_still_yields_exactly_one_record_per_item() {
     let dir = temp_dir();
     let n = 50_000u64;
-    let job = write_file(
-        dir.path(),
-        "completion.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = {n} }}\n[task]\nbuiltin = \"fault\"\n\
-             [output]\nresults = \"completion.jsonl\"\norder = \"completion\"\nreduce = \"sum\"\n"
-        ),
-    );
+    let job = Job::range(0, n)
+        .builtin("fault")
+        .results("completion.jsonl")
+        .order("completion")
+        .reduce("sum")
+        .named("completion.toml")
+        .write(dir.path());
     let ran = run_json(&job, 0);
     // `fault` with nothing to inject returns each item's index: Σ i for i < n.
     let expected = u128::from(n) * u128::from(n - 1) / 2;
@@ -544,17 +530,14 @@ fn crashes_fail_only_the_item_that_crashed() {
     let dir = temp_dir();
     let n = 2000u64;
     // batch = 50: every crashing item shares its first batch with healthy ones.
-    let job = write_file(
-        dir.path(),
-        "fault.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = {n}, chunk = 1 }}\n\
-             [task]\nbuiltin = \"fault\"\n\
-             args = {{ segfault = [3, 17], panic = [5], abort = [7], exit = [9], error = [11] }}\n\
-             [workers]\nbatch = 50\n\
-             [output]\nresults = \"fault.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, n)
+        .chunk(1)
+        .builtin("fault")
+        .args("{ segfault = [3, 17], panic = [5], abort = [7], exit = [9], error = [11] }")
+        .batch(50)
+        .results("fault.jsonl")
+        .named("fault.toml")
+        .write(dir.path());
     let ran = run_json(&job, 1);
     let summary = ran.summary();
     assert_eq!(field_u64(&summary, "items"), n);
@@ -716,11 +699,10 @@ fn bad_job_files_exit_2_naming_file_line_and_column_and_write_nothing() {
 
 fn glob_matching_nothing_is_located_in_the_job_file() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "empty-glob.toml",
-        "[input]\nglob = \"nothing/*.bin\"\n[task]\nbuiltin = \"sha256\"\n",
-    );
+    let job = Job::glob("nothing/*.bin")
+        .builtin("sha256")
+        .named("empty-glob.toml")
+        .write(dir.path());
     let ran = run(dir.path(), ["run", path_str(&job)], 2);
     let location = format!("{}:2:8:", job.display());
     assert!(ran.stderr().contains(&location), "expected {location}");
@@ -730,14 +712,12 @@ fn glob_matching_nothing_is_located_in_the_job_file() {
 fn check_reports_the_item_count_without_running_anything() {
     let dir = temp_dir();
     let (start, end, chunk) = (3u64, 10_000u64, 7u64);
-    let job = write_file(
-        dir.path(),
-        "valid.toml",
-        format!(
-            "[input]\nrange = {{ start = {start}, end = {end}, chunk = {chunk} }}\n\
-             [task]\nbuiltin = \"count-primes\"\n[output]\nresults = \"never.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(start, end)
+        .chunk(chunk)
+        .builtin("count-primes")
+        .results("never.jsonl")
+        .named("valid.toml")
+        .write(dir.path());
     let ran = run(dir.path(), ["check", path_str(&job)], 0);
     let items = (end - start).div_ceil(chunk);
     assert!(
@@ -775,12 +755,11 @@ fn tasks_lists_every_builtin() {
 #[test]
 fn bad_command_lines_exit_2_and_write_nothing() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "fine.toml",
-        "[input]\nrange = { start = 0, end = 10 }\n[task]\nbuiltin = \"noop\"\n\
-         [output]\nresults = \"fine.jsonl\"\n",
-    );
+    let job = Job::range(0, 10)
+        .builtin("noop")
+        .results("fine.jsonl")
+        .named("fine.toml")
+        .write(dir.path());
     let job = path_str(&job);
     for (args, says) in [
         (vec!["run", job, "--workers", "0"], "--workers"),
@@ -800,15 +779,13 @@ fn bad_command_lines_exit_2_and_write_nothing() {
 fn workers_results_and_batch_flags_override_the_job_file() {
     let dir = temp_dir();
     let n = 1000u64;
-    let job = write_file(
-        dir.path(),
-        "flags.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = {n} }}\n[task]\nbuiltin = \"fault\"\n\
-             [workers]\ncount = 1\nbatch = 100\n\
-             [output]\nresults = \"from-job.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, n)
+        .builtin("fault")
+        .workers(1)
+        .batch(100)
+        .results("from-job.jsonl")
+        .named("flags.toml")
+        .write(dir.path());
     // --results is relative to the current folder, not the job's.
     let cwd = dir.path().join("elsewhere");
     std::fs::create_dir(&cwd).expect("mkdir");
@@ -856,13 +833,13 @@ fn workers_results_and_batch_flags_override_the_job_file() {
 
 /// A job of 800 000 sum-squares items that takes tens of seconds on two cores and writes results early.
 fn slow_job(dir: &Path) -> std::path::PathBuf {
-    write_file(
-        dir,
-        "slow.toml",
-        "[input]\nrange = { start = 0, end = 4_000_000_000, chunk = 5_000 }\n\
-         [task]\nbuiltin = \"sum-squares\"\n\
-         [output]\nresults = \"slow.jsonl\"\nreduce = \"sum\"\n",
-    )
+    Job::range(0, 4_000_000_000_u64)
+        .chunk(5000)
+        .builtin("sum-squares")
+        .results("slow.jsonl")
+        .reduce("sum")
+        .named("slow.toml")
+        .write(dir)
 }
 
 /// Starts the slow job and waits until its journal holds records (the run is under way) and both workers exist.

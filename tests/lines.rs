@@ -16,10 +16,7 @@ use std::path::Path;
 use common::*;
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("supervisor-lines-")
-        .tempdir()
-        .expect("create temp dir")
+    common::temp_dir("lines")
 }
 
 /// `(offset, len)` of every line of `text`, by a serial loop: split at `\n`, a `\r` before it not part of the
@@ -76,14 +73,14 @@ fn plain_text(lines: usize, seed: u64, final_newline: bool) -> Vec<u8> {
 }
 
 fn job(dir: &Path, name: &str, input: &str, task: &str) -> std::path::PathBuf {
-    write_file(
-        dir,
-        &format!("{name}.toml"),
-        format!(
-            "[input]\nlines = \"{input}\"\n[task]\nbuiltin = \"{task}\"\n[workers]\ncount = 3\nbatch = 50\n\
-             [output]\nresults = \"{name}.jsonl\"\nreduce = \"sum\"\n"
-        ),
-    )
+    Job::lines(input)
+        .builtin(task)
+        .workers(3)
+        .batch(50)
+        .results(format!("{name}.jsonl"))
+        .reduce("sum")
+        .named(&format!("{name}.toml"))
+        .write(dir)
 }
 
 /// Checks that `records` are one per line of `text`, in item order, each with the line's place and `expected`

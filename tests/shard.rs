@@ -29,14 +29,7 @@ const SCHEDULER_VARS: [&str; 6] = [
 ];
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("supervisor-shard-")
-        .tempdir()
-        .expect("create temp dir")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
+    common::temp_dir("shard")
 }
 
 /// Runs `supervisor ARGS` in `cwd` with `env` set (and the scheduler's variables otherwise removed); checks the
@@ -134,60 +127,64 @@ fn sources(dir: &Path) -> Vec<Source> {
     vec![
         Source {
             name: "range",
-            job: write_file(
-                dir,
-                "range.toml",
-                "[input]\nrange = { start = 0, end = 1_000_003, chunk = 9_999 }\n[task]\nbuiltin = \"sum-squares\"\n\
-                 [output]\nresults = \"out/range.jsonl\"\nreduce = \"sum\"\n",
-            ),
+            job: Job::range(0, 1_000_003)
+                .chunk(9999)
+                .builtin("sum-squares")
+                .results("out/range.jsonl")
+                .reduce("sum")
+                .named("range.toml")
+                .write(dir),
             results: dir.join("out/range.jsonl"),
             expected: serde_json::Value::from(u64::try_from(sum_of_squares_below(1_000_003)).expect("fits u64")),
             digests: BTreeMap::new(),
         },
         Source {
             name: "file chunks",
-            job: write_file(
-                dir,
-                "chunks.toml",
-                "[input]\nfile = \"corpus.txt\"\nchunk_bytes = 4096\n[task]\nbuiltin = \"line-count\"\n\
-                 [output]\nresults = \"out/chunks.jsonl\"\nreduce = \"sum\"\n",
-            ),
+            job: Job::file("corpus.txt")
+                .chunk_bytes(4096)
+                .builtin("line-count")
+                .results("out/chunks.jsonl")
+                .reduce("sum")
+                .named("chunks.toml")
+                .write(dir),
             results: dir.join("out/chunks.jsonl"),
             expected: serde_json::Value::from(lines as u64),
             digests: BTreeMap::new(),
         },
         Source {
             name: "glob",
-            job: write_file(
-                dir,
-                "glob.toml",
-                "[input]\nglob = \"files/*.txt\"\n[task]\nbuiltin = \"sha256\"\n\
-                 [output]\nresults = \"out/glob.jsonl\"\nreduce = \"count\"\n",
-            ),
+            job: Job::glob("files/*.txt")
+                .builtin("sha256")
+                .results("out/glob.jsonl")
+                .reduce("count")
+                .named("glob.toml")
+                .write(dir),
             results: dir.join("out/glob.jsonl"),
             expected: serde_json::Value::from(23),
             digests,
         },
         Source {
             name: "lines",
-            job: write_file(
-                dir,
-                "lines.toml",
-                "[input]\nlines = \"corpus.txt\"\n[task]\nbuiltin = \"word-count\"\n[workers]\nbatch = 64\n\
-                 [output]\nresults = \"out/lines.jsonl\"\nreduce = \"sum\"\n",
-            ),
+            job: Job::lines("corpus.txt")
+                .builtin("word-count")
+                .batch(64)
+                .results("out/lines.jsonl")
+                .reduce("sum")
+                .named("lines.toml")
+                .write(dir),
             results: dir.join("out/lines.jsonl"),
             expected: serde_json::Value::from(words as u64),
             digests: BTreeMap::new(),
         },
         Source {
             name: "whole file",
-            job: write_file(
-                dir,
-                "whole.toml",
-                "[input]\nfile = \"corpus.txt\"\nsplit = \"none\"\n[task]\nbuiltin = \"line-count\"\n\
-                 [output]\nresults = \"out/whole.jsonl\"\nreduce = \"sum\"\n",
-            ),
+            job: Job::file("corpus.txt")
+                .split("none")
+                .builtin("line-count")
+                .results("out/whole.jsonl")
+                .reduce("sum")
+                .named("whole.toml")
+                .write(dir),
             results: dir.join("out/whole.jsonl"),
             expected: serde_json::Value::from(lines as u64),
             digests: BTreeMap::new(),
@@ -305,12 +302,12 @@ fn every_source_splits_into_shards_that_cover_each_item_exactly_once() {
 
 /// Runs the three shards of a small range job and returns the job file and its results path.
 fn three_shards(dir: &Path) -> (PathBuf, PathBuf) {
-    let job = write_file(
-        dir,
-        "job.toml",
-        "[input]\nrange = { start = 0, end = 3000, chunk = 10 }\n[task]\nbuiltin = \"sum-squares\"\n\
-         [output]\nresults = \"r.jsonl\"\nreduce = \"sum\"\n",
-    );
+    let job = Job::range(0, 3000)
+        .chunk(10)
+        .builtin("sum-squares")
+        .results("r.jsonl")
+        .reduce("sum")
+        .write(dir);
     for index in 0..3 {
         run_env(
             dir,
@@ -404,12 +401,13 @@ fn signal_tree(pid: i32, signal: i32) {
 #[test]
 fn a_shard_stopped_by_sigterm_resumes_with_nothing_lost() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "slow.toml",
-        "[input]\nrange = { start = 0, end = 1_000_000_000, chunk = 5_000 }\n[task]\nbuiltin = \"sum-squares\"\n\
-         [output]\nresults = \"slow.jsonl\"\nreduce = \"sum\"\n",
-    );
+    let job = Job::range(0, 1_000_000_000)
+        .chunk(5000)
+        .builtin("sum-squares")
+        .results("slow.jsonl")
+        .reduce("sum")
+        .named("slow.toml")
+        .write(dir.path());
     let results = dir.path().join("slow.jsonl");
     let shard_results = shard_file(&results, 1, 2);
     let journal = PathBuf::from(format!("{}.journal", shard_results.display()));
@@ -509,12 +507,12 @@ fn resuming_another_shards_journal_is_refused() {
 #[test]
 fn the_shard_comes_from_the_schedulers_environment() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nrange = { start = 0, end = 1000, chunk = 10 }\n[task]\nbuiltin = \"sum-squares\"\n\
-         [output]\nresults = \"r.jsonl\"\nreduce = \"sum\"\n",
-    );
+    let job = Job::range(0, 1000)
+        .chunk(10)
+        .builtin("sum-squares")
+        .results("r.jsonl")
+        .reduce("sum")
+        .write(dir.path());
     let results = dir.path().join("r.jsonl");
     // A Slurm array --array=10-12: task 12 is shard 2 of 3.
     let slurm = [
@@ -568,11 +566,10 @@ fn the_shard_comes_from_the_schedulers_environment() {
 #[test]
 fn workers_follow_the_cpus_the_scheduler_gave() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nrange = { start = 0, end = 100000, chunk = 10 }\n[task]\nbuiltin = \"sum-squares\"\n",
-    );
+    let job = Job::range(0, 100_000)
+        .chunk(10)
+        .builtin("sum-squares")
+        .write(dir.path());
     let job = path_str(&job);
     // One CPU in the affinity mask: one worker, whatever the machine has.
     let (stdout, _) = run_with(
@@ -616,12 +613,13 @@ fn workers_follow_the_cpus_the_scheduler_gave() {
 #[test]
 fn export_slurm_prints_a_job_array_script() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "name = \"squares\"\n[input]\nrange = { start = 0, end = 1000, chunk = 10 }\n[task]\nbuiltin = \"sum-squares\"\n\
-         [supervise]\ngrace = \"20s\"\n[output]\nresults = \"r.jsonl\"\n",
-    );
+    let job = Job::range(0, 1000)
+        .name("squares")
+        .chunk(10)
+        .builtin("sum-squares")
+        .supervise("grace", "20s")
+        .results("r.jsonl")
+        .write(dir.path());
     let (script, _) = run_env(
         dir.path(),
         &[
@@ -665,11 +663,10 @@ fn export_slurm_prints_a_job_array_script() {
     assert!(script.lines().any(|l| l == "#SBATCH --exclusive"), "{script}");
     assert!(!script.contains("--cpus-per-task="), "{script}");
     // Without a results file there is nothing to merge.
-    let no_results = write_file(
-        dir.path(),
-        "nothing.toml",
-        "[input]\nrange = { start = 0, end = 10 }\n[task]\nbuiltin = \"noop\"\n",
-    );
+    let no_results = Job::range(0, 10)
+        .builtin("noop")
+        .named("nothing.toml")
+        .write(dir.path());
     let (_, stderr) = run_env(
         dir.path(),
         &[
@@ -690,12 +687,13 @@ fn export_slurm_prints_a_job_array_script() {
 #[test]
 fn export_k8s_prints_an_indexed_job() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "name = \"Squares\"\n[input]\nrange = { start = 0, end = 1000, chunk = 10 }\n[task]\nbuiltin = \"sum-squares\"\n\
-         [workers]\ncount = 4\n[output]\nresults = \"r.jsonl\"\n",
-    );
+    let job = Job::range(0, 1000)
+        .name("Squares")
+        .chunk(10)
+        .builtin("sum-squares")
+        .workers(4)
+        .results("r.jsonl")
+        .write(dir.path());
     let (manifest, _) = run_env(
         dir.path(),
         &[
@@ -742,12 +740,12 @@ fn export_k8s_prints_an_indexed_job() {
         .status()
         .is_ok_and(|s| s.success());
     // With `count = "auto"` and no --cpus: no CPU resources, and a comment saying so.
-    let auto = write_file(
-        dir.path(),
-        "auto.toml",
-        "[input]\nrange = { start = 0, end = 1000, chunk = 10 }\n[task]\nbuiltin = \"sum-squares\"\n\
-         [output]\nresults = \"r.jsonl\"\n",
-    );
+    let auto = Job::range(0, 1000)
+        .chunk(10)
+        .builtin("sum-squares")
+        .results("r.jsonl")
+        .named("auto.toml")
+        .write(dir.path());
     let (auto_manifest, _) = run_env(
         dir.path(),
         &["export", "k8s", path_str(&auto), "--shards", "2", "--image", "img"],

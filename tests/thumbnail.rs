@@ -17,18 +17,11 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use common::{InputExt, Record, read_records, run, write_file};
+use common::{InputExt, Job, Record, path_str, read_records, run, write_file};
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("supervisor-thumbnail-")
-        .tempdir()
-        .expect("create temp dir")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
+    common::temp_dir("thumbnail")
 }
 
 /// A deterministic colourful RGB test picture.
@@ -169,12 +162,12 @@ fn thumbnails_of_every_format_have_the_right_size_and_bad_images_fail_alone() {
     for (name, bytes, expect) in inputs {
         expected.insert(write_file(&images, name, bytes), expect);
     }
-    let job = write_file(
-        dir.path(),
-        "thumbs.toml",
-        "[input]\nglob = \"images/**/*.*\"\n[task]\nbuiltin = \"thumbnail\"\n\
-         args = { out_dir = \"out/thumbs\", size = 128 }\n[output]\nresults = \"results.jsonl\"\n",
-    );
+    let job = Job::glob("images/**/*.*")
+        .builtin("thumbnail")
+        .args("{ out_dir = \"out/thumbs\", size = 128 }")
+        .results("results.jsonl")
+        .named("thumbs.toml")
+        .write(dir.path());
     // From `/`: the relative `out_dir` must resolve against the job file's folder, not the current one.
     let ran = run(Path::new("/"), ["run", path_str(&job), "--workers", "2", "--quiet"], 1);
 
@@ -248,12 +241,13 @@ fn a_whole_file_input_gives_one_thumbnail() {
         "photo.jpeg",
         encode(&rgb_picture(1000, 333), ImageFormat::Jpeg),
     );
-    let job = write_file(
-        dir.path(),
-        "one.toml",
-        "[input]\nfile = \"photo.jpeg\"\nsplit = \"none\"\n[task]\nbuiltin = \"thumbnail\"\n\
-         args = { out_dir = \"small\", size = 50 }\n[output]\nresults = \"one.jsonl\"\n",
-    );
+    let job = Job::file("photo.jpeg")
+        .split("none")
+        .builtin("thumbnail")
+        .args("{ out_dir = \"small\", size = 50 }")
+        .results("one.jsonl")
+        .named("one.toml")
+        .write(dir.path());
     run(Path::new("/"), ["run", path_str(&job), "--quiet"], 0);
     let records: Vec<Record<serde_json::Value>> = read_records(&dir.path().join("one.jsonl"));
     assert_eq!(records.len(), 1);
@@ -274,11 +268,7 @@ fn bad_thumbnail_args_are_rejected_before_running() {
         ("{ out_dir = \"t\", max_alloc = \"lots\" }", "max_alloc"),
         ("{ out_dir = \"t\", sise = 3 }", "unknown argument `sise`"),
     ] {
-        let job = write_file(
-            dir.path(),
-            "job.toml",
-            format!("[input]\nglob = \"*.png\"\n[task]\nbuiltin = \"thumbnail\"\nargs = {args}\n"),
-        );
+        let job = Job::glob("*.png").builtin("thumbnail").args(args).write(dir.path());
         let ran = run(dir.path(), ["run", path_str(&job), "--quiet"], 2);
         assert!(ran.stderr().contains(words), "{args}: stderr should say {words:?}");
         assert!(ran.stderr().contains("job.toml:5:"), "{args}: error located at args");

@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Background, InputExt, read_records, wait_until, write_file};
+use common::{Background, InputExt, Job, read_records, wait_until, write_file};
 
 const PAGE: u64 = 4096;
 /// Generous: the machine is shared.
@@ -38,6 +38,16 @@ fn run_truncating(dir: &Path, job: &Path, act: impl FnOnce()) -> Background {
     supervisor
 }
 
+/// The `fault` task's arguments that hold item 0 until `DIR/go` exists, after marking in `DIR/once` that it
+/// started.
+fn held_item_zero(dir: &Path) -> String {
+    format!(
+        "{{ wait = [0], wait_for = \"{}\", once_dir = \"{}\" }}",
+        dir.join("go").display(),
+        dir.join("once").display()
+    )
+}
+
 #[test]
 fn a_file_input_that_shrinks_fails_only_the_items_past_its_new_end() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -46,17 +56,14 @@ fn a_file_input_that_shrinks_fails_only_the_items_past_its_new_end() {
     // 16 chunks of one page each: 64 lines of 64 bytes per page, so chunk boundaries fall on page boundaries.
     let line = format!("{}\n", "x".repeat(63));
     let input = write_file(dir, "input.txt", line.repeat(16 * 64));
-    let job = write_file(
-        dir,
-        "job.toml",
-        format!(
-            "[input]\nfile = \"input.txt\"\nchunk_bytes = {PAGE}\n[task]\nbuiltin = \"fault\"\n\
-             args = {{ wait = [0], wait_for = \"{go}\", once_dir = \"{once}\" }}\n\
-             [workers]\ncount = 1\nbatch = 1\n[output]\nresults = \"results.jsonl\"\n",
-            go = dir.join("go").display(),
-            once = dir.join("once").display(),
-        ),
-    );
+    let job = Job::file("input.txt")
+        .chunk_bytes(PAGE)
+        .builtin("fault")
+        .args(held_item_zero(dir))
+        .workers(1)
+        .batch(1)
+        .results("results.jsonl")
+        .write(dir);
     // Keep 5 pages: items 0–4 stay whole, items 5–15 are past the new end.
     let kept = 5 * PAGE;
     let supervisor = run_truncating(dir, &job, || {
@@ -115,17 +122,12 @@ fn a_glob_file_truncated_while_its_item_runs_fails_that_item_only() {
             vec![b'y'; 2 * PAGE as usize],
         );
     }
-    let job = write_file(
-        dir,
-        "job.toml",
-        format!(
-            "[input]\nglob = \"files/*.txt\"\n[task]\nbuiltin = \"fault\"\n\
-             args = {{ wait = [0], wait_for = \"{go}\", once_dir = \"{once}\" }}\n\
-             [workers]\ncount = 1\n[output]\nresults = \"results.jsonl\"\n",
-            go = dir.join("go").display(),
-            once = dir.join("once").display(),
-        ),
-    );
+    let job = Job::glob("files/*.txt")
+        .builtin("fault")
+        .args(held_item_zero(dir))
+        .workers(1)
+        .results("results.jsonl")
+        .write(dir);
     let first = dir.join("files/a.txt");
     run_truncating(dir, &job, || {
         std::fs::OpenOptions::new()

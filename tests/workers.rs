@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{InputExt, generated_text, read_records, run, wc, write_file};
+use common::{InputExt, Job, generated_text, read_records, run, wc, write_file};
 
 /// The repository's root folder.
 fn repo() -> PathBuf {
@@ -72,16 +72,17 @@ fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
     let marker = dir.path().to_string_lossy().into_owned();
     write_file(dir.path(), "square.py", PYTHON_WORKER);
     let helper = repo().join("python");
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 40 }}\n[task]\nworker = [\"python3\", \"square.py\"]\ntimeout = \"4s\"\n\
-             env = {{ TEST_MARKER = \"{marker}\", HELPER_DIR = \"{}\" }}\n[workers]\ncount = 2\nbatch = 4\n\
-             [output]\nresults = \"out.jsonl\"\n",
-            helper.display()
-        ),
-    );
+    let job = Job::range(0, 40)
+        .worker(&["python3", "square.py"])
+        .timeout("4s")
+        .env(&[
+            ("TEST_MARKER", &marker),
+            ("HELPER_DIR", &format!("{}", helper.display())),
+        ])
+        .workers(2)
+        .batch(4)
+        .results("out.jsonl")
+        .write(dir.path());
     run(dir.path(), [OsStr::new("run"), job.as_os_str()], 1);
     let records = read_records::<serde_json::Value>(&dir.path().join("out.jsonl"));
     assert_eq!(records.len(), 40);
@@ -222,15 +223,13 @@ fn custom_rust_worker_counts_lines_of_mapped_chunks() {
     let dir = tempfile::tempdir().expect("tempdir");
     let text = generated_text(4 << 20, 11, true);
     let big = write_file(dir.path(), "big.txt", &text);
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nfile = \"big.txt\"\nchunk_bytes = \"64KiB\"\n[task]\nworker_bin = \"{}\"\n[workers]\ncount = 2\n\
-             [output]\nresults = \"out.jsonl\"\nreduce = \"sum\"\n",
-            bin.display()
-        ),
-    );
+    let job = Job::file("big.txt")
+        .chunk_bytes("64KiB")
+        .worker_bin(format!("{}", bin.display()))
+        .workers(2)
+        .results("out.jsonl")
+        .reduce("sum")
+        .write(dir.path());
     let ran = run(
         dir.path(),
         [OsStr::new("run"), OsStr::new("--json"), job.as_os_str()],
@@ -258,11 +257,10 @@ fn custom_rust_worker_counts_lines_of_mapped_chunks() {
 #[test]
 fn worker_bin_with_the_fork_server_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker_bin = \"/bin/true\"\n[workers]\nstart = \"forkserver\"\n",
-    );
+    let job = Job::range(0, 3)
+        .worker_bin("/bin/true")
+        .start("forkserver")
+        .write(dir.path());
     let ran = run(dir.path(), [OsStr::new("check"), job.as_os_str()], 2);
     assert!(
         ran.stderr()
@@ -270,11 +268,7 @@ fn worker_bin_with_the_fork_server_is_refused() {
         "{}",
         ran.stderr()
     );
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker_bin = \"/bin/true\"\n",
-    );
+    let job = Job::range(0, 3).worker_bin("/bin/true").write(dir.path());
     let ran = run(
         dir.path(),
         [
@@ -305,12 +299,10 @@ fn a_worker_bin_that_never_says_hello_times_out_instead_of_hanging() {
         format!("#!/bin/sh\nexport TEST_MARKER='{marker}'\nexec sleep 1000\n"),
     );
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nrange = { start = 0, end = 3 }\n[task]\nworker_bin = \"not-a-worker.sh\"\n\
-         [supervise]\nstart_timeout = \"500ms\"\n",
-    );
+    let job = Job::range(0, 3)
+        .worker_bin("not-a-worker.sh")
+        .supervise("start_timeout", "500ms")
+        .write(dir.path());
     let ran = run(dir.path(), [OsStr::new("run"), job.as_os_str()], 3);
     assert!(
         ran.stderr().contains("never said hello within start_timeout = 500ms"),
@@ -335,14 +327,12 @@ fn a_persistent_process_that_exits_while_a_child_holds_its_pipes_fails_only_its_
          \x20 if [ \"$item\" = 3 ]; then sleep 100 & echo 'leaving a sleep behind' >&2; exit 3; fi\n\
          \x20 echo \"{\\\"item\\\":$item,\\\"value\\\":$((item * 7))}\"\ndone\n",
     );
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 8 }}\n[task]\nworker = [\"sh\", \"answer.sh\"]\n\
-             env = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 1\n[output]\nresults = \"out.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, 8)
+        .worker(&["sh", "answer.sh"])
+        .marker(&marker)
+        .workers(1)
+        .results("out.jsonl")
+        .write(dir.path());
     let job = job.to_string_lossy().into_owned();
     // Far less than the 100 s the leftover `sleep` would hold the item.
     let mut supervisor = common::Background::start(dir.path(), &["run", "--quiet", &job]);
@@ -382,15 +372,15 @@ fn a_persistent_worker_that_fails_at_start_ends_the_run() {
          sys.path.insert(0, os.environ['HELPER_DIR'])\nfrom supervisor_worker import serve\n\
          import no_such_module_for_this_test\nserve(lambda input: 0)\n",
     );
-    let job = write_file(
-        dir.path(),
-        "job.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 200 }}\n[task]\nworker = [\"python3\", \"broken.py\"]\n\
-             env = {{ TEST_MARKER = \"{marker}\", HELPER_DIR = \"{}\" }}\n[workers]\ncount = 2\nbatch = 1\n",
-            repo().join("python").display()
-        ),
-    );
+    let job = Job::range(0, 200)
+        .worker(&["python3", "broken.py"])
+        .env(&[
+            ("TEST_MARKER", &marker),
+            ("HELPER_DIR", &format!("{}", repo().join("python").display())),
+        ])
+        .workers(2)
+        .batch(1)
+        .write(dir.path());
     let ran = run(dir.path(), [OsStr::new("run"), job.as_os_str()], 3);
     assert!(
         ran.stderr().contains("No module named 'no_such_module_for_this_test'"),
