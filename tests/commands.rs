@@ -34,9 +34,9 @@ fn files(dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn wc_l_per_file_matches_wc() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("commands");
     let inputs = files(dir.path(), 40);
-    let marker = dir.path().to_string_lossy().into_owned();
+    let marker = common::leftovers::marker(dir.path());
     let job = Job::glob("in/*.txt")
         .command(&["sh", "-c", "wc -l < {path}"])
         .parse("json")
@@ -67,7 +67,7 @@ fn wc_l_per_file_matches_wc() {
 /// bytes, written out by the test, must agree.
 #[test]
 fn chunks_reach_the_command_as_path_and_stdin() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("commands");
     let text = generated_text(300_000, 3, true);
     write_file(dir.path(), "big.txt", &text);
     let job = Job::file("big.txt")
@@ -107,8 +107,8 @@ fn crashing_and_hanging_commands_fail_exactly_their_items_under_the_fork_server(
 }
 
 fn crashing_and_hanging_commands(flags: &[&str]) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("commands");
+    let marker = common::leftovers::marker(dir.path());
     let script = "case {item} in 3|11) kill -SEGV $$;; 7) sleep 1000;; 9) echo 'bad item nine' >&2; exit 4;; esac; \
                   echo $(({start} * 2))";
     let job = Job::range(100, 130)
@@ -155,8 +155,8 @@ fn crashing_and_hanging_commands(flags: &[&str]) {
 /// it, and every command and grandchild with them.
 #[test]
 fn nothing_survives_a_sigkilled_supervisor() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("commands");
+    let marker = common::leftovers::marker(dir.path());
     let job = Job::range(0, 10)
         .command(&["sh", "-c", "sleep 1000; echo {item}"])
         .marker(&marker)
@@ -181,7 +181,7 @@ fn nothing_survives_a_sigkilled_supervisor() {
 /// retry succeeds and sees attempt 2.
 #[test]
 fn environment_folder_and_attempts_reach_the_command() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("commands");
     std::fs::create_dir(dir.path().join("work")).expect("mkdir");
     let script = "if [ $(({item} % 2)) = 0 ] && [ $SUPERVISOR_ATTEMPT = 1 ]; then exit 1; fi; \
                   echo $GREETING $(basename $PWD) $SUPERVISOR_ITEM $SUPERVISOR_ATTEMPT";
@@ -214,7 +214,7 @@ fn a_command_over_the_memory_limit_fails_with_memory() {
         eprintln!("skipped: python3 is not installed");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("commands");
     let script = "import sys; n = int(sys.argv[1]); b = bytearray((1 << 30) if n == 2 else 1000); print(n * n)";
     let job = Job::range(0, 5)
         .command(&["python3", "-c", script, "{start}"])
@@ -241,7 +241,7 @@ fn a_command_over_the_memory_limit_fails_with_memory() {
 /// Mistakes in `[task]` are reported at their place in the job file, with exit code 2.
 #[test]
 fn task_mistakes_are_located() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("commands");
     let cases = [
         (
             Job::range(0, 3).builtin("noop").command(&["true"]).text(),
@@ -299,8 +299,8 @@ fn run_within_30s(dir: &Path, job: &Path, expected: i32) -> Vec<common::Record<u
 /// stderr and stdin; item 1 one holding stderr and stdin; item 2 one holding only stdin; item 3 none.
 #[test]
 fn a_background_process_holding_the_commands_pipes_does_not_hold_its_item() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("commands");
+    let marker = common::leftovers::marker(dir.path());
     write_file(
         dir.path(),
         "leave.sh",
@@ -326,8 +326,8 @@ fn a_background_process_holding_the_commands_pipes_does_not_hold_its_item() {
 /// while, and the process is killed once orphaned to the supervisor (its end-of-run sweep).
 #[test]
 fn a_background_process_that_left_the_group_does_not_hold_its_item() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("commands");
+    let marker = common::leftovers::marker(dir.path());
     write_file(
         dir.path(),
         "escape.sh",
@@ -351,8 +351,8 @@ fn a_background_process_that_left_the_group_does_not_hold_its_item() {
 /// command's whole process group (the background `sleep` too) with it; the other items are not affected.
 #[test]
 fn a_timed_out_command_leaves_nothing_of_its_process_group() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("commands");
+    let marker = common::leftovers::marker(dir.path());
     write_file(
         dir.path(),
         "hang.sh",
@@ -383,7 +383,7 @@ fn a_timed_out_command_leaves_nothing_of_its_process_group() {
 /// so that the swap happens after the listing and before the worker reaches it.
 #[test]
 fn a_globbed_file_that_became_a_fifo_fails_its_item_instead_of_blocking_the_worker() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("commands");
     std::fs::create_dir(dir.path().join("in")).expect("mkdir");
     for i in 0..6 {
         write_file(&dir.path().join("in"), &format!("f{i}.txt"), "x\n".repeat(i + 1));

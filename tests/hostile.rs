@@ -21,18 +21,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, Record, children_of, is_running, kill_survivors, read_records, sum_of_squares};
+use common::procfs::{Stat, descendants, status_kib};
+use common::{
+    EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_WORKERS_CANNOT_START, Job, Proc, Record, SUPERVISOR, kill_survivors,
+    read_records, send_signal, sum_of_squares,
+};
 use serde_json::Value as Json;
 use tempfile::TempDir;
 
-const SUPERVISOR: &str = env!("CARGO_BIN_EXE_supervisor");
 const HOSTILE_ENV: &str = "SUPERVISOR_TEST_HOSTILE_WORKER";
-
-// The documented exit codes, written out rather than imported so that a changed constant fails here.
-const EXIT_OK: i32 = 0;
-const EXIT_ITEMS_FAILED: i32 = 1;
-const EXIT_WORKERS_CANNOT_START: i32 = 3;
-const EXIT_SIGINT: i32 = 130;
 
 /// Items of the standard job: item k is Σ i² over [10k, 10k + 10).
 const ITEMS: u64 = 200;
@@ -53,23 +50,12 @@ const PEAK_RSS_LIMIT_KIB: u64 = 160 << 10;
 // The behaviours
 
 /// A job of [`ITEMS`] `sum-squares` items; the workers misbehave as `mode` says.
-fn standard_job(start: &str) -> String {
-    format!(
-        r#"
-[input.range]
-start = 0
-end = {end}
-chunk = {CHUNK}
-
-[task]
-builtin = "sum-squares"
-
-[workers]
-start = "{start}"
-count = 2
-"#,
-        end = ITEMS * CHUNK
-    )
+fn standard_job(start: &str) -> Job {
+    Job::range(0, ITEMS * CHUNK)
+        .chunk(CHUNK)
+        .builtin("sum-squares")
+        .start(start)
+        .workers(2)
 }
 
 /// Runs the standard job with workers hostile at [`BAD_ITEM`] in `mode`; checks that exactly that item failed
@@ -80,7 +66,7 @@ fn bad_item_fails(mode: &str, kind: &str, says: &str) -> Finished {
 }
 
 fn bad_item_fails_with(mode: &str, start: &str, kind: &str, says: &str) -> Finished {
-    let run = Job::new(&standard_job(start)).run(&format!("{mode}@{BAD_ITEM}"), None);
+    let run = JobDir::new(standard_job(start)).run(&format!("{mode}@{BAD_ITEM}"), None);
     run.assert_exit_code(EXIT_ITEMS_FAILED);
     let records = run.records();
     let bad = records
@@ -192,7 +178,7 @@ fn a_long_error_message_is_cut() {
 
 #[test]
 fn a_repeated_result_kills_the_worker_but_costs_no_item() {
-    let run = Job::new(&standard_job("spawn")).run(&format!("repeat@{BAD_ITEM}"), None);
+    let run = JobDir::new(standard_job("spawn")).run(&format!("repeat@{BAD_ITEM}"), None);
     // The first copy of the result was right and is kept; the copy is the violation, said on stderr.
     run.assert_exit_code(EXIT_OK);
     let records = run.records();
@@ -214,23 +200,12 @@ fn a_repeated_result_kills_the_worker_but_costs_no_item() {
 /// never crosses, the worker lives, and the results file stays small.
 #[test]
 fn a_huge_value_fails_its_item_in_the_worker() {
-    let job = Job::new(&format!(
-        r#"
-[input.range]
-start = 0
-end = {ITEMS}
-
-[task]
-builtin = "fault"
-
-[task.args]
-huge = [{BAD_ITEM}]
-huge_size = "100MiB"
-
-[workers]
-count = 2
-"#
-    ));
+    let job = JobDir::new(
+        Job::range(0, ITEMS)
+            .builtin("fault")
+            .args(format!("{{ huge = [{BAD_ITEM}], huge_size = \"100MiB\" }}"))
+            .workers(2),
+    );
     let run = job.run_honest();
     run.assert_exit_code(EXIT_ITEMS_FAILED);
     let records = run.records();
@@ -259,7 +234,7 @@ count = 2
 /// Workers that break the protocol before they are ready cannot run the job: after three, the run ends with
 /// "workers cannot start", naming the violation.
 fn cannot_start(mode: &str, says: &str) -> Finished {
-    let run = Job::new(&standard_job("spawn")).run(mode, None);
+    let run = JobDir::new(standard_job("spawn")).run(mode, None);
     run.assert_exit_code(EXIT_WORKERS_CANNOT_START);
     assert!(run.stderr.contains(says), "expected {says:?} on stderr\n{run}");
     run
@@ -285,8 +260,8 @@ fn a_long_init_failed_message_is_cut() {
 /// Workers that ignore SIGTERM and hang on Shutdown are SIGKILLed after the grace period, at the end of a run.
 #[test]
 fn workers_that_will_not_stop_are_killed_after_the_grace_period() {
-    let toml = standard_job("spawn") + "\n[supervise]\ngrace = \"1s\"\n";
-    let run = Job::new(&toml).run("ignore-stop", None);
+    let job = standard_job("spawn").supervise("grace", "1s");
+    let run = JobDir::new(job).run("ignore-stop", None);
     run.assert_exit_code(EXIT_OK);
     run.assert_others_right(run.records());
 }
@@ -295,24 +270,12 @@ fn workers_that_will_not_stop_are_killed_after_the_grace_period() {
 /// once the 1 s grace period is over, and the supervisor exits 130.
 #[test]
 fn sigint_kills_workers_that_ignore_shutdown_after_the_grace_period() {
-    let job = Job::new(
-        r#"
-[input.range]
-start = 0
-end = 50
-
-[task]
-builtin = "fault"
-
-[task.args]
-hang = [0]
-
-[workers]
-count = 2
-
-[supervise]
-grace = "1s"
-"#,
+    let job = JobDir::new(
+        Job::range(0, 50)
+            .builtin("fault")
+            .args("{ hang = [0] }")
+            .workers(2)
+            .supervise("grace", "1s"),
     );
     // Most items are done (the header is a line too): the run is well under way, one worker hangs in item 0.
     let journal = job.journal();
@@ -326,18 +289,18 @@ grace = "1s"
 // Running the supervisor
 
 /// A job file and its results in a temporary folder.
-struct Job {
+struct JobDir {
     dir: TempDir,
 }
 
 /// A condition polled while the supervisor runs, and the signal to send it once the condition holds.
 type SignalWhen = Option<(Box<dyn Fn() -> bool>, libc::c_int)>;
 
-impl Job {
-    fn new(toml: &str) -> Job {
-        let dir = tempfile::tempdir().expect("create a temporary folder");
-        std::fs::write(dir.path().join("job.toml"), toml).expect("write the job file");
-        Job { dir }
+impl JobDir {
+    fn new(job: Job) -> JobDir {
+        let dir = common::temp_dir("hostile");
+        job.write(dir.path());
+        JobDir { dir }
     }
 
     fn results(&self) -> PathBuf {
@@ -387,8 +350,7 @@ impl Job {
                 && !signalled
                 && ready()
             {
-                // SAFETY: kill(2) touches no memory of ours; the pid is our unreaped child.
-                unsafe { libc::kill(pid, *signal) };
+                send_signal(pid, *signal);
                 signalled = true;
             }
             match child.try_wait() {
@@ -440,23 +402,15 @@ struct Watch {
 impl Watch {
     fn look(&mut self, pid: i32) {
         // VmHWM is the peak so far: the last look before the exit covers the whole run but its last moment.
-        if let Some(kib) = vm_hwm_kib(pid) {
+        if let Some(kib) = status_kib(pid, "VmHWM:") {
             self.peak_rss_kib = self.peak_rss_kib.max(kib);
         }
-        for child in children_of(pid) {
-            for proc in std::iter::once(child).chain(children_of(child.pid)) {
-                if !self.seen.contains(&proc) {
-                    self.seen.push(proc);
-                }
+        for proc in descendants(pid).iter().filter(|stat| !stat.is_zombie()).map(Stat::proc) {
+            if !self.seen.contains(&proc) {
+                self.seen.push(proc);
             }
         }
     }
-}
-
-fn vm_hwm_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A supervisor run that ended.
@@ -529,9 +483,6 @@ impl Finished {
     /// No worker (or fork server) outlives the run. Orphans die by their parent-death signal, asynchronously:
     /// give them a moment.
     fn assert_nothing_left(&self) {
-        let procs = &self.descendants;
-        let gone = common::wait_until(Duration::from_secs(10), || procs.iter().all(|p| !is_running(*p)));
-        let survivors = kill_survivors(procs);
-        assert!(gone && survivors.is_empty(), "left behind: {survivors:?}\n{self}");
+        common::assert_gone(&self.descendants, self);
     }
 }

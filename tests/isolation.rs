@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::{Proc, Record, SUPERVISOR, generated_text, read_records, tool, wait_until, write_file};
+use common::procfs::{cwd, descriptors, environment, field, is_running, limit, proc_file, process_group, stat};
+use common::{Job, Proc, Record, SUPERVISOR, generated_text, read_records, sha256sum, tool, wait_until, write_file};
 use tempfile::TempDir;
 
 /// Longest to wait for an event (a pid file, a process to die): a liveness bound, far above real times.
@@ -51,31 +52,15 @@ const SUPERVISOR_ENV: &[(&str, &str)] = &[
 /// (not even one its supervisor inherited), in `/`, in its own process group, without temp files or shared
 /// memory on any filesystem; with `env_clear` it and its children see only the allow-list plus `[workers] env`.
 fn a_live_worker_is_confined(start: &str) {
-    let job = Job::new(&format!(
-        r#"
-[input]
-range = {{ start = 0, end = 4 }}
-
-[task]
-builtin = "fault"
-
-[task.args]
-spawn = [1]
-hang = [1]
-pid_dir = "{pids}"
-
-[workers]
-start = "{start}"
-count = 1
-open_files = 64
-env_clear = true
-env = {{ FOO = "bar", LANG = "de_DE.UTF-8" }}
-
-[supervise]
-grace = "1s"
-"#,
-        pids = PIDS_PLACEHOLDER,
-    ));
+    let job = JobDir::new(
+        fault_job(4, "spawn = [1], hang = [1]")
+            .start(start)
+            .workers(1)
+            .worker_key("open_files", 64)
+            .worker_key("env_clear", true)
+            .worker_env(&[("FOO", "bar"), ("LANG", "de_DE.UTF-8")])
+            .supervise("grace", "1s"),
+    );
     // A descriptor without close-on-exec, left open by whoever started the supervisor.
     let inherited_path = write_file(job.dir(), "inherited-descriptor", "not for workers");
     let inherited = File::open(&inherited_path).expect("open");
@@ -167,28 +152,13 @@ grace = "1s"
 /// Without `env_clear`, `[workers] env` adds to the environment the supervisor had (secrets included: that is
 /// what `env_clear` is for).
 fn env_without_env_clear_adds_to_the_inherited_environment(start: &str) {
-    let job = Job::new(&format!(
-        r#"
-[input]
-range = {{ start = 0, end = 2 }}
-
-[task]
-builtin = "fault"
-
-[task.args]
-spawn = [0]
-hang = [0]
-pid_dir = "{PIDS_PLACEHOLDER}"
-
-[workers]
-start = "{start}"
-count = 1
-env = {{ FOO = "bar" }}
-
-[supervise]
-grace = "1s"
-"#
-    ));
+    let job = JobDir::new(
+        fault_job(2, "spawn = [0], hang = [0]")
+            .start(start)
+            .workers(1)
+            .worker_env(&[("FOO", "bar")])
+            .supervise("grace", "1s"),
+    );
     let mut run = Run::start(&job, &[], None);
     let (worker, child) = run.wait_for_pids(&job, 0);
     let env = environment(child.pid);
@@ -212,27 +182,13 @@ grace = "1s"
 /// A worker's child dies with it however the worker ends: killed for a timeout, crashed, or shut down at the
 /// end of the job after a successful item.
 fn grandchildren_die_with_their_worker(start: &str) {
-    let job = Job::new(&format!(
-        r#"
-[input]
-range = {{ start = 0, end = 6 }}
-
-[task]
-builtin = "fault"
-timeout = "2s"
-
-[task.args]
-spawn = [1, 2, 3]
-hang = [1]
-segfault = [2]
-pid_dir = "{PIDS_PLACEHOLDER}"
-
-[workers]
-start = "{start}"
-count = 1
-batch = 1
-"#
-    ));
+    let job = JobDir::new(
+        fault_job(6, "spawn = [1, 2, 3], hang = [1], segfault = [2]")
+            .timeout("2s")
+            .start(start)
+            .workers(1)
+            .batch(1),
+    );
     let run = Run::start(&job, &[], None);
     let finished = run.wait();
     assert_eq!(finished.status.code(), Some(1), "{finished}");
@@ -256,25 +212,12 @@ batch = 1
 /// worker is gone it is orphaned to the supervisor, a child subreaper, which kills it: after a crash, and after
 /// a worker that ended normally at the end of the job.
 fn children_that_left_the_group_are_killed_once_orphaned(start: &str) {
-    let job = Job::new(&format!(
-        r#"
-[input]
-range = {{ start = 0, end = 4 }}
-
-[task]
-builtin = "fault"
-
-[task.args]
-spawn_detached = [1, 2]
-segfault = [1]
-pid_dir = "{PIDS_PLACEHOLDER}"
-
-[workers]
-start = "{start}"
-count = 1
-batch = 1
-"#
-    ));
+    let job = JobDir::new(
+        fault_job(4, "spawn_detached = [1, 2], segfault = [1]")
+            .start(start)
+            .workers(1)
+            .batch(1),
+    );
     let finished = Run::start(&job, &[], None).wait();
     assert_eq!(finished.status.code(), Some(1), "{finished}");
     let records = records_by_item(&job);
@@ -297,24 +240,7 @@ batch = 1
 /// `kill -9` of the supervisor takes its worker and the worker's child with it (the worker's parent-death
 /// signal kills its whole process group), and leaves no temp file.
 fn grandchildren_die_with_a_sigkilled_supervisor(start: &str) {
-    let job = Job::new(&format!(
-        r#"
-[input]
-range = {{ start = 0, end = 2 }}
-
-[task]
-builtin = "fault"
-
-[task.args]
-spawn = [0]
-hang = [0]
-pid_dir = "{PIDS_PLACEHOLDER}"
-
-[workers]
-start = "{start}"
-count = 1
-"#
-    ));
+    let job = JobDir::new(fault_job(2, "spawn = [0], hang = [0]").start(start).workers(1));
     let mut run = Run::start(&job, &[], None);
     let (worker, child) = run.wait_for_pids(&job, 0);
     run.signal(libc::SIGKILL);
@@ -327,36 +253,20 @@ count = 1
 /// A worker that ignores SIGTERM is not waited for: the supervisor stops workers by message, then SIGKILLs
 /// whatever still runs when the grace period ends.
 fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period(start: &str) {
-    let job = Job::new(&format!(
-        r#"
-[input]
-range = {{ start = 0, end = 2 }}
-
-[task]
-builtin = "fault"
-
-[task.args]
-spawn = [0]
-hang = [0]
-ignore_sigterm = [0]
-pid_dir = "{PIDS_PLACEHOLDER}"
-
-[workers]
-start = "{start}"
-count = 1
-
-[supervise]
-grace = "1s"
-"#
-    ));
+    let job = JobDir::new(
+        fault_job(2, "spawn = [0], hang = [0], ignore_sigterm = [0]")
+            .start(start)
+            .workers(1)
+            .supervise("grace", "1s"),
+    );
     let mut run = Run::start(&job, &[], None);
     let (worker, child) = run.wait_for_pids(&job, 0);
     // The worker really ignores SIGTERM: sent to it directly, it stays.
     // SAFETY: kill(2) touches no memory; the pid is checked alive (with its start time) just before.
-    assert!(is_alive(worker));
+    assert!(is_running(worker));
     unsafe { libc::kill(worker.pid, libc::SIGTERM) };
     std::thread::sleep(Duration::from_millis(300));
-    assert!(is_alive(worker), "the worker did not ignore SIGTERM");
+    assert!(is_running(worker), "the worker did not ignore SIGTERM");
     run.signal(libc::SIGTERM);
     let finished = run.wait();
     assert_eq!(finished.status.code(), Some(143), "{finished}");
@@ -366,25 +276,16 @@ grace = "1s"
 /// Writing through the pointer to mapped input kills the worker with SIGSEGV and leaves the file unchanged,
 /// for a chunk of a `file` input and for a whole file of a `glob` input.
 fn writing_to_mapped_input_faults_and_changes_nothing(start: &str) {
-    let job = Job::new(&format!(
-        r#"
-[input]
-file = "input.txt"
-chunk_bytes = "4KiB"
-
-[task]
-builtin = "fault"
-
-[task.args]
-write_input = [2]
-
-[workers]
-start = "{start}"
-count = 1
-"#
-    ));
+    let job = JobDir::new(
+        Job::file("input.txt")
+            .chunk_bytes("4KiB")
+            .builtin("fault")
+            .args("{ write_input = [2] }")
+            .start(start)
+            .workers(1),
+    );
     let input = write_file(job.dir(), "input.txt", generated_text(64 << 10, 7, true));
-    let before = sha256(&input);
+    let before = sha256sum(&input);
     let finished = Run::start(&job, &[], None).wait();
     assert_eq!(finished.status.code(), Some(1), "{finished}");
     let records = records_by_item(&job);
@@ -397,24 +298,15 @@ count = 1
             assert_eq!(record.status, "ok", "item {item}\n{finished}");
         }
     }
-    assert_eq!(sha256(&input), before, "the input changed");
+    assert_eq!(sha256sum(&input), before, "the input changed");
 
-    let glob_job = Job::new(&format!(
-        r#"
-[input]
-glob = "files/*.txt"
-
-[task]
-builtin = "fault"
-
-[task.args]
-write_input = [1]
-
-[workers]
-start = "{start}"
-count = 1
-"#
-    ));
+    let glob_job = JobDir::new(
+        Job::glob("files/*.txt")
+            .builtin("fault")
+            .args("{ write_input = [1] }")
+            .start(start)
+            .workers(1),
+    );
     fs::create_dir(glob_job.dir().join("files")).expect("mkdir");
     let files: Vec<PathBuf> = (0..3)
         .map(|k| {
@@ -425,7 +317,7 @@ count = 1
             )
         })
         .collect();
-    let before: Vec<String> = files.iter().map(|f| sha256(f)).collect();
+    let before: Vec<String> = files.iter().map(|f| sha256sum(f)).collect();
     let finished = Run::start(&glob_job, &[], None).wait();
     assert_eq!(finished.status.code(), Some(1), "{finished}");
     let records = records_by_item(&glob_job);
@@ -434,7 +326,7 @@ count = 1
         Some("SIGSEGV")
     );
     assert_eq!((records[&0].status.as_str(), records[&2].status.as_str()), ("ok", "ok"));
-    let after: Vec<String> = files.iter().map(|f| sha256(f)).collect();
+    let after: Vec<String> = files.iter().map(|f| sha256sum(f)).collect();
     assert_eq!(after, before, "an input file changed");
 }
 
@@ -447,26 +339,13 @@ fn workers_switch_to_the_configured_user(start: &str) {
         return;
     }
     let (uid, gid) = (id("-u", "nobody"), id("-g", "nobody"));
-    let job = Job::new(&format!(
-        r#"
-[input]
-range = {{ start = 0, end = 4 }}
-
-[task]
-builtin = "fault"
-
-[task.args]
-spawn = [2]
-hang = [2]
-pid_dir = "{PIDS_PLACEHOLDER}"
-
-[workers]
-start = "{start}"
-count = 1
-batch = 1
-user = "nobody"
-"#
-    ));
+    let job = JobDir::new(
+        fault_job(4, "spawn = [2], hang = [2]")
+            .start(start)
+            .workers(1)
+            .batch(1)
+            .worker_key("user", "nobody"),
+    );
     // The unprivileged worker must be able to write its pid file.
     fs::set_permissions(job.dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
     fs::set_permissions(job.pids(), fs::Permissions::from_mode(0o777)).expect("chmod");
@@ -501,19 +380,7 @@ fn a_user_switch_without_privilege_is_refused(start: &str) {
         eprintln!("skipped: running the supervisor as another user needs the tests to run as root");
         return;
     }
-    let job = Job::new(&format!(
-        r#"
-[input]
-range = {{ start = 0, end = 4 }}
-
-[task]
-builtin = "noop"
-
-[workers]
-start = "{start}"
-user = "root"
-"#
-    ));
+    let job = JobDir::new(Job::range(0, 4).builtin("noop").start(start).worker_key("user", "root"));
     fs::set_permissions(job.dir(), fs::Permissions::from_mode(0o777)).expect("chmod");
     let nobody = id("-u", "nobody").parse::<u32>().expect("uid");
     let output = match Command::new(SUPERVISOR)
@@ -549,9 +416,7 @@ fn an_unknown_user_or_group_is_located() {
         return;
     }
     for (key, value, column) in [("user", "no-such-user-7f3a", 8), ("group", "no-such-group-7f3a", 9)] {
-        let job = Job::new(&format!(
-            "[input]\nrange = {{ start = 0, end = 1 }}\n[task]\nbuiltin = \"noop\"\n[workers]\n{key} = \"{value}\"\n"
-        ));
+        let job = JobDir::new(Job::range(0, 1).builtin("noop").worker_key(key, value));
         let output = Command::new(SUPERVISOR)
             .arg("check")
             .arg(job.path())
@@ -600,7 +465,15 @@ start_methods! {
     a_user_switch_without_privilege_is_refused,
 }
 
-/// The `fault` task's `pid_dir` in job texts; replaced with the job's own folder by [`Job::new`].
+/// A job of `items` range items of the `fault` task with these arguments (inline-table keys), each item that
+/// spawns recording its pids in the job's `pids/`.
+fn fault_job(items: u64, args: &str) -> Job {
+    Job::range(0, items)
+        .builtin("fault")
+        .args(format!("{{ {args}, pid_dir = \"{PIDS_PLACEHOLDER}\" }}"))
+}
+
+/// The `fault` task's `pid_dir` in job texts; replaced with the job's own folder by [`JobDir::new`].
 const PIDS_PLACEHOLDER: &str = "@PIDS@";
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -608,17 +481,20 @@ const PIDS_PLACEHOLDER: &str = "@PIDS@";
 // ---------------------------------------------------------------------------------------------------------------
 
 /// A job file in a fresh folder, with a `pids/` folder for the `fault` task and a private `tmp/` for TMPDIR.
-struct Job {
+struct JobDir {
     dir: TempDir,
 }
 
-impl Job {
-    fn new(text: &str) -> Job {
-        let dir = tempfile::tempdir().expect("temp dir");
+impl JobDir {
+    fn new(job: Job) -> JobDir {
+        let dir = common::temp_dir("isolation");
         fs::create_dir(dir.path().join("pids")).expect("mkdir pids");
         fs::create_dir(dir.path().join("tmp")).expect("mkdir tmp");
-        let job = Job { dir };
-        let text = text.replace(PIDS_PLACEHOLDER, &job.pids().display().to_string());
+        let job_dir = JobDir { dir };
+        let text = job
+            .text()
+            .replace(PIDS_PLACEHOLDER, &job_dir.pids().display().to_string());
+        let job = job_dir;
         write_file(job.dir(), "job.toml", text);
         job
     }
@@ -655,7 +531,7 @@ struct Run {
 
 impl Run {
     /// Starts `supervisor run JOB --results … ARGS`; `inherit` is passed on without close-on-exec.
-    fn start(job: &Job, args: &[&str], inherit: Option<&File>) -> Run {
+    fn start(job: &JobDir, args: &[&str], inherit: Option<&File>) -> Run {
         let mut command = Command::new(SUPERVISOR);
         command
             .arg("run")
@@ -694,13 +570,11 @@ impl Run {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) touches no memory; the pid is our unreaped child.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        common::send_signal(self.pid(), signal);
     }
 
     /// Waits until item `item` recorded its worker's pid and its child's; returns both.
-    fn wait_for_pids(&mut self, job: &Job, item: u64) -> (Proc, Proc) {
+    fn wait_for_pids(&mut self, job: &JobDir, item: u64) -> (Proc, Proc) {
         let mut found = None;
         let appeared = wait_until(EVENT, || {
             found = read_pids(job, item);
@@ -774,7 +648,7 @@ impl std::fmt::Display for Finished {
     }
 }
 
-fn records_by_item(job: &Job) -> BTreeMap<u64, Record<serde_json::Value>> {
+fn records_by_item(job: &JobDir) -> BTreeMap<u64, Record<serde_json::Value>> {
     read_records(&job.results())
         .into_iter()
         .map(|record| (record.item, record))
@@ -786,7 +660,7 @@ fn failure_kind(record: &Record<serde_json::Value>) -> &str {
 }
 
 /// The worker and child pids item `item` recorded in `pids/item-<item>`, with their start times.
-fn read_pids(job: &Job, item: u64) -> Option<(Proc, Proc)> {
+fn read_pids(job: &JobDir, item: u64) -> Option<(Proc, Proc)> {
     let text = fs::read_to_string(job.pids().join(format!("item-{item}"))).ok()?;
     let number = |key: &str| -> Option<i32> {
         text.split_whitespace()
@@ -807,7 +681,7 @@ fn read_pids(job: &Job, item: u64) -> Option<(Proc, Proc)> {
     // The worker is read while it runs (when it matters) or never looked at again.
     let worker = Proc {
         pid: worker,
-        start_time: start_time(worker).unwrap_or(0),
+        start_time: stat(worker).map_or(0, |stat| stat.start_time),
     };
     Some((worker, child))
 }
@@ -816,92 +690,9 @@ fn read_pids(job: &Job, item: u64) -> Option<(Proc, Proc)> {
 // /proc
 // ---------------------------------------------------------------------------------------------------------------
 
-fn proc_file(pid: i32, name: &str) -> String {
-    fs::read_to_string(format!("/proc/{pid}/{name}")).unwrap_or_else(|error| panic!("/proc/{pid}/{name}: {error}"))
-}
-
-/// The value after `key` in a `/proc/<pid>/status` text.
-fn field(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {status}"))
-        .trim()
-        .to_string()
-}
-
-/// The soft and hard value of the limit named `name` in a `/proc/<pid>/limits` text.
-fn limit<'a>(limits: &'a str, name: &str) -> (&'a str, &'a str) {
-    let line = limits
-        .lines()
-        .find(|line| line.starts_with(name))
-        .unwrap_or_else(|| panic!("no {name} in {limits}"));
-    let mut values = line[name.len()..].split_whitespace();
-    (values.next().unwrap_or(""), values.next().unwrap_or(""))
-}
-
-fn cwd(pid: i32) -> PathBuf {
-    fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd")
-}
-
-/// Every open descriptor of `pid` and what it points at.
-fn descriptors(pid: i32) -> BTreeMap<i32, String> {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("fd folder")
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let fd = entry.file_name().to_str()?.parse().ok()?;
-            let target = fs::read_link(entry.path()).ok()?;
-            Some((fd, target.to_string_lossy().into_owned()))
-        })
-        .collect()
-}
-
-/// The variables in `/proc/<pid>/environ` (empty entries, as left by a wiped block, are skipped).
-fn environment(pid: i32) -> BTreeMap<String, String> {
-    fs::read(format!("/proc/{pid}/environ"))
-        .expect("environ")
-        .split(|&b| b == 0)
-        .filter(|entry| !entry.is_empty())
-        .filter_map(|entry| {
-            let text = String::from_utf8_lossy(entry);
-            let (name, value) = text.split_once('=')?;
-            Some((name.to_string(), value.to_string()))
-        })
-        .collect()
-}
-
-/// Fields of `/proc/<pid>/stat` from field 3 on (after the command name, which may contain spaces).
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(
-        text[text.rfind(')')? + 1..]
-            .split_whitespace()
-            .map(str::to_string)
-            .collect(),
-    )
-}
-
-fn start_time(pid: i32) -> Option<u64> {
-    stat_fields(pid)?.get(22 - 3)?.parse().ok()
-}
-
-fn process_group(pid: i32) -> i32 {
-    stat_fields(pid)
-        .and_then(|fields| fields.get(5 - 3)?.parse().ok())
-        .unwrap_or_else(|| panic!("no process group for {pid}"))
-}
-
-/// Whether `proc` exists and is not a zombie.
-fn is_alive(proc: Proc) -> bool {
-    common::is_running(proc)
-}
-
 /// Waits until none of `procs` is alive (a zombie waiting for init counts as dead); fails naming survivors.
 fn assert_dead(procs: &[Proc], finished: &Finished) {
-    let all_dead = wait_until(EVENT, || procs.iter().all(|p| !is_alive(*p)));
-    let survivors = common::kill_survivors(procs);
-    assert!(all_dead, "still alive after the run: {survivors:?}\n{finished}");
+    common::assert_gone(procs, finished);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -915,11 +706,6 @@ fn entries(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn sha256(path: &Path) -> String {
-    let out = tool("sha256sum", &[path.as_os_str()], None, &[0]);
-    out.split_whitespace().next().unwrap_or_default().to_string()
 }
 
 /// `id FLAG USER`, e.g. the uid of `nobody`.

@@ -22,9 +22,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    Background, InputExt, Proc, Ran, Record, children_of, complete_lines, field_u64, generated_text, is_running,
-    kill_survivors, raw_number, read_records, run, sum_of_squares, wait_until, wc, worker_pids, workers_claiming,
-    write_file,
+    Background, InputExt, Job, Proc, Ran, Record, children_of, complete_lines, field_u64, generated_text, is_running,
+    kill_survivors, path_str, raw_number, read_records, run, sum_of_squares, wait_until, wc, worker_pids,
+    workers_claiming, write_file,
 };
 use serde_json::value::RawValue;
 
@@ -44,14 +44,7 @@ const MEDIUM_END: u64 = 300_000_000;
 const REACH_LIMIT: Duration = Duration::from_secs(60);
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("supervisor-resume-")
-        .tempdir()
-        .expect("create temp dir")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("temp paths are UTF-8")
+    common::temp_dir("resume")
 }
 
 /// `supervisor run JOB --json --quiet --workers 2 EXTRA…`, expecting `code`. Runs from `/`, so every relative path
@@ -83,16 +76,15 @@ impl Squares {
     }
 
     fn chunked(dir: &Path, end: u64, chunk: u64, order: &str) -> Squares {
-        let job = write_file(
-            dir,
-            "squares.toml",
-            format!(
-                "[input]\nrange = {{ start = 0, end = {end}, chunk = {chunk} }}\n\
-                 [task]\nbuiltin = \"sum-squares\"\n\
-                 [workers]\nbatch = 1\n\
-                 [output]\nresults = \"squares.jsonl\"\nreduce = \"sum\"\norder = \"{order}\"\n"
-            ),
-        );
+        let job = Job::range(0, end)
+            .chunk(chunk)
+            .builtin("sum-squares")
+            .batch(1)
+            .results("squares.jsonl")
+            .reduce("sum")
+            .order(order)
+            .named("squares.toml")
+            .write(dir);
         Squares {
             job,
             results: dir.join("squares.jsonl"),
@@ -412,12 +404,12 @@ fn a_resume_with_nothing_to_run_reports_zero_worker_cpu() {
 #[test]
 fn a_resumed_count_reduction_counts_items_whose_value_is_null() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "noop.toml",
-        "[input]\nrange = { start = 0, end = 100 }\n[task]\nbuiltin = \"noop\"\n\
-         [output]\nresults = \"noop.jsonl\"\nreduce = \"count\"\n",
-    );
+    let job = Job::range(0, 100)
+        .builtin("noop")
+        .results("noop.jsonl")
+        .reduce("count")
+        .named("noop.toml")
+        .write(dir.path());
     let clean = run_job(&job, &["--keep-journal"], 0);
     assert_eq!(raw_number(&clean.stdout(), "reduced"), "100");
     let resumed = run_job(&job, &["--resume", "--keep-journal"], 0);
@@ -429,12 +421,12 @@ fn a_resumed_count_reduction_counts_items_whose_value_is_null() {
     );
 
     // Summing nulls is an error in a clean run, and must stay one when the values come from the journal.
-    let sum = write_file(
-        dir.path(),
-        "noop-sum.toml",
-        "[input]\nrange = { start = 0, end = 100 }\n[task]\nbuiltin = \"noop\"\n\
-         [output]\nresults = \"noop-sum.jsonl\"\nreduce = \"sum\"\n",
-    );
+    let sum = Job::range(0, 100)
+        .builtin("noop")
+        .results("noop-sum.jsonl")
+        .reduce("sum")
+        .named("noop-sum.toml")
+        .write(dir.path());
     let clean = run_job(&sum, &["--keep-journal"], 0);
     assert!(clean.summary()["reduced"].is_null());
     assert!(clean.summary()["reduce_error"].is_string());
@@ -510,10 +502,13 @@ fn garbage_lines_in_the_journal_are_dropped_and_named() {
 fn a_changed_input_or_job_file_refuses_to_resume() {
     let dir = temp_dir();
     let input = write_file(dir.path(), "text.txt", generated_text(512 << 10, 7, true));
-    let job_text = "[input]\nfile = \"text.txt\"\nchunk_bytes = \"4KiB\"\n\
-                    [task]\nbuiltin = \"line-count\"\n\
-                    [output]\nresults = \"lines.jsonl\"\nreduce = \"sum\"\n";
-    let job = write_file(dir.path(), "lines.toml", job_text);
+    let job_text = Job::file("text.txt")
+        .chunk_bytes("4KiB")
+        .builtin("line-count")
+        .results("lines.jsonl")
+        .reduce("sum")
+        .text();
+    let job = write_file(dir.path(), "lines.toml", &job_text);
     let journal = dir.path().join("lines.jsonl.journal");
 
     let first = run_job(&job, &["--keep-journal"], 0);
@@ -566,11 +561,11 @@ fn a_changed_glob_listing_refuses_to_resume() {
     for i in 0..5 {
         write_file(&data, &format!("f{i}.bin"), format!("file {i}\n"));
     }
-    let job = write_file(
-        dir.path(),
-        "digests.toml",
-        "[input]\nglob = \"data/*.bin\"\n[task]\nbuiltin = \"sha256\"\n[output]\nresults = \"digests.jsonl\"\n",
-    );
+    let job = Job::glob("data/*.bin")
+        .builtin("sha256")
+        .results("digests.jsonl")
+        .named("digests.toml")
+        .write(dir.path());
     run_job(&job, &["--keep-journal"], 0);
 
     // One more file: more items, and another listing.
@@ -646,11 +641,10 @@ fn an_existing_journal_without_resume_is_refused_and_force_starts_over() {
 #[test]
 fn resume_without_a_results_file_exits_2() {
     let dir = temp_dir();
-    let job = write_file(
-        dir.path(),
-        "nowhere.toml",
-        "[input]\nrange = { start = 0, end = 10 }\n[task]\nbuiltin = \"noop\"\n",
-    );
+    let job = Job::range(0, 10)
+        .builtin("noop")
+        .named("nowhere.toml")
+        .write(dir.path());
     for flag in ["--resume", "--retry-failed"] {
         let ran = run_job(&job, &[flag], 2);
         assert!(ran.stderr().contains("needs a results file"), "{flag}");
@@ -746,15 +740,14 @@ fn a_second_sigint_kills_the_items_in_flight_without_recording_them_and_resume_c
 // --retry-failed
 
 fn fault_job(dir: &Path, args: &str) -> PathBuf {
-    write_file(
-        dir,
-        "fault.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 20, chunk = 1 }}\n\
-             [task]\nbuiltin = \"fault\"\nargs = {args}\n\
-             [output]\nresults = \"fault.jsonl\"\nreduce = \"sum\"\n"
-        ),
-    )
+    Job::range(0, 20)
+        .chunk(1)
+        .builtin("fault")
+        .args(args)
+        .results("fault.jsonl")
+        .reduce("sum")
+        .named("fault.toml")
+        .write(dir)
 }
 
 /// Items 3 and 7 failed with an injected error; every other item returned its index.
@@ -939,16 +932,17 @@ fn a_second_run_while_the_first_writes_is_refused_and_loses_it_nothing() {
 /// the first time. `backoff` is the wait before the retry.
 fn retry_job(dir: &Path, backoff: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).expect("mkdir");
-    let job = write_file(
-        dir,
-        "retry.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = 4 }}\n\
-             [task]\ncommand = [\"sh\", \"-c\", \"test -e m{{item}} && echo {{item}} && exit 0; touch m{{item}}; exit 3\"]\n\
-             retries = 1\nretry_backoff = \"{backoff}\"\n\
-             [output]\nresults = \"retry.jsonl\"\n"
-        ),
-    );
+    let job = Job::range(0, 4)
+        .command(&[
+            "sh",
+            "-c",
+            "test -e m{item} && echo {item} && exit 0; touch m{item}; exit 3",
+        ])
+        .retries(1)
+        .task("retry_backoff", backoff)
+        .results("retry.jsonl")
+        .named("retry.toml")
+        .write(dir);
     (job, dir.join("retry.jsonl"))
 }
 
@@ -1029,14 +1023,12 @@ fn a_retry_pending_at_sigterm_continues_after_resume_as_if_never_stopped() {
 fn a_job_of_a_trillion_items_stopped_early_finalizes_and_resumes() {
     let dir = temp_dir();
     let end: u64 = 1_000_000_000_000;
-    let job = write_file(
-        dir.path(),
-        "huge.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = {end} }}\n[task]\nbuiltin = \"sum-squares\"\n\
-             [output]\nresults = \"huge.jsonl\"\nreduce = \"sum\"\n"
-        ),
-    );
+    let job = Job::range(0, end)
+        .builtin("sum-squares")
+        .results("huge.jsonl")
+        .reduce("sum")
+        .named("huge.toml")
+        .write(dir.path());
     let results = dir.path().join("huge.jsonl");
     let journal = dir.path().join("huge.jsonl.journal");
     let check = |least: usize| -> usize {
@@ -1106,15 +1098,12 @@ impl Drop for SmallDisk {
     }
 }
 
-/// A noop job of `items` items on `disk`, results in `r.jsonl` there.
-fn noop_job(disk: &SmallDisk, items: u64, extra: &str) -> PathBuf {
-    write_file(
-        &disk.path,
-        "noop.toml",
-        format!(
-            "[input]\nrange = {{ start = 0, end = {items} }}\n[task]\nbuiltin = \"noop\"\n[output]\nresults = \"r.jsonl\"\n{extra}"
-        ),
-    )
+/// A noop job of `items` items, results in `r.jsonl` beside the job file.
+fn noop_job(items: u64) -> Job {
+    Job::range(0, items)
+        .builtin("noop")
+        .results("r.jsonl")
+        .named("noop.toml")
 }
 
 /// The temporary files a killed run left fill the disk: the next run removes them before it needs the room.
@@ -1124,7 +1113,7 @@ fn stale_temps_of_a_dead_run_are_removed_before_they_block_a_resume_on_a_full_di
     let Some(disk) = SmallDisk::mount(dir.path(), "2m") else {
         return;
     };
-    let job = noop_job(&disk, 3000, "");
+    let job = noop_job(3000).write(&disk.path);
     run_job(&job, &["--keep-journal"], 0);
     let journal = disk.path.join("r.jsonl.journal");
     // The rest of the disk, but for a few KiB, held by temporaries of pids that cannot be alive (above 2^22).
@@ -1157,14 +1146,14 @@ fn a_results_write_that_fails_on_a_full_disk_leaves_no_temporary_file() {
         return;
     };
     // About 720 KB of journal: it fits, but not twice.
-    let job = noop_job(&disk, 6000, "");
+    let job = noop_job(6000).write(&disk.path);
     let failed = run_job(&job, &[], 3);
     assert!(failed.stderr().contains("r.jsonl"), "{}", failed.context());
     assert_eq!(disk.temps(), Vec::<String>::new(), "{}", failed.context());
     assert_eq!(complete_lines(&disk.path.join("r.jsonl.journal")), 1 + 6000);
     std::fs::remove_file(disk.path.join("r.jsonl.journal")).expect("remove");
 
-    let job = noop_job(&disk, 20_000, "journal = false\n");
+    let job = noop_job(20_000).journal(false).write(&disk.path);
     let failed = run_job(&job, &[], 3);
     assert_eq!(disk.temps(), Vec::<String>::new(), "{}", failed.context());
 }

@@ -18,22 +18,22 @@ use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value as Json;
 use tempfile::TempDir;
 
-const SUPERVISOR: &str = env!("CARGO_BIN_EXE_supervisor");
+#[expect(
+    dead_code,
+    reason = "the helpers are shared by every test file; this suite uses only some of them"
+)]
+mod common;
 
-// The documented exit codes, written out rather than imported so that a changed constant fails here.
-const EXIT_OK: i32 = 0;
-const EXIT_ITEMS_FAILED: i32 = 1;
-const EXIT_SIGINT: i32 = 130;
-const EXIT_SIGTERM: i32 = 143;
+use common::procfs::{Proc, Stat, descendants, find, stat};
+use common::{EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Job, Record, SUPERVISOR, Tracker, send_signal};
 
 /// Longest any run may take before the test kills it and fails: a liveness bound far above the real times.
 const RUN_DEADLINE: Duration = Duration::from_secs(60);
@@ -88,37 +88,21 @@ fn fault_storm_fails_exactly_the_faulty_items(start: &str) {
     // The timeout must leave an `oom` item time to fill its memory limit and fail. With 256 MiB that took half a
     // second on a loaded machine, and over 3 s at a load average of 15 (the item then failed with `timeout`):
     // 64 MiB is a quarter of the work.
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = {ITEMS}
-chunk = 1
-
-[task]
-builtin = "fault"
-timeout = "3s"
-
-[task.args]
-segfault = {segfault:?}
-abort = {abort:?}
-panic = {panic:?}
-exit = {exit:?}
-hang = {hang:?}
-oom = {oom:?}
-error = {error:?}
-oom_cap = "1GiB"
-
-[workers]
-start = "{start}"
-count = 2
-memory_limit = "64MiB"
-
-[supervise]
-max_restarts = 1000
-"#
-    ));
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, ITEMS)
+            .chunk(1)
+            .builtin("fault")
+            .timeout("3s")
+            .args(format!(
+                "{{ segfault = {segfault:?}, abort = {abort:?}, panic = {panic:?}, exit = {exit:?}, \
+                 hang = {hang:?}, oom = {oom:?}, error = {error:?}, oom_cap = \"1GiB\" }}"
+            ))
+            .start(start)
+            .workers(2)
+            .worker_key("memory_limit", "64MiB")
+            .supervise("max_restarts", 1000),
+    );
     let run = job.run(&[]);
     run.assert_exit_code(EXIT_ITEMS_FAILED);
 
@@ -169,31 +153,20 @@ max_restarts = 1000
 fn an_item_that_fails_once_succeeds_on_retry(start: &str) {
     const ITEMS: u64 = 20;
     let failing_once = [(5, "signal"), (9, "error"), (12, "panic")];
-    let job = Job::new();
+    let job = JobDir::new();
     let markers = job.folder("markers");
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = {ITEMS}
-
-[task]
-builtin = "fault"
-retries = 2
-retry_backoff = "10ms"
-
-[task.args]
-segfault = [5]
-error = [9]
-panic = [12]
-once_dir = '{}'
-
-[workers]
-start = "{start}"
-count = 2
-"#,
-        markers.display()
-    ));
+    job.write(
+        Job::range(0, ITEMS)
+            .builtin("fault")
+            .retries(2)
+            .task("retry_backoff", "10ms")
+            .args(format!(
+                "{{ segfault = [5], error = [9], panic = [12], once_dir = \"{}\" }}",
+                markers.display()
+            ))
+            .start(start)
+            .workers(2),
+    );
     let run = job.run(&[]);
     run.assert_exit_code(EXIT_OK);
 
@@ -215,26 +188,16 @@ count = 2
 
 /// An item that fails every time runs `1 + retries` times and then fails, with the cause of every attempt.
 fn an_item_that_always_fails_is_charged_every_attempt(start: &str) {
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = 20
-
-[task]
-builtin = "fault"
-retries = 2
-retry_backoff = "10ms"
-
-[task.args]
-error = [9]
-
-[workers]
-start = "{start}"
-count = 2
-"#
-    ));
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, 20)
+            .builtin("fault")
+            .retries(2)
+            .task("retry_backoff", "10ms")
+            .args("{ error = [9] }")
+            .start(start)
+            .workers(2),
+    );
     let run = job.run(&[]);
     run.assert_exit_code(EXIT_ITEMS_FAILED);
 
@@ -257,30 +220,18 @@ const CRASH_LOOP_WORKERS: u64 = 2;
 const CRASH_LOOP_ITEMS: u64 = 200;
 
 /// A job in which every item kills its worker.
-fn crash_loop_job(start: &str) -> Job {
+fn crash_loop_job(start: &str) -> JobDir {
     let every_item: Vec<u64> = (0..CRASH_LOOP_ITEMS).collect();
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = {CRASH_LOOP_ITEMS}
-
-[task]
-builtin = "fault"
-
-[task.args]
-segfault = {every_item:?}
-
-[workers]
-start = "{start}"
-count = {CRASH_LOOP_WORKERS}
-
-[supervise]
-max_restarts = {MAX_RESTARTS}
-within = "10s"
-"#
-    ));
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, CRASH_LOOP_ITEMS)
+            .builtin("fault")
+            .args(format!("{{ segfault = {every_item:?} }}"))
+            .start(start)
+            .workers(CRASH_LOOP_WORKERS)
+            .supervise("max_restarts", MAX_RESTARTS)
+            .supervise("within", "10s"),
+    );
     job
 }
 
@@ -334,32 +285,20 @@ fn a_crash_loop_records_the_item_that_caused_the_last_death(start: &str) {
 /// `halt = "first-failure"` stops handing out work after the first failed item: the rest is reported not run.
 fn halt_on_first_failure_leaves_the_rest_not_run(start: &str) {
     const ITEMS: u64 = 200_000;
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = {ITEMS}
-
-[task]
-builtin = "fault"
-
-[task.args]
-error = [50]
-
-[workers]
-start = "{start}"
-count = 2
-
-[supervise]
-halt = "first-failure"
-"#
-    ));
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, ITEMS)
+            .builtin("fault")
+            .args("{ error = [50] }")
+            .start(start)
+            .workers(2)
+            .supervise("halt", "first-failure"),
+    );
     let run = job.run(&["--json"]);
     run.assert_exit_code(EXIT_ITEMS_FAILED);
     let summary = run.summary();
     let records = run.records_by_item(&job.results());
-    let failed: Vec<&Record> = records.values().filter(|r| r.status == "failed").collect();
+    let failed: Vec<&Record<Json>> = records.values().filter(|r| r.status == "failed").collect();
     assert!(summary.not_run > 0, "{run}");
     assert!(!failed.is_empty(), "{run}");
     assert_eq!(summary.failed, failed.len() as u64, "{run}");
@@ -374,22 +313,14 @@ halt = "first-failure"
 fn max_tasks_recycles_workers(start: &str) {
     const ITEMS: u64 = 1000;
     const MAX_TASKS: u64 = 50;
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = {ITEMS}
-
-[task]
-builtin = "noop"
-
-[workers]
-start = "{start}"
-count = 2
-max_tasks = {MAX_TASKS}
-"#
-    ));
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, ITEMS)
+            .builtin("noop")
+            .start(start)
+            .workers(2)
+            .worker_key("max_tasks", MAX_TASKS),
+    );
     let run = job.run(&["--json"]);
     run.assert_exit_code(EXIT_OK);
     let summary = run.summary();
@@ -415,25 +346,15 @@ max_tasks = {MAX_TASKS}
 
 /// An item running past `[task] timeout` fails with `timeout`; the others are unaffected.
 fn an_item_past_its_timeout_fails_with_timeout(start: &str) {
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = 20
-
-[task]
-builtin = "fault"
-timeout = "300ms"
-
-[task.args]
-hang = [7]
-
-[workers]
-start = "{start}"
-count = 2
-"#
-    ));
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, 20)
+            .builtin("fault")
+            .timeout("300ms")
+            .args("{ hang = [7] }")
+            .start(start)
+            .workers(2),
+    );
     let run = job.run(&[]);
     run.assert_exit_code(EXIT_ITEMS_FAILED);
     let records = run.records_by_item(&job.results());
@@ -449,24 +370,16 @@ count = 2
 
 /// An item using more CPU than `[workers] cpu_limit` is killed by the kernel (SIGXCPU) and fails with `timeout`.
 fn an_item_past_its_cpu_limit_fails_with_sigxcpu(start: &str) {
-    let job = Job::new();
+    let job = JobDir::new();
     // Each item is 2·10⁹ loop iterations: many CPU seconds in a debug build.
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = 4_000_000_000
-chunk = 2_000_000_000
-
-[task]
-builtin = "sum-squares"
-
-[workers]
-start = "{start}"
-count = 2
-cpu_limit = "1s"
-"#
-    ));
+    job.write(
+        Job::range(0, 4_000_000_000_u64)
+            .chunk(2_000_000_000)
+            .builtin("sum-squares")
+            .start(start)
+            .workers(2)
+            .worker_key("cpu_limit", "1s"),
+    );
     let run = job.run(&[]);
     run.assert_exit_code(EXIT_ITEMS_FAILED);
     let records = run.records_by_item(&job.results());
@@ -483,31 +396,20 @@ cpu_limit = "1s"
 }
 
 /// A job with one item that allocates until `memory_limit` stops it.
-fn oom_job(start: &str) -> Job {
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = 4
-
-[task]
-builtin = "fault"
-
-[task.args]
-oom = [1]
-oom_cap = "1GiB"
-
-[workers]
-start = "{start}"
-count = 1
-memory_limit = "256MiB"
-"#
-    ));
+fn oom_job(start: &str) -> JobDir {
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, 4)
+            .builtin("fault")
+            .args("{ oom = [1], oom_cap = \"1GiB\" }")
+            .start(start)
+            .workers(1)
+            .worker_key("memory_limit", "256MiB"),
+    );
     job
 }
 
-fn assert_oom_record_keeps_the_allocation_message(run: &Finished, job: &Job) {
+fn assert_oom_record_keeps_the_allocation_message(run: &Finished, job: &JobDir) {
     run.assert_exit_code(EXIT_ITEMS_FAILED);
     let records = run.records_by_item(&job.results());
     let record = records.get(&1).unwrap_or_else(|| panic!("no record for item 1\n{run}"));
@@ -542,25 +444,16 @@ fn an_oom_record_keeps_the_allocation_message_with_rust_backtrace_set(start: &st
 const SLOW_ITEMS: u64 = 400;
 
 /// A job that runs long enough to be interrupted while both workers are busy.
-fn slow_job(start: &str) -> Job {
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = {end}
-chunk = 5_000_000
-
-[task]
-builtin = "sum-squares"
-
-[workers]
-start = "{start}"
-count = 2
-batch = 1
-"#,
-        end = SLOW_ITEMS * 5_000_000
-    ));
+fn slow_job(start: &str) -> JobDir {
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, SLOW_ITEMS * 5_000_000)
+            .chunk(5_000_000)
+            .builtin("sum-squares")
+            .start(start)
+            .workers(2)
+            .batch(1),
+    );
     job
 }
 
@@ -596,37 +489,26 @@ fn sigterm_stops_the_run_with_143(start: &str) {
 }
 
 /// A job whose every item hangs; each leaves a marker file in `markers` when it starts hanging.
-fn hanging_job(start: &str, grace: &str) -> (Job, PathBuf) {
-    let job = Job::new();
+fn hanging_job(start: &str, grace: &str) -> (JobDir, PathBuf) {
+    let job = JobDir::new();
     let markers = job.folder("markers");
     let every_item: Vec<u64> = (0..10).collect();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = 10
-
-[task]
-builtin = "fault"
-
-[task.args]
-hang = {every_item:?}
-once_dir = '{}'
-
-[workers]
-start = "{start}"
-count = 2
-
-[supervise]
-grace = "{grace}"
-"#,
-        markers.display()
-    ));
+    job.write(
+        Job::range(0, 10)
+            .builtin("fault")
+            .args(format!(
+                "{{ hang = {every_item:?}, once_dir = \"{}\" }}",
+                markers.display()
+            ))
+            .start(start)
+            .workers(2)
+            .supervise("grace", grace),
+    );
     (job, markers)
 }
 
 /// Starts the hanging job and returns once both workers are stuck in an item.
-fn start_hanging(job: &Job, markers: &Path) -> Supervisor {
+fn start_hanging(job: &JobDir, markers: &Path) -> Supervisor {
     let mut supervisor = Supervisor::start(job, &[], &[]);
     supervisor.wait_until("both workers hang in an item", |_| files_in(markers) >= 2);
     supervisor
@@ -660,7 +542,7 @@ fn workers_die_with_a_sigkilled_supervisor(start: &str) {
     let alive = || -> Vec<Stat> {
         workers
             .iter()
-            .filter_map(|worker| find(worker.id()))
+            .filter_map(|worker| find(worker.proc()))
             .filter(|stat| !stat.is_zombie())
             .collect()
     };
@@ -681,27 +563,17 @@ fn workers_die_with_a_sigkilled_supervisor(start: &str) {
 /// the stop lands there; either way every item must end `ok` and the run exit 0.
 fn a_worker_stopped_between_items_does_not_hang_the_job(start: &str) {
     const ITEMS: u64 = 20_000;
-    let job = Job::new();
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = {ITEMS}
-
-[task]
-builtin = "noop"
-timeout = "2s"
-retries = 1
-
-[workers]
-start = "{start}"
-count = 2
-batch = 1
-
-[supervise]
-start_timeout = "2s"
-"#
-    ));
+    let job = JobDir::new();
+    job.write(
+        Job::range(0, ITEMS)
+            .builtin("noop")
+            .timeout("2s")
+            .retries(1)
+            .start(start)
+            .workers(2)
+            .batch(1)
+            .supervise("start_timeout", "2s"),
+    );
     let journal = {
         let mut name = job.results().into_os_string();
         name.push(".journal");
@@ -744,28 +616,16 @@ start_timeout = "2s"
 /// A worker stopped (SIGSTOP) inside an item is still killed at the item's `timeout` (SIGKILL ends a stopped
 /// process): that item fails with `timeout` and the run ends.
 fn a_worker_stopped_inside_an_item_is_killed_at_the_timeout(start: &str) {
-    let job = Job::new();
+    let job = JobDir::new();
     let pids = job.folder("pids");
-    job.write(&format!(
-        r#"
-[input.range]
-start = 0
-end = 20
-
-[task]
-builtin = "fault"
-timeout = "1s"
-
-[task.args]
-hang = [7]
-pid_dir = '{}'
-
-[workers]
-start = "{start}"
-count = 2
-"#,
-        pids.display()
-    ));
+    job.write(
+        Job::range(0, 20)
+            .builtin("fault")
+            .timeout("1s")
+            .args(format!("{{ hang = [7], pid_dir = \"{}\" }}", pids.display()))
+            .start(start)
+            .workers(2),
+    );
     let mut supervisor = Supervisor::start(&job, &[], &[]);
     let marker = pids.join("item-7");
     supervisor.wait_until("item 7 has started", |_| marker.exists());
@@ -848,14 +708,14 @@ start_methods! {
 // ---------------------------------------------------------------------------------------------------------------
 
 /// A job file in its own temporary folder, with the results file next to it. The folder goes with the value.
-struct Job {
+struct JobDir {
     dir: TempDir,
 }
 
-impl Job {
-    fn new() -> Job {
-        Job {
-            dir: tempfile::tempdir().expect("create a temporary folder"),
+impl JobDir {
+    fn new() -> JobDir {
+        JobDir {
+            dir: common::temp_dir("supervision"),
         }
     }
 
@@ -867,8 +727,8 @@ impl Job {
         self.dir.path().join("results.jsonl")
     }
 
-    fn write(&self, toml: &str) {
-        fs::write(self.path(), toml).expect("write the job file");
+    fn write(&self, job: Job) {
+        fs::write(self.path(), job.text()).expect("write the job file");
     }
 
     /// An empty folder inside the job's folder.
@@ -884,28 +744,13 @@ impl Job {
     }
 }
 
-/// One line of the results file (the fields these tests look at).
-#[derive(Debug, Deserialize)]
-struct Record {
-    item: u64,
-    status: String,
-    value: Option<Json>,
-    error: Option<Failure>,
-    attempts: u32,
-    #[serde(default)]
-    attempt_errors: Vec<Failure>,
-    pid: u32,
+/// The checks these tests make of the shared [`Record`] of a `fault` item.
+trait FaultRecord {
+    fn assert_failed_with(&self, expected: &Expected, run: &Finished);
+    fn assert_ok_first_time(&self, item: u64, run: &Finished);
 }
 
-#[derive(Debug, Deserialize)]
-struct Failure {
-    kind: String,
-    signal: Option<String>,
-    code: Option<i32>,
-    stderr: Option<String>,
-}
-
-impl Record {
+impl FaultRecord for Record<Json> {
     fn assert_failed_with(&self, expected: &Expected, run: &Finished) {
         let item = self.item;
         assert_eq!(self.status, "failed", "item {item}: {self:?}\n{run}");
@@ -956,7 +801,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn start(job: &Job, args: &[&str], env: &[(&str, &str)]) -> Supervisor {
+    fn start(job: &JobDir, args: &[&str], env: &[(&str, &str)]) -> Supervisor {
         let mut command = Command::new(SUPERVISOR);
         command
             .arg("run")
@@ -974,7 +819,7 @@ impl Supervisor {
         let mut child = command
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {shown}: {error}"));
-        let tracker = Tracker::start(child.id() as i32);
+        let tracker = Tracker::start(child.id() as i32, POLL);
 
         let (stdout_sender, stdout) = mpsc::channel();
         let mut stdout_pipe = child.stdout.take().expect("stdout is piped");
@@ -1011,16 +856,7 @@ impl Supervisor {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours. The pid is our unreaped
-        // child, so it cannot name another process.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({}, {signal}): {}",
-            self.pid(),
-            std::io::Error::last_os_error()
-        );
+        send_signal(self.pid(), signal);
     }
 
     fn stderr_so_far(&self) -> String {
@@ -1116,7 +952,7 @@ struct Finished {
     stderr: String,
     pid: i32,
     /// Every descendant seen while it ran.
-    descendants: BTreeSet<ProcId>,
+    descendants: BTreeSet<Proc>,
 }
 
 impl fmt::Display for Finished {
@@ -1147,46 +983,14 @@ impl Finished {
     }
 
     /// The results file, by item; fails on a line that is not a record and on a second record of an item.
-    fn records_by_item(&self, path: &Path) -> BTreeMap<u64, Record> {
-        let text =
-            fs::read_to_string(path).unwrap_or_else(|error| panic!("cannot read {}: {error}\n{self}", path.display()));
-        let mut records = BTreeMap::new();
-        for (number, line) in text.lines().enumerate() {
-            let record: Record = serde_json::from_str(line)
-                .unwrap_or_else(|error| panic!("results line {}: {error}: {line}\n{self}", number + 1));
-            let item = record.item;
-            if let Some(first) = records.insert(item, record) {
-                panic!(
-                    "two records for item {item}: {first:?} and line {}: {line}\n{self}",
-                    number + 1
-                );
-            }
-        }
-        records
+    fn records_by_item(&self, path: &Path) -> BTreeMap<u64, Record<Json>> {
+        common::records_by_item(path, &self.to_string())
     }
 
     /// No process of this run is left: none it started (alive or an unreaped zombie), none still naming it as
     /// parent, and no worker whose environment names it as its supervisor.
     fn assert_nothing_left(&self) {
-        let mut left: BTreeMap<i32, String> = BTreeMap::new();
-        for id in &self.descendants {
-            if let Some(stat) = find(*id) {
-                left.insert(stat.pid, format!("a process it started (state {})", stat.state));
-            }
-        }
-        for stat in processes() {
-            if stat.ppid == self.pid {
-                left.insert(stat.pid, format!("a child (state {})", stat.state));
-            }
-        }
-        // Catches a short-lived worker the tracker did not see.
-        for pid in workers_started_by(self.pid) {
-            left.entry(pid).or_insert_with(|| "a worker it started".to_string());
-        }
-        assert!(
-            left.is_empty(),
-            "processes left after the supervisor exited: {left:?}\n{self}"
-        );
+        common::leftovers::assert_nothing_left_of(self.pid, &self.descendants, self);
     }
 }
 
@@ -1206,142 +1010,4 @@ fn poll_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 fn files_in(folder: &Path) -> usize {
     fs::read_dir(folder).map_or(0, |entries| entries.count())
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Processes, as /proc shows them
-// ---------------------------------------------------------------------------------------------------------------
-
-/// A process for its whole life: a pid alone may be reused, a pid with its start time may not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct ProcId {
-    pid: i32,
-    /// Clock ticks after boot (`/proc/PID/stat` field 22).
-    start_time: u64,
-}
-
-/// The fields of `/proc/PID/stat` these tests need.
-#[derive(Debug, Clone)]
-struct Stat {
-    pid: i32,
-    state: char,
-    ppid: i32,
-    start_time: u64,
-}
-
-impl Stat {
-    fn id(&self) -> ProcId {
-        ProcId {
-            pid: self.pid,
-            start_time: self.start_time,
-        }
-    }
-
-    fn is_zombie(&self) -> bool {
-        matches!(self.state, 'Z' | 'X')
-    }
-}
-
-fn stat(pid: i32) -> Option<Stat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 2, the command name in parentheses, may itself contain spaces and parentheses.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `fields[0]` is field 3.
-    Some(Stat {
-        pid,
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// Every process now.
-fn processes() -> Vec<Stat> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(stat)
-        .collect()
-}
-
-/// The process `id` if it still exists (alive or zombie).
-fn find(id: ProcId) -> Option<Stat> {
-    stat(id.pid).filter(|s| s.start_time == id.start_time)
-}
-
-/// The descendants of `root` now, at any depth (a start method may put a helper between supervisor and workers).
-fn descendants(root: i32) -> Vec<Stat> {
-    let mut children: HashMap<i32, Vec<Stat>> = HashMap::new();
-    for stat in processes() {
-        children.entry(stat.ppid).or_default().push(stat);
-    }
-    let mut found = Vec::new();
-    let mut parents = vec![root];
-    while let Some(parent) = parents.pop() {
-        for child in children.remove(&parent).unwrap_or_default() {
-            parents.push(child.pid);
-            found.push(child);
-        }
-    }
-    found
-}
-
-/// Live worker processes whose environment names `supervisor` as the process that started them.
-fn workers_started_by(supervisor: i32) -> Vec<i32> {
-    let marker = format!("{}={supervisor}", child::worker::PARENT_PID_ENV);
-    processes()
-        .into_iter()
-        .filter(|stat| {
-            let read = |file: &str| fs::read(format!("/proc/{}/{file}", stat.pid)).unwrap_or_default();
-            let cmdline = read("cmdline");
-            let is_worker = cmdline
-                .split(|&b| b == 0)
-                .any(|arg| arg == supervisor::pool::WORKER_ARG.as_bytes());
-            is_worker && read("environ").split(|&b| b == 0).any(|var| var == marker.as_bytes())
-        })
-        .map(|stat| stat.pid)
-        .collect()
-}
-
-/// Records every descendant of a process as it appears, until stopped.
-struct Tracker {
-    seen: Arc<Mutex<BTreeSet<ProcId>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Tracker {
-    fn start(root: i32) -> Tracker {
-        let seen = Arc::new(Mutex::new(BTreeSet::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let found = descendants(root);
-                    seen.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .extend(found.iter().map(Stat::id));
-                    thread::sleep(POLL);
-                }
-            })
-        };
-        Tracker {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops tracking and returns every descendant seen.
-    fn stop(&mut self) -> BTreeSet<ProcId> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
 }

@@ -50,7 +50,7 @@ fn held_item_zero(dir: &Path) -> String {
 
 #[test]
 fn a_file_input_that_shrinks_fails_only_the_items_past_its_new_end() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("truncate");
     let dir = dir.path();
     std::fs::create_dir(dir.join("once")).expect("once dir");
     // 16 chunks of one page each: 64 lines of 64 bytes per page, so chunk boundaries fall on page boundaries.
@@ -111,7 +111,7 @@ fn a_file_input_that_shrinks_fails_only_the_items_past_its_new_end() {
 
 #[test]
 fn a_glob_file_truncated_while_its_item_runs_fails_that_item_only() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("truncate");
     let dir = dir.path();
     std::fs::create_dir(dir.join("once")).expect("once dir");
     std::fs::create_dir(dir.join("files")).expect("files dir");

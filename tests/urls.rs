@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Prng, run, tool, wc, write_file};
+use common::{Job, Prng, run, tool, wc, write_file};
 
 /// What the test server can be asked for (by path).
 #[derive(Default)]
@@ -225,7 +225,7 @@ type Expected<'a> = Result<&'a str, (&'a str, Option<i64>)>;
 
 #[test]
 fn fetched_bodies_give_the_same_digests_as_sha256sum_and_failed_fetches_name_their_cause() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let (routes, names) = generated_files(dir.path(), 24);
     let server = Server::start(routes);
     // (url, the file whose bytes it must give, or the failure expected)
@@ -261,13 +261,15 @@ fn fetched_bodies_give_the_same_digests_as_sha256sum_and_failed_fetches_name_the
         list.push('\n');
     }
     write_file(dir.path(), "urls.txt", list);
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\nfetch_concurrency = 4\nfetch_retries = 1\nfetch_retry_backoff = \"10ms\"\n\
-         max_in_flight_bytes = \"1MiB\"\n[task]\nbuiltin = \"sha256\"\n[workers]\ncount = 2\n\
-         [output]\nresults = \"out.jsonl\"\n",
-    );
+    Job::urls("urls.txt")
+        .fetch("concurrency", 4)
+        .fetch("retries", 1)
+        .fetch("retry_backoff", "10ms")
+        .input("max_in_flight_bytes", "1MiB")
+        .builtin("sha256")
+        .workers(2)
+        .results("out.jsonl")
+        .write(dir.path());
     let ran = run(dir.path(), ["run", "--json", "job.toml"], 1);
     let summary = ran.summary();
     let records = records(&dir.path().join("out.jsonl"));
@@ -310,7 +312,7 @@ fn fetched_bodies_give_the_same_digests_as_sha256sum_and_failed_fetches_name_the
 
 #[test]
 fn every_byte_task_accepts_url_items() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let (routes, names) = generated_files(dir.path(), 6);
     let server = Server::start(routes);
     let list: String = names.iter().map(|n| server.url(&format!("/f/{n}")) + "\n").collect();
@@ -353,7 +355,7 @@ fn every_byte_task_accepts_url_items() {
 /// against `sha256sum` and the file's length.
 #[test]
 fn commands_and_persistent_workers_read_fetched_bodies() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let (routes, names) = generated_files(dir.path(), 5);
     let server = Server::start(routes);
     let urls: Vec<String> = names.iter().map(|n| server.url(&format!("/f/{n}"))).collect();
@@ -417,17 +419,17 @@ fn commands_and_persistent_workers_read_fetched_bodies() {
 
 #[test]
 fn a_crash_on_a_url_item_costs_that_item_only() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let (routes, names) = generated_files(dir.path(), 12);
     let server = Server::start(routes);
     let list: String = names.iter().map(|n| server.url(&format!("/f/{n}")) + "\n").collect();
     write_file(dir.path(), "urls.txt", list);
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\n[task]\nbuiltin = \"fault\"\nargs = { segfault = [5] }\n\
-         [workers]\ncount = 2\n[output]\nresults = \"out.jsonl\"\n",
-    );
+    Job::urls("urls.txt")
+        .builtin("fault")
+        .args("{ segfault = [5] }")
+        .workers(2)
+        .results("out.jsonl")
+        .write(dir.path());
     run(dir.path(), ["run", "job.toml"], 1);
     let records = records(&dir.path().join("out.jsonl"));
     assert_eq!(records.len(), 12);
@@ -444,7 +446,7 @@ fn a_crash_on_a_url_item_costs_that_item_only() {
 
 #[test]
 fn failed_fetches_are_retried_from_the_journal_with_retry_failed() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let (routes, names) = generated_files(dir.path(), 5);
     let server = Server::start(routes);
     let list: String = names
@@ -453,12 +455,11 @@ fn failed_fetches_are_retried_from_the_journal_with_retry_failed() {
         .map(|(i, n)| server.url(&format!("/{}/{n}", if i == 2 { "gate" } else { "f" })) + "\n")
         .collect();
     write_file(dir.path(), "urls.txt", list);
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\nfetch_retries = 0\n[task]\nbuiltin = \"sha256\"\n\
-         [output]\nresults = \"out.jsonl\"\n",
-    );
+    Job::urls("urls.txt")
+        .fetch("retries", 0)
+        .builtin("sha256")
+        .results("out.jsonl")
+        .write(dir.path());
     run(dir.path(), ["run", "job.toml"], 1);
     let first = records(&dir.path().join("out.jsonl"));
     assert_eq!(first[&2]["error"]["code"], 503);
@@ -484,7 +485,7 @@ fn failed_fetches_are_retried_from_the_journal_with_retry_failed() {
 fn backpressure_bounds_the_supervisors_memory() {
     const BODY: usize = 1 << 20;
     const COUNT: usize = 200;
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let mut routes = Routes::default();
     let body = Arc::new(Prng::new(7).bytes(BODY));
     routes.files.insert("big.bin".into(), Arc::clone(&body));
@@ -494,12 +495,13 @@ fn backpressure_bounds_the_supervisors_memory() {
         .map(|i| server.url(&format!("/f/big.bin?{i}")) + "\n")
         .collect();
     write_file(dir.path(), "urls.txt", list);
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\nmax_in_flight_bytes = \"4MiB\"\n[task]\nbuiltin = \"fault\"\n\
-         args = { delay_ms = 20 }\n[workers]\ncount = 2\n[output]\nresults = \"out.jsonl\"\n",
-    );
+    Job::urls("urls.txt")
+        .input("max_in_flight_bytes", "4MiB")
+        .builtin("fault")
+        .args("{ delay_ms = 20 }")
+        .workers(2)
+        .results("out.jsonl")
+        .write(dir.path());
     let mut child = std::process::Command::new(common::SUPERVISOR)
         .args(["run", "--json", "job.toml"])
         .current_dir(dir.path())
@@ -545,7 +547,7 @@ fn backpressure_bounds_the_supervisors_memory() {
 
 #[test]
 fn a_body_larger_than_the_budget_fails_its_item_instead_of_waiting_forever() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let mut routes = Routes::default();
     routes.files.insert("big.bin".into(), Arc::new(vec![b'x'; 64 << 10]));
     routes.files.insert("small.bin".into(), Arc::new(b"small\n".to_vec()));
@@ -557,12 +559,11 @@ fn a_body_larger_than_the_budget_fails_its_item_instead_of_waiting_forever() {
         server.url("/f/small.bin")
     );
     write_file(dir.path(), "urls.txt", list);
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\nmax_in_flight_bytes = \"16KiB\"\n[task]\nbuiltin = \"line-count\"\n\
-         [output]\nresults = \"out.jsonl\"\n",
-    );
+    Job::urls("urls.txt")
+        .input("max_in_flight_bytes", "16KiB")
+        .builtin("line-count")
+        .results("out.jsonl")
+        .write(dir.path());
     run(dir.path(), ["run", "job.toml"], 1);
     let records = records(&dir.path().join("out.jsonl"));
     for item in [0, 1] {
@@ -574,17 +575,13 @@ fn a_body_larger_than_the_budget_fails_its_item_instead_of_waiting_forever() {
 
 #[test]
 fn a_bad_urls_file_is_an_error_naming_its_line() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     write_file(
         dir.path(),
         "urls.txt",
         "# fine\nhttp://127.0.0.1:9/a\n\nftp://127.0.0.1/b\n",
     );
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\n[task]\nbuiltin = \"sha256\"\n",
-    );
+    Job::urls("urls.txt").builtin("sha256").write(dir.path());
     let ran = run(dir.path(), ["run", "job.toml"], 2);
     assert!(ran.stderr().contains("urls.txt:4:"), "{}", ran.stderr());
     assert!(ran.stderr().contains("ftp://127.0.0.1/b"), "{}", ran.stderr());
@@ -592,11 +589,10 @@ fn a_bad_urls_file_is_an_error_naming_its_line() {
     let ran = run(dir.path(), ["run", "job.toml"], 2);
     assert!(ran.stderr().contains("lists no URLs"), "{}", ran.stderr());
     // Fetch keys belong to a urls input.
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nrange = { start = 0, end = 3 }\nfetch_timeout = \"1s\"\n[task]\nbuiltin = \"noop\"\n",
-    );
+    Job::range(0, 3)
+        .fetch("timeout", "1s")
+        .builtin("noop")
+        .write(dir.path());
     let ran = run(dir.path(), ["run", "job.toml"], 2);
     assert!(
         ran.stderr().contains("job.toml:3:") && ran.stderr().contains("`fetch_timeout` applies only to a `urls` input"),
@@ -616,7 +612,7 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 /// thumbnail whose size (from its PNG header) is the closed form of the documented rule.
 #[test]
 fn thumbnails_of_fetched_images_have_the_right_size() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/images");
     let mut routes = Routes::default();
     let mut sizes = HashMap::new();
@@ -632,12 +628,11 @@ fn thumbnails_of_fetched_images_have_the_right_size() {
     let names: Vec<&String> = sizes.keys().collect();
     let list: String = names.iter().map(|n| server.url(&format!("/f/{n}")) + "\n").collect();
     write_file(dir.path(), "urls.txt", list);
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\n[task]\nbuiltin = \"thumbnail\"\nargs = { out_dir = \"thumbs\", size = 50 }\n\
-         [output]\nresults = \"out.jsonl\"\n",
-    );
+    Job::urls("urls.txt")
+        .builtin("thumbnail")
+        .args("{ out_dir = \"thumbs\", size = 50 }")
+        .results("out.jsonl")
+        .write(dir.path());
     run(dir.path(), ["run", "job.toml"], 0);
     let records = records(&dir.path().join("out.jsonl"));
     for (item, name) in names.iter().enumerate() {
@@ -669,18 +664,17 @@ fn thumbnails_of_fetched_images_have_the_right_size() {
 /// and `--resume` fetches and runs only the rest; every digest then matches `sha256sum`.
 #[test]
 fn a_stopped_url_job_resumes_where_it_stopped() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let (routes, names) = generated_files(dir.path(), 30);
     let server = Server::start(routes);
     // Every body takes at least 300 ms to arrive, two at a time: the job lasts seconds.
     let list: String = names.iter().map(|n| server.url(&format!("/slow/{n}")) + "\n").collect();
     write_file(dir.path(), "urls.txt", list);
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\nfetch_concurrency = 2\n[task]\nbuiltin = \"sha256\"\n\
-         [output]\nresults = \"out.jsonl\"\n",
-    );
+    Job::urls("urls.txt")
+        .fetch("concurrency", 2)
+        .builtin("sha256")
+        .results("out.jsonl")
+        .write(dir.path());
     let journal = dir.path().join("out.jsonl.journal");
     let mut job = common::Background::start(dir.path(), &["run", "--json", "job.toml"]);
     assert!(
@@ -733,16 +727,15 @@ fn a_stopped_url_job_resumes_where_it_stopped() {
 /// `merge` gives every item exactly once, each digest equal to `sha256sum` of the file served.
 #[test]
 fn shards_of_a_urls_input_cover_every_url_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = common::temp_dir("urls");
     let (routes, names) = generated_files(dir.path(), 11);
     let server = Server::start(routes);
     let list: String = names.iter().map(|n| server.url(&format!("/f/{n}")) + "\n").collect();
     write_file(dir.path(), "urls.txt", list);
-    write_file(
-        dir.path(),
-        "job.toml",
-        "[input]\nurls = \"urls.txt\"\n[task]\nbuiltin = \"sha256\"\n[output]\nresults = \"out.jsonl\"\n",
-    );
+    Job::urls("urls.txt")
+        .builtin("sha256")
+        .results("out.jsonl")
+        .write(dir.path());
     for shards in [1u64, 2, 3, 7] {
         for shard in 0..shards {
             run(

@@ -68,8 +68,8 @@ fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
         eprintln!("skipped: python3 is not installed");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("workers");
+    let marker = common::leftovers::marker(dir.path());
     write_file(dir.path(), "square.py", PYTHON_WORKER);
     let helper = repo().join("python");
     let job = Job::range(0, 40)
@@ -144,7 +144,7 @@ fn python_worker_reads_chunks_and_whole_files() {
         eprintln!("skipped: python3 is not installed");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("workers");
     let helper = repo().join("python");
     write_file(
         dir.path(),
@@ -220,7 +220,7 @@ fn build_custom_worker() -> PathBuf {
 #[test]
 fn custom_rust_worker_counts_lines_of_mapped_chunks() {
     let bin = build_custom_worker();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("workers");
     let text = generated_text(4 << 20, 11, true);
     let big = write_file(dir.path(), "big.txt", &text);
     let job = Job::file("big.txt")
@@ -256,7 +256,7 @@ fn custom_rust_worker_counts_lines_of_mapped_chunks() {
 
 #[test]
 fn worker_bin_with_the_fork_server_is_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = common::temp_dir("workers");
     let job = Job::range(0, 3)
         .worker_bin("/bin/true")
         .start("forkserver")
@@ -291,8 +291,8 @@ fn worker_bin_with_the_fork_server_is_refused() {
 /// Nothing it started is left behind.
 #[test]
 fn a_worker_bin_that_never_says_hello_times_out_instead_of_hanging() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("workers");
+    let marker = common::leftovers::marker(dir.path());
     let script = write_file(
         dir.path(),
         "not-a-worker.sh",
@@ -318,8 +318,8 @@ fn a_worker_bin_that_never_says_hello_times_out_instead_of_hanging() {
 /// process. The worker is a shell script answering `7 × item`; on item 3 it leaves a `sleep` behind and exits.
 #[test]
 fn a_persistent_process_that_exits_while_a_child_holds_its_pipes_fails_only_its_item() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("workers");
+    let marker = common::leftovers::marker(dir.path());
     write_file(
         dir.path(),
         "answer.sh",
@@ -363,8 +363,8 @@ fn a_persistent_worker_that_fails_at_start_ends_the_run() {
         eprintln!("skipped: python3 is not installed");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let marker = dir.path().to_string_lossy().into_owned();
+    let dir = common::temp_dir("workers");
+    let marker = common::leftovers::marker(dir.path());
     write_file(
         dir.path(),
         "broken.py",

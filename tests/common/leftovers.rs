@@ -19,6 +19,12 @@ pub const SETTLE: Duration = Duration::from_secs(10);
 /// The environment variable that tags the user's commands of one test (set through `[task] env`).
 pub const MARKER_VAR: &str = "TEST_MARKER";
 
+/// The marker for the commands of a test working in `dir` (its own temporary folder, so no other test's
+/// commands carry it), for [`crate::common::Job::marker`] and [`assert_no_leftovers`].
+pub fn marker(dir: &std::path::Path) -> String {
+    dir.to_string_lossy().into_owned()
+}
+
 /// SIGKILLs `pid`. A failing kill (the process is already gone) is no error here.
 fn kill(pid: i32) {
     // SAFETY: kill(2) touches no memory of ours. Callers pass a pid they just saw as a process of this test (for a

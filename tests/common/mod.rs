@@ -25,5 +25,8 @@ pub use leftovers::{Tracker, assert_gone, assert_no_leftovers, kill_survivors, m
 pub use procfs::{Proc, Stat, children_of, is_running, workers_claiming};
 pub use records::*;
 pub use reference::*;
-pub use run::{Background, Ran, SUPERVISOR, run, wait_until};
+pub use run::{
+    Background, EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_WORKERS_CANNOT_START, Ran,
+    SUPERVISOR, run, send_signal, wait_until,
+};
 pub use tools::{sha256sum, tool, wc, wc_of_bytes};

@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 /// The binary under test.
 pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_supervisor");
 
+// The documented exit codes, written out rather than imported so that a changed constant fails the tests.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ITEMS_FAILED: i32 = 1;
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_WORKERS_CANNOT_START: i32 = 3;
+pub const EXIT_SIGINT: i32 = 130;
+pub const EXIT_SIGTERM: i32 = 143;
+
 /// Bytes of stdout/stderr shown in a failure message (each).
 const SHOWN_BYTES: usize = 16 << 10;
 
@@ -179,16 +187,7 @@ impl Background {
 
     /// Sends `signal` to the supervisor process only (not its group).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours. The pid is our unreaped
-        // child, so it cannot name another process.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({}, {signal}): {}",
-            self.pid(),
-            std::io::Error::last_os_error()
-        );
+        send_signal(self.pid(), signal);
     }
 
     /// Waits for the exit, polling up to `limit`; panics with the output if it does not come.
@@ -235,6 +234,14 @@ impl Drop for Background {
             eprintln!("while checking this run:\n{}", self.context());
         }
     }
+}
+
+/// Sends `signal` to the process `pid` (not its group); fails the test if it cannot.
+pub fn send_signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours. Callers pass a process of
+    // this test: their unreaped child, or a worker they just saw in `/proc`.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
 }
 
 /// Polls `condition` every few milliseconds until it holds or `limit` passes; returns whether it held.
