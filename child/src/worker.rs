@@ -31,8 +31,8 @@ use crate::task::{Build, Item, ItemContext, ItemInput, Task};
 /// Environment variable through which the supervisor passes its pid to an exec'ed worker (see [`run`]).
 pub const PARENT_PID_ENV: &str = "SUPERVISOR_PARENT_PID";
 
-/// First argument of a worker process: the supervisor starts `supervisor __worker NAME` (or, for a
-/// `worker_bin` job, `the-user-binary __worker NAME`).
+/// The one argument of a worker process: the supervisor starts `supervisor __worker` (for a `worker_bin` job,
+/// `PROGRAM __worker`) with its end of the channel socket as stdin and [`PARENT_PID_ENV`] in its environment.
 pub const WORKER_ARG: &str = "__worker";
 
 /// Why a worker stopped abnormally (its exit code is then non-zero; the message goes to stderr).
