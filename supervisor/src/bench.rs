@@ -194,8 +194,8 @@ pub struct DispatchReport {
 }
 
 pub fn run(args: &BenchArgs) -> Result<i32, Error> {
-    // SAFETY: `main` calls this before the async runtime or any other thread exists, and nothing above starts one.
-    let server = unsafe { ForkServer::start() }.map_err(|error| Error::WorkersCannotStart {
+    // `main` calls this before the async runtime or any other thread exists, and nothing above starts one.
+    let server = ForkServer::start().map_err(|error| Error::WorkersCannotStart {
         reason: format!("cannot start the fork server: {error}"),
     })?;
     let forkserver = Starter::Fork(Arc::new(server));
@@ -250,7 +250,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     }
 
     // Pinned measurements use the first two CPUs this process may run on.
-    let allowed = crate::linux::allowed_cpus().map_err(|error| Error::Bench {
+    let allowed = sys::cpu::allowed_cpus().map_err(|error| Error::Bench {
         measurement: "pinning",
         reason: format!("sched_getaffinity: {error}"),
     })?;

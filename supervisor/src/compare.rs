@@ -19,9 +19,9 @@ use shared::exit;
 use crate::bench::stats::Stats;
 use crate::cli::CompareArgs;
 use crate::error::Error;
-use crate::linux::{ExitStatus, signal_name, wait4};
 use crate::report::human_bytes;
 use crate::scratch::Scratch;
+use sys::process::{ExitStatus, Pid, signal_name, wait4};
 
 /// The executors compared, with the `run` flags that select them.
 const EXECUTORS: [(&str, &[&str]); 4] = [
@@ -210,7 +210,7 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
     };
     // Read the pipes before reaping, so a chatty run cannot block on a full pipe.
     let (stdout, stderr) = read_outputs(child.stdout, child.stderr);
-    let info = wait4(pid).map_err(|error| Error::Internal {
+    let info = wait4(Pid::from_raw(pid)).map_err(|error| Error::Internal {
         message: format!("wait4: {error}"),
     })?;
     let wall = started.elapsed();

@@ -44,12 +44,12 @@ use crate::error::Error;
 use crate::failure::{Death, crash_failure, describe_exit};
 use crate::fetch::{Arena, FetchCounters, FetchEvent, Slot};
 use crate::journal::{Done, JournalWriter};
-use crate::linux::{ExitInfo, Pidfd};
 use crate::plan::Items;
 use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, WorkerSender, message_name};
 use crate::report::Progress;
 use crate::results::{Failure, Record, Reducer, Status};
 use crate::signal::{Escalation, StopAction, StopSignal};
+use sys::process::{ExitInfo, Pidfd};
 
 /// Workers in a row that fail before becoming ready before the job is abandoned.
 const MAX_START_FAILURES: u32 = 3;
@@ -237,7 +237,7 @@ struct Worker {
 impl Worker {
     fn kill(&self) {
         if let Some(pidfd) = &self.pidfd {
-            let _ = pidfd.signal(libc::SIGKILL);
+            pidfd.kill();
         }
     }
 
@@ -759,7 +759,7 @@ impl Dispatcher {
                     };
                     let elapsed_ms = elapsed_us as f64 / 1000.0;
                     let mut failure = crash_failure(death);
-                    if info.status == crate::linux::ExitStatus::Signal(libc::SIGBUS)
+                    if info.status == sys::process::ExitStatus::Signal(libc::SIGBUS)
                         && let Some(cause) = crate::sigbus::explain(&self.items, item)
                     {
                         failure.message = cause;

@@ -34,7 +34,7 @@ use shared::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker};
 use tokio::sync::mpsc;
 
 use crate::forkserver::ForkServer;
-use crate::linux::{ExitInfo, Pidfd, wait4_and_kill_group};
+use sys::process::{ExitInfo, Pid, Pidfd, reap_and_kill_group};
 
 /// How worker processes are created.
 #[derive(Debug, Clone)]
@@ -70,11 +70,7 @@ struct Started {
 
 /// Reported when the exit status cannot be read (only possible if something else reaped our child): a kill, so
 /// that the items it held are not lost.
-const UNKNOWN_EXIT: ExitInfo = ExitInfo {
-    status: crate::linux::ExitStatus::Signal(libc::SIGKILL),
-    cpu: Duration::ZERO,
-    max_rss: 0,
-};
+const UNKNOWN_EXIT: ExitInfo = ExitInfo::KILLED;
 
 /// First argument that makes the `supervisor` binary run as a worker.
 pub const WORKER_ARG: &str = child::worker::WORKER_ARG;
@@ -257,7 +253,7 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
             })?;
             let pid = child.id();
             // Nothing reaps the child before its waiter starts (after this returns), so the pid still names it.
-            let pidfd = match Pidfd::open(pid as i32) {
+            let pidfd = match Pidfd::open(Pid::from_raw(pid as i32)) {
                 Ok(pidfd) => pidfd,
                 Err(error) => {
                     let _ = child.kill();
@@ -277,7 +273,7 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
                 pidfd,
                 stderr,
                 wait: Box::new(move || {
-                    let info = wait4_and_kill_group(pid as i32).unwrap_or(UNKNOWN_EXIT);
+                    let info = reap_and_kill_group(Pid::from_raw(pid as i32)).unwrap_or(UNKNOWN_EXIT);
                     crate::orphans::forget(pid as i32);
                     info
                 }),
@@ -287,12 +283,15 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
         Starter::Fork(server) => {
             // The fork server opened the pidfd in the worker's parent, where it cannot race with reaping.
             let (pid, stderr, pidfd) = server.fork_worker(channel.as_fd())?;
+            // The waiter's own handle: it learns of the exit through it, and then waits for the report with a
+            // deadline (see `ForkServer::wait`).
+            let exited = pidfd.try_clone()?;
             let server = Arc::clone(server);
             Ok(Started {
                 pid,
                 pidfd,
                 stderr: File::from(stderr),
-                wait: Box::new(move || server.wait(pid)),
+                wait: Box::new(move || server.wait(pid, &exited)),
             })
         }
     }
@@ -392,8 +391,8 @@ fn launch_thread(id: WorkerId, events: &mpsc::Sender<Event>) -> std::io::Result<
             .err()
             .map(|error| error.to_string());
         let info = ExitInfo {
-            status: crate::linux::ExitStatus::Code(0),
-            cpu: crate::linux::thread_cpu_time(),
+            status: sys::process::ExitStatus::Code(0),
+            cpu: sys::cpu::thread_cpu_time(),
             max_rss: 0,
         };
         let _ = thread_events.blocking_send(Event::ChannelClosed { id, error });
