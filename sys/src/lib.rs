@@ -5,7 +5,7 @@
 //!   signal names, a checked `fork`, and what a worker does to confine itself (`prctl`s, signal dispositions).
 //! - [`socket`]: `SOCK_SEQPACKET` pairs, messages carrying descriptors, pipes, polling with a deadline.
 //! - [`region`]: read-only mapped files and sealed shared memory (memfds), with `Deref<Target = [u8]>` views.
-//! - [`limits`]: rlimits a worker sets on itself; [`user`]: user and group ids; [`env`]: the environment,
+//! - [`limits`]: rlimits a worker sets on itself; [`user`]: user and group ids; [`env`](mod@env): the environment,
 //!   changed only while the process is single-threaded; [`cpu`]: affinity and clocks.
 //! - [`fault`]: the crashes the `fault` test task injects on purpose.
 //!
