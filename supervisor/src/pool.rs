@@ -285,7 +285,14 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
             let (pid, stderr, pidfd) = server.fork_worker(channel.as_fd())?;
             // The waiter's own handle: it learns of the exit through it, and then waits for the report with a
             // deadline (see `ForkServer::wait`).
-            let exited = pidfd.try_clone()?;
+            let exited = match pidfd.try_clone() {
+                Ok(exited) => exited,
+                Err(error) => {
+                    // Not started as far as the dispatcher knows: it must not outlive the failure.
+                    pidfd.kill();
+                    return Err(error);
+                }
+            };
             let server = Arc::clone(server);
             Ok(Started {
                 pid,

@@ -207,7 +207,7 @@ pub enum Forked {
 }
 
 /// Forks this process, which must be single-threaded: in a multi-threaded process the child may deadlock on a
-/// lock another thread held at the time of the fork. That is checked (`/proc/self/status`), and a process with
+/// lock another thread held at the time of the fork. That is checked (`/proc/self/task`), and a process with
 /// more than one thread gets an error instead of a fork.
 pub fn fork() -> io::Result<Forked> {
     if !crate::env::single_threaded() {
