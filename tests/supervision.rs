@@ -703,6 +703,68 @@ fn a_stopped_fork_server_does_not_keep_sigterm_from_ending_the_run() {
 
 /// Turns each behaviour `fn name(start: &str)` into the tests `spawn::name` and `forkserver::name`. Attributes
 /// written before a name (such as `#[ignore = "…"]`) apply to both.
+/// A worker stopped (SIGSTOP) while it holds work must not hang the job: one stopped between items is noticed
+/// by its silence (its slot says idle while its batches wait) and replaced, its work run again uncharged; one
+/// stopped inside an item is killed at the item's `timeout` (SIGKILL ends a stopped process) and the item
+/// retried. Batches of one item keep the worker between items nearly all the time (it waits on its channel), so
+/// the stop lands there; either way every item must end `ok` and the run exit 0.
+fn a_worker_stopped_between_items_does_not_hang_the_job(start: &str) {
+    const ITEMS: u64 = 100_000;
+    let job = Job::new();
+    job.write(&format!(
+        r#"
+[input.range]
+start = 0
+end = {ITEMS}
+
+[task]
+builtin = "noop"
+timeout = "2s"
+retries = 1
+
+[workers]
+start = "{start}"
+count = 2
+batch = 1
+
+[supervise]
+start_timeout = "2s"
+"#
+    ));
+    let journal = {
+        let mut name = job.results().into_os_string();
+        name.push(".journal");
+        PathBuf::from(name)
+    };
+    let mut supervisor = Supervisor::start(&job, &[], &[]);
+    // Ready workers answer items, which the journal shows.
+    supervisor.wait_until("workers answer items", |_| {
+        fs::read(&journal).is_ok_and(|bytes| bytes.iter().filter(|&&b| b == b'\n').count() > 10)
+    });
+    // A worker is a descendant with no child of its own (under `forkserver` the fork server is their parent).
+    let descendants = supervisor.live_descendants();
+    let parents: BTreeSet<i32> = descendants.iter().map(|s| s.ppid).collect();
+    let victim = descendants
+        .iter()
+        .map(|s| s.pid)
+        .find(|pid| !parents.contains(pid))
+        .expect("a worker");
+    // `victim` is a live worker of this supervisor.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap_or_else(|error| panic!("SIGSTOP {victim}: {error}"));
+    let run = supervisor.finish();
+    run.assert_exit_code(EXIT_OK);
+    let records = run.records_by_item(&job.results());
+    assert_eq!(records.len() as u64, ITEMS, "{run}");
+    assert!(records.values().all(|r| r.status == "ok"), "{run}");
+    let pids: BTreeSet<u32> = records.values().map(|r| r.pid).collect();
+    assert!(
+        stat(victim).is_none_or(|s| s.is_zombie()),
+        "the stopped worker {victim} is still there\n{run}"
+    );
+    assert!(pids.len() >= 2, "{run}");
+}
+
 macro_rules! start_methods {
     ($($(#[$attribute:meta])* $name:ident,)*) => {
         mod spawn {
@@ -744,6 +806,7 @@ start_methods! {
     sigterm_stops_the_run_with_143,
     a_second_sigint_kills_at_once,
     workers_die_with_a_sigkilled_supervisor,
+    a_worker_stopped_between_items_does_not_hang_the_job,
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -73,12 +73,6 @@ pub enum Error {
     ReplayWorkerBin { path: std::path::PathBuf },
     #[error("item {item} is out of range: the job has {items} items, numbered from 0")]
     ItemOutOfRange { item: u64, items: u64 },
-    #[error("compare: {reason}")]
-    CompareFailed { reason: String },
-    #[error("bench: {measurement}: {reason}")]
-    Bench { measurement: &'static str, reason: String },
-    #[error("cannot draw the chart {path}: {message}")]
-    Chart { path: PathBuf, message: String },
     #[error("cannot choose a shard: {reason}")]
     Shard { reason: String },
     #[error("cannot merge the shards of {results}:\n{problems}")]
@@ -115,10 +109,7 @@ impl Error {
             Error::Results { .. }
             | Error::Journal { .. }
             | Error::WorkersCannotStart { .. }
-            | Error::Internal { .. }
-            | Error::CompareFailed { .. }
-            | Error::Bench { .. }
-            | Error::Chart { .. } => exit::INTERNAL,
+            | Error::Internal { .. } => exit::INTERNAL,
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::forkserver::ForkServer;
 use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path, staging_path};
 use crate::plan::{self, Items};
-use crate::pool::Starter;
+use crate::pool::{IpcCounter, Launcher, Starter};
 use crate::report::{Progress, ShardSummary, Summary};
 use crate::results::{Failure, FailureKind, Record, Reducer, Status};
 use crate::shard::{self, ShardFlags};
@@ -187,16 +187,8 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     };
     let progress = Progress::new(span.end - span.start, prior.ok + prior.failed, args.quiet);
     let reducer = Reducer::new(spec.output.reduce);
-    let outcome = dispatch::run(
-        Arc::clone(&items),
-        starter.clone(),
-        config,
-        reducer,
-        writer,
-        progress,
-        prior,
-    )
-    .await;
+    let ports = ports(starter.clone(), progress)?;
+    let outcome = dispatch::run(Arc::clone(&items), config, reducer, writer, prior, ports).await;
     starter.shut_down();
     let left = crate::orphans::sweep_until_clean();
     if !left.is_empty() {
@@ -249,6 +241,26 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     // A closed stdout (e.g. piped into `head`) must not turn a finished job into a failure.
     let _ = printed.and_then(|()| out.flush());
     Ok(code)
+}
+
+/// What the dispatcher talks to: the pool's launcher for `starter`, the stop signals, and `progress`.
+fn ports(starter: Starter, progress: Progress) -> Result<dispatch::Ports, Error> {
+    let (events_sender, events) = tokio::sync::mpsc::channel(1024);
+    let counter = Arc::new(IpcCounter::default());
+    let launcher =
+        Launcher::start(events_sender, Arc::clone(&counter), starter).map_err(|error| Error::WorkersCannotStart {
+            reason: format!("cannot start the launcher: {error}"),
+        })?;
+    let signals = crate::signal::listen().map_err(|error| Error::Internal {
+        message: format!("cannot listen for signals: {error}"),
+    })?;
+    Ok(dispatch::Ports {
+        launcher: Box::new(launcher),
+        events,
+        counter,
+        signals,
+        reporter: Box::new(progress),
+    })
 }
 
 /// This run's shard, from `--shard`, the scheduler's environment, `--shard-count` or `[shard] count`.

@@ -1,8 +1,9 @@
-//! A private scratch folder for commands that run jobs of their own (`compare`, `bench`), removed on drop.
+//! What the commands that run jobs of their own (`compare`, `bench`) need around those runs: a private scratch
+//! folder, removed on drop, and the path of this binary to start them with.
 
 use std::path::PathBuf;
 
-use crate::error::Error;
+use super::Error;
 
 #[derive(Debug)]
 pub struct Scratch {
@@ -24,10 +25,21 @@ impl Scratch {
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
                 Ok(()) => return Ok(Scratch { path }),
                 Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
-                Err(source) => return Err(Error::Results { path, source }),
+                Err(source) => {
+                    return Err(Error::File {
+                        action: "create the scratch folder",
+                        path,
+                        source,
+                    });
+                }
             }
         }
     }
+}
+
+/// This binary, which `compare` and `bench` start as `supervisor run …` (or as `__bench-echo`).
+pub fn this_exe() -> Result<PathBuf, Error> {
+    std::env::current_exe().map_err(|source| Error::Exe { source })
 }
 
 impl Drop for Scratch {

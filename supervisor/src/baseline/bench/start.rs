@@ -15,7 +15,7 @@ use shared::item::InputPlan;
 use shared::protocol::{FromWorker, ToWorker, WorkerLimits};
 use tokio::sync::mpsc;
 
-use crate::error::Error;
+use crate::baseline::Error;
 use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, message_name};
 use sys::process::Pidfd;
 
@@ -27,8 +27,9 @@ pub fn pool_start(measurement: &'static str, starter: Starter, repeat: u32, warm
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
-        .map_err(|error| Error::Internal {
-            message: format!("cannot start the async runtime: {error}"),
+        .map_err(|source| Error::Start {
+            what: "the async runtime",
+            source,
         })?;
     runtime.block_on(start_workers(measurement, starter, repeat, warmup))
 }

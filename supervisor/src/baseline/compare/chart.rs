@@ -1,12 +1,13 @@
 //! The `compare --svg` chart: wall time and peak memory per executor, as grouped bars (plotters, SVG backend:
-//! no system fonts needed, the SVG names a font family and the viewer renders it).
+//! no system fonts needed, the SVG names a font family and the viewer renders it). A wall-time bar is the median
+//! and carries a min–max whisker: the spread the verdict judges differences by.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::compare::Comparison;
-use crate::error::Error;
+use super::Comparison;
+use crate::baseline::Error;
 
 const COLORS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
@@ -32,17 +33,30 @@ pub fn draw(path: &Path, comparison: &Comparison) -> Result<(), Error> {
         .titled(&title, ("sans-serif", 18))
         .map_err(|e| failed(e.to_string()))?;
     let panels = root.split_evenly((1, 2));
-    type Metric<'a> = (&'a str, &'a str, Box<dyn Fn(usize) -> f64 + 'a>);
+    // Caption, unit, the bar's value, and the whisker's (min, max) where runs spread.
+    type Metric<'a> = (
+        &'a str,
+        &'a str,
+        Box<dyn Fn(usize) -> f64 + 'a>,
+        Option<Box<dyn Fn(usize) -> (f64, f64) + 'a>>,
+    );
     let metrics: [Metric<'_>; 2] = [
-        ("wall time", "seconds", Box::new(|i| ran[i].wall_median_s)),
+        (
+            "wall time",
+            "seconds",
+            Box::new(|i| ran[i].wall_median_s),
+            Some(Box::new(|i| (ran[i].wall_min_s, ran[i].wall_max_s))),
+        ),
         (
             "peak memory (PSS)",
             "MiB",
             Box::new(|i| ran[i].peak_pss_bytes as f64 / (1 << 20) as f64),
+            None,
         ),
     ];
-    for (panel, (caption, unit, value)) in panels.iter().zip(metrics.iter()) {
-        let top = (0..ran.len()).map(value).fold(0.0f64, f64::max).max(1e-9) * 1.15;
+    for (panel, (caption, unit, value, spread)) in panels.iter().zip(metrics.iter()) {
+        let highest = |i| spread.as_ref().map_or(value(i), |spread| spread(i).1.max(value(i)));
+        let top = (0..ran.len()).map(highest).fold(0.0f64, f64::max).max(1e-9) * 1.15;
         let mut chart = ChartBuilder::on(panel)
             .caption(*caption, ("sans-serif", 16))
             .margin(12)
@@ -72,6 +86,19 @@ pub fn draw(path: &Path, comparison: &Comparison) -> Result<(), Error> {
                 )
                 .map_err(|e| failed(e.to_string()))?
                 .label(report.executor.clone());
+            if let Some(spread) = spread {
+                let (low, high) = spread(i);
+                chart
+                    .draw_series([ErrorBar::new_vertical(
+                        SegmentValue::CenterOf(i),
+                        low,
+                        value(i),
+                        high,
+                        BLACK.stroke_width(2),
+                        12,
+                    )])
+                    .map_err(|e| failed(e.to_string()))?;
+            }
         }
     }
     root.present().map_err(|e| failed(e.to_string()))?;

@@ -23,7 +23,6 @@
 
 pub mod echo;
 pub mod start;
-pub mod stats;
 pub mod throughput;
 pub mod transfer;
 
@@ -32,14 +31,14 @@ use std::sync::Arc;
 use serde::Serialize;
 use shared::exit;
 
-use self::stats::{Stats, micros, rate, ratio};
 use self::throughput::{DispatchPlan, DispatchRow};
 use self::transfer::{BandwidthPlan, Placement, RoundTripPlan};
+use super::Error;
+use super::scratch::Scratch;
+use super::stats::{Stats, micros, rate, ratio};
 use crate::cli::BenchArgs;
-use crate::error::Error;
 use crate::forkserver::ForkServer;
 use crate::pool::Starter;
-use crate::scratch::Scratch;
 
 /// Repetition counts and sizes of every measurement.
 #[derive(Debug, Clone, Copy)]
@@ -195,14 +194,13 @@ pub struct DispatchReport {
 
 pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     // `main` calls this before the async runtime or any other thread exists, and nothing above starts one.
-    let server = ForkServer::start().map_err(|error| Error::WorkersCannotStart {
-        reason: format!("cannot start the fork server: {error}"),
+    let server = ForkServer::start().map_err(|source| Error::Start {
+        what: "the fork server",
+        source,
     })?;
     let forkserver = Starter::Fork(Arc::new(server));
     let plan = Plan::new(args);
-    let exe = std::env::current_exe().map_err(|error| Error::Internal {
-        message: format!("current_exe: {error}"),
-    })?;
+    let exe = super::scratch::this_exe()?;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let debug_build = cfg!(debug_assertions);
     let show = !args.json;
@@ -316,8 +314,9 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
             bandwidth_gb_s,
             dispatch,
         };
-        let json = serde_json::to_string(&report).map_err(|error| Error::Internal {
-            message: format!("cannot encode the report: {error}"),
+        let json = serde_json::to_string(&report).map_err(|error| Error::Bench {
+            measurement: "report",
+            reason: format!("cannot encode the report: {error}"),
         })?;
         println!("{json}");
     }

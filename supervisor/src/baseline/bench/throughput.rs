@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
-use super::stats::Stats;
-use crate::error::Error;
+use crate::baseline::Error;
+use crate::baseline::stats::Stats;
 
 /// Workers of every run.
 pub const WORKERS: u32 = 2;
@@ -158,7 +158,8 @@ fn write_job(scratch: &Path, items: u64) -> Result<PathBuf, Error> {
         "# Written by `supervisor bench`: {items} items that do nothing, no results file.\n\
          name = \"bench-noop\"\n[input]\nrange = {{ start = 0, end = {items} }}\n[task]\nbuiltin = \"noop\"\n"
     );
-    std::fs::write(&path, text).map_err(|source| Error::Results {
+    std::fs::write(&path, text).map_err(|source| Error::File {
+        action: "write the job file",
         path: path.clone(),
         source,
     })?;

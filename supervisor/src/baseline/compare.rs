@@ -4,7 +4,11 @@
 //! the `thread` executor's isolation check takes down only that run). While it runs, a sampler reads the
 //! memory of its process tree from /proc (RSS, and PSS, which counts shared mappings such as the input once);
 //! its CPU time comes from `wait4` (which includes the workers it reaped). Every executor's results must be
-//! identical, or the comparison fails.
+//! identical, or the comparison fails. Each run prints one progress line on stderr as it ends (not with `--quiet`);
+//! the conclusion is [`verdict()`]'s, from the numbers alone.
+
+mod chart;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,11 +20,12 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use shared::exit;
 
-use crate::bench::stats::Stats;
+use self::verdict::{Finding, verdict};
+use super::Error;
+use super::scratch::Scratch;
+use super::stats::Stats;
 use crate::cli::CompareArgs;
-use crate::error::Error;
 use crate::report::human_bytes;
-use crate::scratch::Scratch;
 use sys::process::{ExitStatus, Pid, signal_name, wait4};
 
 /// The executors compared, with the `run` flags that select them.
@@ -78,15 +83,21 @@ pub struct Comparison {
     pub executors: Vec<ExecutorReport>,
     /// Every executor that ran produced the same records (item, status, value, failure kind).
     pub identical: bool,
+    /// Which conclusion the numbers support; `verdict` says it in words.
+    pub finding: Finding,
     pub verdict: String,
 }
 
 pub fn run(args: &CompareArgs) -> Result<i32, Error> {
     let spec = crate::run::load(&args.job, None)?;
-    let exe = std::env::current_exe().map_err(|error| Error::Internal {
-        message: format!("current_exe: {error}"),
-    })?;
+    let exe = super::scratch::this_exe()?;
     let scratch = Scratch::new("compare")?;
+    // One line per run, as it ends: a comparison of slow jobs takes minutes, and says where it is.
+    let progress = |line: String| {
+        if !args.quiet {
+            eprintln!("compare: {line}");
+        }
+    };
     let mut reports = Vec::new();
     let mut first_results: Vec<(String, PathBuf)> = Vec::new();
     let mut items = 0;
@@ -108,17 +119,26 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
             match measure(command)? {
                 Measured::Ran { sample, summary } => {
                     items = summary["items"].as_u64().unwrap_or(items);
+                    progress(format!(
+                        "{name} run {}/{}: {:.3}s wall, {:.2}s cpu",
+                        round + 1,
+                        args.repeat,
+                        sample.wall_s,
+                        sample.cpu_s
+                    ));
                     samples.push(sample);
                     if round == 0 {
                         first_results.push((name.to_string(), results));
                     }
                 }
                 Measured::Refused { stderr } => {
-                    unavailable = Some(stderr.trim().trim_start_matches("error: ").to_string());
+                    let why = stderr.trim().trim_start_matches("error: ").to_string();
+                    progress(format!("{name} cannot run this job: {why}"));
+                    unavailable = Some(why);
                     break;
                 }
                 Measured::Died { what, stderr } => {
-                    return Err(Error::CompareFailed {
+                    return Err(Error::Compare {
                         reason: format!("the {name} run {what}: {}", stderr.trim()),
                     });
                 }
@@ -134,21 +154,28 @@ pub fn run(args: &CompareArgs) -> Result<i32, Error> {
                 .find(|(name, _)| *name == report.executor)
                 .map_or(&[][..], |(_, f)| f);
             let (down, detail) = isolation_check(&exe, &scratch.path, flags)?;
+            let answer = if down { "yes" } else { "no" };
+            progress(format!(
+                "{} isolation check: crash takes the job down: {answer}: {detail}",
+                report.executor
+            ));
             report.crash_takes_job_down = Some(down);
             report.isolation_detail = Some(detail);
         }
     }
     derive_relative(&mut reports, items);
+    let verdict = verdict(&reports, items);
     let comparison = Comparison {
         job: spec.path.clone(),
         items,
         repeat: args.repeat,
-        verdict: verdict(&reports, items),
+        finding: verdict.finding,
+        verdict: verdict.text,
         executors: reports,
         identical: identical.is_ok(),
     };
     if let Some(path) = &args.svg {
-        crate::chart::draw(path, &comparison)?;
+        chart::draw(path, &comparison)?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&comparison).unwrap_or_default());
@@ -190,9 +217,7 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|error| Error::Internal {
-            message: format!("cannot start a run: {error}"),
-        })?;
+        .map_err(|source| Error::Start { what: "a run", source })?;
     let pid = child.id() as i32;
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -210,8 +235,8 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
     };
     // Read the pipes before reaping, so a chatty run cannot block on a full pipe.
     let (stdout, stderr) = read_outputs(child.stdout, child.stderr);
-    let info = wait4(Pid::from_raw(pid)).map_err(|error| Error::Internal {
-        message: format!("wait4: {error}"),
+    let info = wait4(Pid::from_raw(pid)).map_err(|error| Error::Compare {
+        reason: format!("cannot wait for a run: {error}"),
     })?;
     let wall = started.elapsed();
     done.store(true, Ordering::Relaxed);
@@ -232,7 +257,7 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
             });
         }
     }
-    let summary: serde_json::Value = serde_json::from_str(&stdout).map_err(|error| Error::CompareFailed {
+    let summary: serde_json::Value = serde_json::from_str(&stdout).map_err(|error| Error::Compare {
         reason: format!("a run printed no JSON summary ({error}): {stdout}"),
     })?;
     let internal_wall = summary["wall_s"].as_f64().unwrap_or(0.0);
@@ -344,13 +369,14 @@ fn derive_relative(reports: &mut [ExecutorReport], items: u64) {
 
 /// The records that must agree between executors: item, status, value, and the failure's kind/signal/code.
 fn comparable_records(path: &Path) -> Result<BTreeMap<u64, String>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Results {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+        action: "read the results",
         path: path.to_path_buf(),
         source,
     })?;
     let mut records = BTreeMap::new();
     for line in text.lines() {
-        let record: serde_json::Value = serde_json::from_str(line).map_err(|error| Error::CompareFailed {
+        let record: serde_json::Value = serde_json::from_str(line).map_err(|error| Error::Compare {
             reason: format!("{} has a bad line ({error})", path.display()),
         })?;
         let item = record["item"].as_u64().unwrap_or(u64::MAX);
@@ -397,7 +423,8 @@ fn isolation_check(exe: &Path, scratch: &Path, flags: &[&str]) -> Result<(bool, 
     let job = scratch.join("isolation.toml");
     let text = "[input]\nrange = { start = 0, end = 8 }\n[task]\nbuiltin = \"fault\"\nargs = { segfault = [3] }\n\
                 [output]\nresults = \"isolation.jsonl\"\n";
-    std::fs::write(&job, text).map_err(|source| Error::Results {
+    std::fs::write(&job, text).map_err(|source| Error::File {
+        action: "write the job file",
         path: job.clone(),
         source,
     })?;
@@ -407,8 +434,9 @@ fn isolation_check(exe: &Path, scratch: &Path, flags: &[&str]) -> Result<(bool, 
         .args(flags)
         .stdin(Stdio::null())
         .output()
-        .map_err(|error| Error::Internal {
-            message: format!("cannot start the isolation check: {error}"),
+        .map_err(|source| Error::Start {
+            what: "the isolation check",
+            source,
         })?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (output.status.code(), output.status.signal()) {
@@ -425,39 +453,6 @@ fn isolation_check(exe: &Path, scratch: &Path, flags: &[&str]) -> Result<(bool, 
         }
         (code, _) => (true, format!("the job ended with exit code {code:?}")),
     })
-}
-
-/// A one-line conclusion computed from the numbers.
-fn verdict(reports: &[ExecutorReport], items: u64) -> String {
-    let find = |name: &str| reports.iter().find(|r| r.executor == name && r.unavailable.is_none());
-    let (Some(process), Some(serial)) = (find("process"), find("serial")) else {
-        return "not enough executors ran to compare".to_string();
-    };
-    let Some(thread) = find("thread") else {
-        return format!(
-            "only processes can run this job; they run it {:.2}x faster than serial",
-            serial.wall_median_s / process.wall_median_s
-        );
-    };
-    let per_item_us = if items > 0 {
-        serial.cpu_median_s * 1e6 / items as f64
-    } else {
-        0.0
-    };
-    let overhead_us = process.overhead_us_per_item.unwrap_or(0.0);
-    if items > 0 && overhead_us > per_item_us && process.wall_median_s > thread.wall_median_s * 1.1 {
-        return format!(
-            "per-item work is {per_item_us:.1} µs and processes add {overhead_us:.1} µs of CPU per item: IPC dominates, raise batch or use threads"
-        );
-    }
-    let wall = (process.wall_median_s / thread.wall_median_s - 1.0) * 100.0;
-    let memory = (process.peak_pss_bytes as f64 - thread.peak_pss_bytes as f64) / (1 << 20) as f64;
-    let worth = if wall <= 10.0 {
-        "isolation is worth it"
-    } else {
-        "isolation costs more than 10% of wall time here"
-    };
-    format!("processes cost {wall:+.1}% wall and {memory:+.1} MiB (PSS) vs threads on this job; {worth}")
 }
 
 fn print_table(comparison: &Comparison, difference: Option<&String>) {

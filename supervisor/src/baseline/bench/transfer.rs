@@ -36,7 +36,7 @@ use ipc_channel::ipc::{IpcBytesSender, IpcOneShotServer, IpcReceiver, IpcSender}
 use shared::region::SharedRegion;
 
 use super::echo::{Down, ECHO_ARG, PAGE, Up, touch_bytes};
-use crate::error::Error;
+use crate::baseline::Error;
 use sys::cpu::{allowed_cpus, set_affinity};
 use sys::process::{ExitInfo, ExitStatus, Pid, Pidfd, wait4};
 
