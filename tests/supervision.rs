@@ -709,7 +709,7 @@ fn a_stopped_fork_server_does_not_keep_sigterm_from_ending_the_run() {
 /// retried. Batches of one item keep the worker between items nearly all the time (it waits on its channel), so
 /// the stop lands there; either way every item must end `ok` and the run exit 0.
 fn a_worker_stopped_between_items_does_not_hang_the_job(start: &str) {
-    const ITEMS: u64 = 100_000;
+    const ITEMS: u64 = 20_000;
     let job = Job::new();
     job.write(&format!(
         r#"
@@ -757,12 +757,74 @@ start_timeout = "2s"
     let records = run.records_by_item(&job.results());
     assert_eq!(records.len() as u64, ITEMS, "{run}");
     assert!(records.values().all(|r| r.status == "ok"), "{run}");
-    let pids: BTreeSet<u32> = records.values().map(|r| r.pid).collect();
     assert!(
         stat(victim).is_none_or(|s| s.is_zombie()),
         "the stopped worker {victim} is still there\n{run}"
     );
-    assert!(pids.len() >= 2, "{run}");
+    // Either way the stopped worker was noticed: as stalled (between items), or by the timeout of its item,
+    // which then ran again.
+    let stalled = run.stderr.contains("showed no sign of life");
+    let timed_out = records
+        .values()
+        .any(|r| r.attempts == 2 && r.attempt_errors.first().is_some_and(|e| e.kind == "timeout"));
+    assert!(stalled || timed_out, "the stopped worker was never noticed\n{run}");
+}
+
+/// A worker stopped (SIGSTOP) inside an item is still killed at the item's `timeout` (SIGKILL ends a stopped
+/// process): that item fails with `timeout` and the run ends.
+fn a_worker_stopped_inside_an_item_is_killed_at_the_timeout(start: &str) {
+    let job = Job::new();
+    let pids = job.folder("pids");
+    job.write(&format!(
+        r#"
+[input.range]
+start = 0
+end = 20
+
+[task]
+builtin = "fault"
+timeout = "1s"
+
+[task.args]
+hang = [7]
+pid_dir = '{}'
+
+[workers]
+start = "{start}"
+count = 2
+"#,
+        pids.display()
+    ));
+    let mut supervisor = Supervisor::start(&job, &[], &[]);
+    let marker = pids.join("item-7");
+    supervisor.wait_until("item 7 has started", |_| marker.exists());
+    let text = fs::read_to_string(&marker).expect("read the pid record");
+    let worker: i32 = text
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("worker="))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no worker pid in {text:?}"));
+    // `worker` is a live worker of this supervisor, hanging in item 7.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap_or_else(|error| panic!("SIGSTOP {worker}: {error}"));
+    let run = supervisor.finish();
+    run.assert_exit_code(EXIT_ITEMS_FAILED);
+    let records = run.records_by_item(&job.results());
+    assert_eq!(records.len(), 20, "{run}");
+    for (&item, record) in &records {
+        if item == 7 {
+            record.assert_failed_with(
+                &Expected {
+                    kind: "timeout",
+                    signal: Some("SIGKILL"),
+                    code: None,
+                },
+                &run,
+            );
+        } else {
+            record.assert_ok_first_time(item, &run);
+        }
+    }
 }
 
 macro_rules! start_methods {
@@ -807,6 +869,7 @@ start_methods! {
     a_second_sigint_kills_at_once,
     workers_die_with_a_sigkilled_supervisor,
     a_worker_stopped_between_items_does_not_hang_the_job,
+    a_worker_stopped_inside_an_item_is_killed_at_the_timeout,
 }
 
 // ---------------------------------------------------------------------------------------------------------------

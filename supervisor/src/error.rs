@@ -52,9 +52,25 @@ pub enum Error {
     )]
     JournalMismatch { path: PathBuf, changes: String },
     #[error(
-        "an unfinished journal of an earlier run of this job exists at {path}: pass --resume to continue it, or --force to start over"
+        "an unfinished journal of an earlier run of this job exists at {path} and no run is writing it now: pass --resume to continue it, or --force to start over"
     )]
     JournalExists { path: PathBuf },
+    #[error(
+        "another run ({holder}) is writing {results}: wait for it or stop it, then run again (it holds the lock {lock})"
+    )]
+    ResultsLocked {
+        results: PathBuf,
+        holder: crate::lock::Holder,
+        lock: PathBuf,
+    },
+    #[error("cannot lock the results with {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the lock {path} is not a regular file: remove it or choose another results path")]
+    LockNotAFile { path: PathBuf },
     #[error("--resume needs a results file: set [output] results or pass --results")]
     ResumeWithoutResults,
     #[error("--resume needs the journal, but this job sets [output] journal = false")]
@@ -100,6 +116,8 @@ impl Error {
             | Error::JournalInvalid { .. }
             | Error::JournalMismatch { .. }
             | Error::JournalExists { .. }
+            | Error::ResultsLocked { .. }
+            | Error::LockNotAFile { .. }
             | Error::ResultsIsFolder { .. }
             | Error::ResumeWithoutResults
             | Error::ResumeWithoutJournal
@@ -108,6 +126,7 @@ impl Error {
             | Error::Export { .. } => exit::USAGE,
             Error::Results { .. }
             | Error::Journal { .. }
+            | Error::Lock { .. }
             | Error::WorkersCannotStart { .. }
             | Error::Internal { .. } => exit::INTERNAL,
         }

@@ -356,7 +356,7 @@ fn fork_worker(channel: OwnedFd) -> io::Result<(u32, Pidfd, OwnedFd)> {
     match process::fork()? {
         Forked::Child => {
             let code = match process::redirect_and_close_others(channel.as_fd(), stderr_write.as_fd()) {
-                Ok(()) => match child::worker::run(Some(server.as_raw())) {
+                Ok(()) => match child::worker::run(Some(server.as_raw()), Box::new(builtins::build)) {
                     Ok(()) => 0,
                     Err(error) => {
                         eprintln!("worker: {error}");

@@ -51,6 +51,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod atomic;
 pub mod baseline;
 pub mod batching;
 pub mod cli;
@@ -63,10 +64,13 @@ pub mod fetch;
 pub mod forkserver;
 pub mod isolation;
 pub mod journal;
+pub mod journal_index;
+pub mod lock;
 pub mod merge;
 pub mod orphans;
 pub mod plan;
 pub mod pool;
+pub mod record;
 pub mod report;
 pub mod results;
 pub mod run;
@@ -168,7 +172,7 @@ fn worker_main() -> i32 {
     let parent = std::env::var(child::worker::PARENT_PID_ENV)
         .ok()
         .and_then(|pid| pid.parse().ok());
-    match child::worker::run(parent) {
+    match child::worker::run(parent, Box::new(builtins::build)) {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("worker: {error}");

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use child::task::{InputKind, TaskInfo};
+use builtins::{InputKind, TaskInfo};
 use shared::item::{Batch, BatchItems, Chunk, FetchedBody, InputPlan, range_item_count};
 use shared::job::{InputSpec, JobSpec, Split};
 
@@ -56,8 +56,8 @@ pub fn check_task(spec: &JobSpec) -> Result<Option<&'static TaskInfo>, Error> {
         // Placeholders, programs and options were checked when the job file was loaded.
         return Ok(None);
     }
-    let Some(info) = child::task::lookup(&task.builtin) else {
-        let names: Vec<&str> = child::task::builtins().iter().map(|info| info.name).collect();
+    let Some(info) = builtins::lookup(&task.builtin) else {
+        let names: Vec<&str> = builtins::all().iter().map(|info| info.name).collect();
         return Err(spec
             .error_at(
                 task.builtin_span.clone(),
@@ -96,7 +96,7 @@ pub fn check_task(spec: &JobSpec) -> Result<Option<&'static TaskInfo>, Error> {
     Ok(Some(info))
 }
 
-/// Makes the task's `path` arguments (those an [`ArgInfo`](child::task::ArgInfo) documents with kind `path`)
+/// Makes the task's `path` arguments (those an [`ArgInfo`](builtins::ArgInfo) documents with kind `path`)
 /// absolute, relative to the job file's folder like every other path in a job file. Workers run in the
 /// supervisor's current folder, which need not be the job's, so this is done here, before the args are sent.
 pub fn resolve_path_args(spec: &mut JobSpec, info: &TaskInfo) {

@@ -453,7 +453,7 @@ fn launch_thread(id: WorkerId, events: &mpsc::Sender<Event>) -> std::io::Result<
     };
     let thread_events = events.clone();
     thread::Builder::new().name(format!("worker-{id}")).spawn(move || {
-        let error = child::worker::run_in_thread(uplink, &queue)
+        let error = child::worker::run_in_thread(uplink, &queue, Box::new(builtins::build))
             .err()
             .map(|error| error.to_string());
         let info = ExitInfo {

@@ -9,12 +9,14 @@ use shared::job::{BatchSize, Executor, InputSpec, JobSpec, StartMethod, WorkerCo
 use shared::protocol::WorkerLimits;
 use shared::usertask::UserTask;
 
+use crate::atomic::remove_stale_temps;
 use crate::cli::RunArgs;
 use crate::cpus;
 use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
 use crate::forkserver::ForkServer;
 use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path, staging_path};
+use crate::lock::ResultsLock;
 use crate::plan::{self, Items};
 use crate::pool::{IpcCounter, Launcher, Starter};
 use crate::report::{Progress, ShardSummary, Summary};
@@ -100,6 +102,14 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     if let Some(chosen) = &shard {
         spec.output.results = spec.output.results.map(|results| chosen.shard.results_path(&results));
     }
+    // Held to the end of the run: no other run or merge writes these results or their journal meanwhile.
+    let _lock = spec.output.results.as_deref().map(ResultsLock::acquire).transpose()?;
+    if let Some(results) = &spec.output.results {
+        // Temporary files of runs that died: they must not fill the disk this run needs.
+        remove_stale_temps(results);
+        remove_stale_temps(&journal_path(results));
+    }
+    let mut reducer = Reducer::new(spec.output.reduce);
     let shard_summary = shard.as_ref().map(|chosen| ShardSummary {
         index: chosen.shard.index,
         count: chosen.shard.count,
@@ -134,8 +144,8 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
                     })??
             };
             fingerprint.shard = shard.as_ref().map(|chosen| chosen.shard);
-            let recovered = if resume && path.exists() {
-                let journal = Journal::recover(&path, &fingerprint)?;
+            let mut recovered = if resume && path.exists() {
+                let journal = Journal::recover(&path, &fingerprint, args.retry_failed, &mut reducer)?;
                 for dropped in &journal.dropped {
                     eprintln!("journal {}: dropped {dropped}", path.display());
                 }
@@ -149,10 +159,10 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
                 None
             };
             let prior = recovered
-                .as_ref()
-                .map(|j| j.done(items.len(), args.retry_failed))
+                .as_mut()
+                .map(|journal| std::mem::take(&mut journal.done))
                 .unwrap_or_default();
-            let writer = JournalWriter::create(&path, &fingerprint, recovered.as_ref(), spec.output.journal)?;
+            let writer = JournalWriter::create(&path, &fingerprint, recovered, spec.output.journal)?;
             (Some(writer), prior)
         }
     };
@@ -186,7 +196,6 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         },
     };
     let progress = Progress::new(span.end - span.start, prior.ok + prior.failed, args.quiet);
-    let reducer = Reducer::new(spec.output.reduce);
     let ports = ports(starter.clone(), progress)?;
     let outcome = dispatch::run(Arc::clone(&items), config, reducer, writer, prior, ports).await;
     starter.shut_down();
@@ -448,6 +457,7 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
         &task_args_json(spec),
         items.input_plan(arena.as_ref().map(|a| a.proc_path()).as_deref()),
         &batch,
+        Box::new(builtins::build),
     )
     .map_err(|reason| Error::WorkersCannotStart { reason })?;
     let (status, value, error) = match outcome.result {
@@ -480,6 +490,7 @@ fn print_replayed(
     };
     let record = Record {
         item,
+        retrying: false,
         status,
         value,
         error,
@@ -496,7 +507,7 @@ fn print_replayed(
 
 pub fn tasks() -> i32 {
     let mut out = String::new();
-    for info in child::task::builtins() {
+    for info in builtins::all() {
         let inputs: Vec<&str> = info.inputs.iter().map(|kind| kind.describe()).collect();
         out.push_str(&format!(
             "{}\n    {}\n    input: {}\n",

@@ -5,6 +5,7 @@
 //! input order, skipping items an earlier run recorded. Which worker gets what, and when, is the state
 //! machine's decision; this module only keeps the lists.
 
+use crate::journal::ItemSet;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ pub(super) struct WorkQueue {
     /// End of this run's span.
     end: u64,
     /// Items recorded by an earlier run (`--resume`), never handed out. Read only through [`Self::is_done_before`].
-    done_before: Vec<bool>,
+    done_before: ItemSet,
     /// Spans `(first, len)` to hand out again before new items.
     requeued: VecDeque<(u64, u64)>,
     /// Items to run alone to find which one kills its worker.
@@ -27,7 +28,7 @@ pub(super) struct WorkQueue {
 impl WorkQueue {
     /// The queue of `span`. `fresh` is false when items arrive another way (fetched items of a `urls` input):
     /// then no item of the span is fresh.
-    pub(super) fn new(span: std::ops::Range<u64>, done_before: Vec<bool>, fresh: bool) -> WorkQueue {
+    pub(super) fn new(span: std::ops::Range<u64>, done_before: ItemSet, fresh: bool) -> WorkQueue {
         WorkQueue {
             next_item: if fresh { span.start } else { span.end },
             end: span.end,
@@ -40,7 +41,7 @@ impl WorkQueue {
 
     /// Whether an earlier run recorded `item` (the one place that reads it).
     pub(super) fn is_done_before(&self, item: u64) -> bool {
-        self.done_before.get(item as usize).copied().unwrap_or(false)
+        self.done_before.contains(item)
     }
 
     /// Fresh items not handed out yet (an upper bound: items an earlier run recorded are counted until skipped).
@@ -141,7 +142,7 @@ mod tests {
     #[test]
     fn fresh_batches_skip_items_recorded_before_and_stop_at_them() {
         // Items 2 and 5 of 0..8 were recorded by an earlier run.
-        let done: Vec<bool> = (0..8).map(|i| i == 2 || i == 5).collect();
+        let done: ItemSet = [2, 5].into_iter().collect();
         let mut queue = WorkQueue::new(0..8, done, true);
         let mut taken = Vec::new();
         while let Some(span) = queue.take_fresh(10) {
@@ -153,7 +154,7 @@ mod tests {
 
     #[test]
     fn requeued_spans_come_back_in_order_and_in_pieces() {
-        let mut queue = WorkQueue::new(0..0, Vec::new(), true);
+        let mut queue = WorkQueue::new(0..0, ItemSet::default(), true);
         queue.requeue_front(vec![(10, 3), (20, 0), (30, 2)]);
         queue.requeue_front(vec![(5, 1)]);
         assert_eq!(queue.requeued_len(), 6);
@@ -168,7 +169,7 @@ mod tests {
     fn suspects_run_before_due_retries_and_retries_wait_for_their_time() {
         let now = Instant::now();
         let later = now + std::time::Duration::from_secs(3600);
-        let mut queue = WorkQueue::new(0..0, Vec::new(), true);
+        let mut queue = WorkQueue::new(0..0, ItemSet::default(), true);
         queue.schedule_retry(later, 7);
         queue.schedule_retry(now, 8);
         queue.suspect(3..5);

@@ -3,7 +3,7 @@
 //! It owns the job state through its parts (the [`WorkQueue`], the [`Workers`] table, the batches in flight,
 //! the [`Tallies`]) and produces records; it never awaits, never prints, and starts or kills workers only
 //! through the [`Launch`] it was given. The driver calls it; the unit tests call it the same way, with a fake
-//! launcher.
+//! launcher. Handing out work is in `handout`, a worker's end and the timer kills in `deaths`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -28,6 +28,9 @@ use crate::journal::Done;
 use crate::pool::{Event, WorkerId, message_name};
 use crate::results::{Failure, Record, Reducer, Status};
 use crate::signal::{Escalation, StopAction, StopSignal};
+
+mod deaths;
+mod handout;
 
 /// Workers in a row that fail before becoming ready before the job is abandoned.
 pub(super) const MAX_START_FAILURES: u32 = 3;
@@ -129,7 +132,7 @@ impl Dispatcher {
             batches: HashMap::new(),
             next_batch_id: 0,
             sizer,
-            attempt_errors: HashMap::new(),
+            attempt_errors: std::mem::take(&mut prior.attempts),
             tallies,
             records: Vec::new(),
             keep_records,
@@ -447,313 +450,6 @@ impl Dispatcher {
         }
     }
 
-    fn on_exit(&mut self, id: WorkerId) {
-        let Some(mut worker) = self.workers.remove(id) else {
-            return;
-        };
-        let Some((info, stderr_tail)) = worker.exit.take() else {
-            return;
-        };
-        self.workers.stats.push(WorkerStats {
-            pid: worker.pid,
-            items: worker.answered,
-            cpu_s: info.cpu.as_secs_f64(),
-            max_rss_bytes: info.max_rss,
-        });
-        let stopping = self.is_stopping();
-        if worker.is_starting() && !stopping {
-            let tail = match crate::failure::last_lines(&stderr_tail) {
-                lines if lines.is_empty() => String::new(),
-                lines => format!("; stderr: {lines}"),
-            };
-            let how = match worker.protocol_error() {
-                Some(error) => format!("{error}, and was killed"),
-                None => format!("worker {} {}", worker.pid, describe_exit(info.status)),
-            };
-            self.start_failed(format!("{how} before it was ready{tail}"));
-        }
-        // Counted after the dead worker's item is recorded below: the death that trips the restart limit still
-        // charges the item that caused it.
-        let unexpected = worker.state() != WorkerState::Stopping && !stopping;
-
-        let mut queued = std::mem::take(&mut worker.batches)
-            .into_iter()
-            .filter_map(|batch| self.batches.remove(&batch).map(|f| (batch, f)));
-        let head = queued.next();
-        // Batches queued behind the one it was running never started.
-        let mut unstarted: Vec<(u64, u64)> = queued
-            .map(|(_, flight)| (flight.next, flight.end - flight.next))
-            .collect();
-        // During a stop, a worker the dispatcher killed says nothing about its item (which stays not run); any
-        // other death is still the item's, e.g. a timeout or a crash while a `soon` halt lets work finish.
-        let attributable = self.ending.stopped.is_none() || worker.timed_out().is_some() || !worker.killed_to_stop;
-        if attributable && let Some((head_id, flight)) = head {
-            let facts = DeathFacts {
-                batch: head_id,
-                unanswered: flight.next..flight.end,
-                isolated: flight.isolated,
-                snapshot: worker.progress.as_ref().and_then(ProgressReader::read),
-                killed: worker.killed.as_ref(),
-            };
-            match blame(&facts) {
-                Blame::Item { item, slot } => {
-                    let death = Death {
-                        status: info.status,
-                        timed_out: worker.timed_out().and(self.config.timeout),
-                        protocol_error: worker.protocol_error(),
-                        stderr_tail: &stderr_tail,
-                    };
-                    let elapsed_us = match slot {
-                        Some(s) => monotonic_ns().saturating_sub(s.started_ns) / 1000,
-                        None => flight.dispatched.elapsed().as_micros() as u64,
-                    };
-                    let elapsed_ms = elapsed_us as f64 / 1000.0;
-                    let mut failure = crash_failure(death);
-                    if info.status == sys::process::ExitStatus::Signal(libc::SIGBUS)
-                        && let Some(cause) = self.source.explain_sigbus(item)
-                    {
-                        failure.message = cause;
-                    }
-                    self.item_failed(item, failure, worker.pid, elapsed_ms);
-                    // Items before the culprit finished but their results were not sent yet; items after it never
-                    // started. Both run again, uncharged.
-                    unstarted.insert(0, (item + 1, flight.end - item - 1));
-                    unstarted.insert(0, (flight.next, item - flight.next));
-                }
-                Blame::Suspects => self.queue.suspect(flight.next..flight.end),
-                Blame::Nobody => unstarted.insert(0, (flight.next, flight.end - flight.next)),
-            }
-        }
-        if self.ending.stopped.is_none() {
-            self.queue.requeue_front(unstarted);
-        }
-        if unexpected {
-            self.count_death();
-        }
-        self.replenish();
-        self.fill_all();
-    }
-
-    /// Records a worker death that nobody asked for, and stops the job if they come too fast.
-    fn count_death(&mut self) {
-        let within = self.config.supervise.within;
-        let deaths = self.workers.count_death(Instant::now(), within);
-        if deaths > self.config.supervise.max_restarts as usize {
-            self.stop(StopReason::RestartIntensity { deaths, within });
-        }
-    }
-
-    /// Kills workers that have not become ready within `[supervise] start_timeout` of their launch (a
-    /// `worker_bin` that is not a worker and never says hello, a task whose set-up hangs): a start failure, which
-    /// ends the run after a few in a row, instead of a run that waits forever.
-    fn check_start_timeouts(&mut self) {
-        let limit = self.config.supervise.start_timeout;
-        for worker in self.workers.iter_mut() {
-            if worker.is_starting() && worker.killed.is_none() && worker.launched.elapsed() > limit {
-                let said = if worker.state() == WorkerState::Starting {
-                    "never said hello"
-                } else {
-                    "never answered Init"
-                };
-                let error = format!(
-                    "worker {} {said} within start_timeout = {}",
-                    worker.pid,
-                    crate::failure::human_duration(limit)
-                );
-                self.reporter.message(&format!("{error}: killed it"));
-                worker.kill(self.launcher.as_mut(), KillCause::Protocol(error));
-            }
-        }
-    }
-
-    /// Kills workers that hold work but stay between items with no sign of life (stopped, or stuck in a page
-    /// fault): their work goes back to the queue, uncharged (see [`stall_deadline`]). The death counts towards
-    /// the restart intensity, so a machine where workers keep stalling ends the run instead of looping.
-    fn check_stalls(&mut self) {
-        let deadline = stall_deadline(&self.config);
-        let now = Instant::now();
-        for worker in self.workers.iter_mut() {
-            if worker.stalled(now, deadline) {
-                self.reporter.message(&format!(
-                    "worker {} held work but showed no sign of life for {}: killed it, its work runs again",
-                    worker.pid,
-                    crate::failure::human_duration(deadline)
-                ));
-                worker.kill(self.launcher.as_mut(), KillCause::Stalled);
-            }
-        }
-    }
-
-    /// Kills workers whose current item has run past the timeout.
-    pub(super) fn check_timeouts(&mut self) {
-        let Some(timeout) = self.config.timeout else { return };
-        let now = monotonic_ns();
-        let limit = timeout.as_nanos() as u64;
-        for worker in self.workers.iter_mut() {
-            // Stopping workers still run the items they hold (a `soon` halt, a graceful stop): timeouts apply.
-            if worker.killed.is_some() || worker.batches.is_empty() || worker.pid == 0 {
-                continue;
-            }
-            let Some(snapshot) = worker.progress.as_ref().and_then(ProgressReader::read) else {
-                continue;
-            };
-            if snapshot.running && now.saturating_sub(snapshot.started_ns) > limit {
-                worker.kill(self.launcher.as_mut(), KillCause::Timeout { item: snapshot.item });
-            }
-        }
-    }
-
-    /// Like [`Dispatcher::fill_all`], but workers holding fewer batches choose first: when fetched items trickle
-    /// in one by one, an idle worker gets the next one before a busy worker queues it behind its current item.
-    fn fill_least_loaded_first(&mut self) {
-        let mut ids = self.workers.loads();
-        ids.sort_unstable();
-        for (_, id) in ids {
-            self.fill(id);
-        }
-    }
-
-    fn fill_all(&mut self) {
-        for id in self.workers.ids() {
-            self.fill(id);
-        }
-    }
-
-    /// Hands `id` work until it holds enough batches (or one item run alone), if it is ready and work is
-    /// left.
-    fn fill(&mut self, id: WorkerId) {
-        if self.is_stopping() {
-            return;
-        }
-        loop {
-            let unassigned = self.unassigned();
-            let Some(worker) = self.workers.get(id) else { return };
-            let prefetch = self
-                .sizer
-                .prefetch(self.sizer.next_size(unassigned, self.target_workers));
-            if worker.state() != WorkerState::Ready || worker.batches.len() >= prefetch {
-                return;
-            }
-            let quota = self
-                .config
-                .max_tasks
-                .map_or(u64::MAX, |max| max.saturating_sub(worker.assigned));
-            let holds_single = worker
-                .batches
-                .iter()
-                .any(|b| self.batches.get(b).is_some_and(|f| f.isolated));
-            if quota == 0 || holds_single {
-                return;
-            }
-            let idle = worker.batches.is_empty();
-            // A second, prefetched batch only when there is work left for every worker: with few items, one
-            // worker must not hold two while another starts up with none.
-            if !idle && unassigned < self.target_workers as u64 {
-                return;
-            }
-            let now = Instant::now();
-            let (first, len, isolated) = if self.queue.has_single(now) {
-                // A single item runs on a worker that holds nothing else, so that its death is attributable.
-                if !idle {
-                    return;
-                }
-                let Some(item) = self.queue.take_single(now) else {
-                    return;
-                };
-                (item, 1, true)
-            } else {
-                let remaining = self.fresh_left() + self.queue.requeued_len();
-                let size = self.sizer.next_size(remaining, self.target_workers).min(quota);
-                if let Some((first, len)) = self.queue.take_requeued(size) {
-                    (first, len, false)
-                } else if let Some(fetch) = self.fetch.as_mut() {
-                    // Fetched items, in runs of consecutive numbers.
-                    let Some(&first) = fetch.ready.first() else { return };
-                    let mut end = first;
-                    while end - first < size && fetch.ready.remove(&end) {
-                        end += 1;
-                    }
-                    (first, end - first, false)
-                } else {
-                    // Fresh items, skipping those an earlier run recorded: a batch is a run of consecutive items.
-                    let Some((first, len)) = self.queue.take_fresh(size) else {
-                        return;
-                    };
-                    (first, len, false)
-                }
-            };
-            self.send_batch(id, first, len, isolated);
-        }
-    }
-
-    /// Replaces a worker that has run its `max_tasks` items, once it has answered them.
-    fn recycle_if_spent(&mut self, id: WorkerId) {
-        let Some(max) = self.config.max_tasks else { return };
-        let Some(worker) = self.workers.get_mut(id) else {
-            return;
-        };
-        if worker.state() == WorkerState::Ready && worker.assigned >= max && worker.batches.is_empty() {
-            worker.stop(self.launcher.as_mut());
-            self.replenish();
-        }
-    }
-
-    fn send_batch(&mut self, id: WorkerId, first: u64, len: u64, isolated: bool) {
-        let batch_id = self.next_batch_id;
-        self.next_batch_id += 1;
-        let batch = self
-            .source
-            .batch(batch_id, first, len, self.fetch.as_ref().map(|f| &f.bodies));
-        let Some(worker) = self.workers.get_mut(id) else {
-            return;
-        };
-        // If the writer is gone the worker is dying; the batch is then handled as unanswered when it exits.
-        if let Some(sender) = &worker.sender {
-            // Retried items (few, and usually alone in their batch) are told their attempt number first.
-            for (&item, errors) in &self.attempt_errors {
-                if (first..first + len).contains(&item) && !errors.is_empty() {
-                    let attempt = errors.len() as u32 + 1;
-                    sender.send(ToWorker::Attempt { item, attempt });
-                }
-            }
-            sender.send(ToWorker::Batch(batch));
-        }
-        let now = Instant::now();
-        worker.batches.push_back(batch_id);
-        worker.assigned += len;
-        worker.heard(now);
-        let flight = InFlight {
-            worker: id,
-            first,
-            next: first,
-            end: first + len,
-            isolated,
-            dispatched: now,
-            task_micros: 0,
-        };
-        self.batches.insert(batch_id, flight);
-    }
-
-    /// Launches workers until the target count is running, while there is work they could take.
-    fn replenish(&mut self) {
-        if self.is_stopping() {
-            return;
-        }
-        if self.fresh_left() == 0 && !self.queue.has_queued() {
-            return;
-        }
-        while self.workers.active() < self.target_workers {
-            // Without a progress slot, attribution falls back to re-running suspects alone.
-            let progress = if self.config.progress_slots {
-                SharedPage::create().ok().map(ProgressReader::new)
-            } else {
-                None
-            };
-            let id = self.workers.add(progress, Instant::now());
-            self.launcher.launch(id);
-        }
-    }
-
     fn start_failed(&mut self, reason: String) {
         self.workers.start_failures += 1;
         if self.workers.start_failures >= MAX_START_FAILURES {
@@ -874,10 +570,18 @@ impl Dispatcher {
         let errors = self.attempt_errors.entry(item).or_default();
         errors.push(failure.clone());
         let attempts = errors.len() as u32;
-        if attempts <= self.config.retries && !self.is_stopping() {
-            self.queue.schedule_retry(Instant::now() + self.backoff(attempts), item);
-            self.tallies.retries += 1;
-            self.replenish();
+        if attempts <= self.config.retries {
+            // Journaled as a used attempt: a stop before the retry runs leaves it for `--resume`, not failed.
+            if self.keep_records {
+                let input = self.source.describe(item);
+                self.records
+                    .push(Record::retrying(item, failure, attempts, pid, elapsed_ms, input));
+            }
+            if !self.is_stopping() {
+                self.queue.schedule_retry(Instant::now() + self.backoff(attempts), item);
+                self.tallies.retries += 1;
+                self.replenish();
+            }
             return;
         }
         let mut attempt_errors = self.attempt_errors.remove(&item).unwrap_or_default();
@@ -931,6 +635,7 @@ impl Dispatcher {
             };
             self.records.push(Record {
                 item,
+                retrying: false,
                 status,
                 value,
                 error,

@@ -32,10 +32,8 @@ pub(super) struct Tallies {
 
 impl Tallies {
     /// Starts from what an earlier run recorded.
-    pub(super) fn new(mut reducer: Reducer, prior: &mut Done) -> Tallies {
-        for value in &prior.values {
-            reducer.add(value);
-        }
+    /// `reducer` already holds the values of what `prior` recorded (recovery adds them as it reads).
+    pub(super) fn new(reducer: Reducer, prior: &mut Done) -> Tallies {
         Tallies {
             resumed: prior.ok + prior.failed,
             recorded: prior.ok + prior.failed,

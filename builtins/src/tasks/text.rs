@@ -7,7 +7,9 @@ use serde::Deserialize;
 use shared::item::Value;
 
 use super::no_args;
-use crate::task::{ArgInfo, Item, Task, bytes_of, parse_args};
+use child::task::{Item, Task, bytes_of};
+
+use crate::registry::{ArgInfo, parse_args};
 
 struct LineCount;
 

@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 use shared::item::Value;
 use shared::units::parse_size;
 
-use crate::task::{ArgInfo, Item, ItemInput, Task, parse_args};
+use child::task::{Item, ItemInput, Task};
+
+use crate::registry::{ArgInfo, parse_args};
 
 const TASK: &str = "thumbnail";
 /// Default `size`: the longest side of a thumbnail, in pixels.

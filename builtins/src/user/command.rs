@@ -3,8 +3,10 @@
 //! The worker expands the placeholders, starts the command (argv, never a shell), hands it the item's bytes as
 //! a path and on stdin, captures its stdout (bounded) and the tail of its stderr, waits for it, and turns the
 //! result into the item's outcome: exit 0 → the value parsed from stdout; another code → kind `exit`; a signal →
-//! kind `signal`. A command that hangs is the supervisor's to time out: it kills the worker, and the command
-//! dies with it (`PR_SET_PDEATHSIG`).
+//! kind `signal`. The item ends when the command's main process ends: what it left running in its process group
+//! is killed, even if it holds the command's stdout or stderr open (see [`super::process`]). A command that
+//! hangs is the supervisor's to time out: it kills the worker, and the worker's guard process kills the
+//! command's group.
 //!
 //! `{path}` of an item that is a whole file is that file. A chunk of a `file` input has no file of its own: its
 //! bytes are copied into a memfd of this worker (reused from item to item), and `{path}` is
@@ -22,8 +24,8 @@ use shared::protocol::{TaskError, TaskErrorKind};
 use shared::usertask::{CommandSpec, Parse, StdinMode};
 
 use super::json_to_value;
-use super::process::{Guard, Inherited, capture, command, ended, own_group, reap_group};
-use crate::task::{Item, ItemContext, ItemInput, Task};
+use super::process::{Guard, Inherited, Leader, capture, command, ended, own_group, reap_group};
+use child::task::{Item, ItemContext, ItemInput, Task};
 
 /// Runs `command` once per item.
 #[derive(Debug)]
@@ -55,7 +57,8 @@ impl CommandTask {
             ItemInput::Bytes { data, path, offset } if offset == 0 && is_whole(path, data) => {
                 let stdin = match self.spec.stdin {
                     StdinMode::Item => Stdio::from(
-                        File::open(path).map_err(|e| error(format!("cannot open {}: {e}", path.display())))?,
+                        shared::region::open_regular(path)
+                            .map_err(|e| error(format!("cannot open {}: {e}", path.display())))?,
                     ),
                     StdinMode::Null => Stdio::null(),
                 };
@@ -123,7 +126,12 @@ impl CommandTask {
             let _ = child.wait();
             return Err(error("the command's pipes were not created".into()));
         };
-        let captured = capture(stdout, stderr, self.spec.process.max_output);
+        let captured = match Leader::new(pgid) {
+            Ok(leader) => capture(stdout, stderr, self.spec.process.max_output, &leader),
+            Err(e) => Err(std::io::Error::other(format!(
+                "cannot watch the command's process: {e}"
+            ))),
+        };
         // Whatever the command left running in its process group goes with it.
         let status = reap_group(&mut child).map_err(|e| error(format!("cannot wait for `{}`: {e}", argv[0])))?;
         if let Some(guard) = self.guard.as_mut() {

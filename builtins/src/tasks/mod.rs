@@ -8,7 +8,9 @@ mod thumbnail;
 
 use shared::item::Value;
 
-use crate::task::{InputKind, Item, Task, TaskInfo, parse_args};
+use child::task::{Item, Task};
+
+use crate::registry::{InputKind, TaskInfo, parse_args};
 
 const ANY_INPUT: &[InputKind] = &[InputKind::Range, InputKind::Chunks, InputKind::WholeFiles];
 const BYTES_INPUT: &[InputKind] = &[InputKind::Chunks, InputKind::WholeFiles];

@@ -10,7 +10,7 @@ pub mod process;
 use shared::item::Value;
 use shared::usertask::{COMMAND_TASK, UserTask, WORKER_BIN_TASK, WORKER_TASK};
 
-use crate::task::Task;
+use child::task::Task;
 
 /// Builds the task for a reserved task name of `Init` (`None` when `task_name` is not one).
 pub fn build(task_name: &str, args_json: &str) -> Option<Result<Box<dyn Task>, String>> {

@@ -4,7 +4,7 @@ use sha2::{Digest, Sha256};
 use shared::item::Value;
 
 use super::no_args;
-use crate::task::{Item, Task, bytes_of};
+use child::task::{Item, Task, bytes_of};
 
 struct Sha256Task;
 

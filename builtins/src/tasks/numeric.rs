@@ -3,7 +3,7 @@
 use shared::item::Value;
 
 use super::no_args;
-use crate::task::{Item, Task, range_of};
+use child::task::{Item, Task, range_of};
 
 struct SumSquares;
 
@@ -26,7 +26,7 @@ pub(crate) fn sum_squares(lo: u64, hi: u64) -> Option<u128> {
     Some(sum)
 }
 
-pub(super) fn build_sum_squares(args: &serde_json::Value) -> Result<Box<dyn crate::task::Task>, String> {
+pub(super) fn build_sum_squares(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
     no_args("sum-squares", args)?;
     Ok(Box::new(SumSquares))
 }
@@ -105,7 +105,7 @@ impl Task for CountPrimes {
     }
 }
 
-pub(super) fn build_count_primes(args: &serde_json::Value) -> Result<Box<dyn crate::task::Task>, String> {
+pub(super) fn build_count_primes(args: &serde_json::Value) -> Result<Box<dyn Task>, String> {
     no_args("count-primes", args)?;
     Ok(Box::new(CountPrimes::default()))
 }

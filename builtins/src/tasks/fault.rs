@@ -8,7 +8,9 @@ use serde::Deserialize;
 use shared::item::Value;
 use shared::units::parse_size;
 
-use crate::task::{ArgInfo, Item, ItemInput, Task, parse_args};
+use child::task::{Item, ItemInput, Task};
+
+use crate::registry::{ArgInfo, parse_args};
 
 pub(super) const ARGS: &[ArgInfo] = &[
     ArgInfo {
@@ -318,7 +320,7 @@ fn record_pids(dir: &std::path::Path, index: u64, child: u32) -> Result<(), Stri
 /// faults and the kernel kills the worker with SIGSEGV; the file is never changed. An item without bytes (a
 /// range item, an empty file) returns and succeeds.
 fn write_through_input(item: &Item<'_>) {
-    if let crate::task::ItemInput::Bytes { data, .. } = item.input {
+    if let ItemInput::Bytes { data, .. } = item.input {
         sys::fault::write_to_read_only(data);
     }
 }

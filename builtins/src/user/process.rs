@@ -4,17 +4,24 @@
 //! it dies with the worker that started it: when the supervisor kills a worker for a timeout, a limit or a
 //! stop, the user's command or persistent process goes with it and nothing is orphaned. The worker is a small
 //! process, so the fork path that a `pre_exec` hook forces costs little here.
+//!
+//! A user's process ends when its main process ends, not when its pipes close: what it started in the background
+//! may hold them open for as long as it likes (`sh -c 'sleep 100 & echo done'`). So every wait on a user process
+//! also watches a pidfd of its main process ([`Leader`]); once that has ended, its process group is killed and
+//! the pipes are read for at most [`DRAIN_AFTER_EXIT`] more (a process that left the group with `setsid` may
+//! still hold them).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use shared::protocol::{TaskError, TaskErrorKind};
 use shared::usertask::ProcessSpec;
 
-use crate::task::ItemContext;
+use child::task::ItemContext;
 
 /// Bytes of a process's stderr kept for a failure record.
 pub const STDERR_TAIL_BYTES: usize = 4 << 10;
@@ -180,7 +187,7 @@ unsafe fn guard_main(read: RawFd) -> ! {
         // worker's death from the supervisor) but the pipe, as fd 0.
         libc::dup2(read, 0);
         libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
-        // Leave the worker's process group: when the worker dies, its group is killed (see `crate::isolation`),
+        // Leave the worker's process group: when the worker dies, its group is killed (see `child::isolation`),
         // and the guard must outlive it to kill the user's groups.
         libc::setpgid(0, 0);
         let mut groups = [0i32; GUARD_GROUPS];
@@ -230,6 +237,103 @@ pub fn reap_group(child: &mut std::process::Child) -> io::Result<ExitStatus> {
     // SAFETY: kill(2) touches no memory of ours; the group's leader is our unreaped child, so the id is ours.
     unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
     child.wait()
+}
+
+/// How long the pipes of a user process are still read once its main process has ended and its process group
+/// was killed: long enough for what is already in them, short enough that a process that left the group (and so
+/// was not killed) cannot hold the item by keeping them open.
+pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// The main process of a user process group: our unreaped child, leader of its own group, with a pidfd that
+/// becomes readable when it ends (so that a wait for it is one more descriptor in a `poll`).
+#[derive(Debug)]
+pub struct Leader {
+    pid: u32,
+    pidfd: OwnedFd,
+}
+
+impl Leader {
+    /// `pid` must be our unreaped child and the leader of its own process group.
+    pub fn new(pid: u32) -> io::Result<Leader> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the syscall returned a fresh fd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(Leader { pid, pidfd })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// SIGKILLs what is left in the group. The leader is our unreaped child (also once it has ended), so its id,
+    /// the group's, cannot have been reused.
+    pub fn kill_group(&self) {
+        // SAFETY: kill(2) touches no memory of ours.
+        unsafe { libc::kill(-(self.pid as libc::pid_t), libc::SIGKILL) };
+    }
+
+    /// Whether the leader has ended (without reaping it).
+    pub fn has_ended(&self) -> bool {
+        has_ended(self.pid)
+    }
+}
+
+/// The readiness of the descriptors of one [`wait_for`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// For each descriptor asked about: readable, writable or hung up (as asked).
+    pub fds: [bool; 2],
+    /// The leader has ended.
+    pub ended: bool,
+}
+
+/// Waits until one of `fds` (each with the `poll` events asked, `None` for none) is ready or, when `leader` is
+/// given, the leader ends, or `deadline` passes (then nothing is ready).
+pub fn wait_for(
+    fds: [Option<(RawFd, i16)>; 2],
+    leader: Option<&Leader>,
+    deadline: Option<Instant>,
+) -> io::Result<Ready> {
+    loop {
+        let mut polled = [
+            pollfd(fds[0]),
+            pollfd(fds[1]),
+            pollfd(leader.map(|leader| (leader.pidfd.as_raw_fd(), libc::POLLIN))),
+        ];
+        let timeout = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Ready::default());
+                }
+                // Rounded up, so that the deadline has passed when poll times out.
+                left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: poll reads and writes exactly the three pollfd structs of this live array.
+        let rc = unsafe { libc::poll(polled.as_mut_ptr(), 3, timeout) };
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        return Ok(Ready {
+            fds: [polled[0].revents != 0, polled[1].revents != 0],
+            ended: polled[2].revents != 0,
+        });
+    }
+}
+
+fn pollfd(fd: Option<(RawFd, i16)>) -> libc::pollfd {
+    let (fd, events) = fd.unwrap_or((-1, 0));
+    libc::pollfd { fd, events, revents: 0 }
 }
 
 /// Whether the child `pid` has ended (without reaping it).
@@ -302,38 +406,34 @@ pub struct Captured {
     pub stderr: Tail,
 }
 
-/// Reads both pipes until both end, in this thread (poll), so that neither can fill up and block the command.
+/// Reads both pipes of a command, in this thread (poll), so that neither can fill up and block it, until both end
+/// or, once the command's main process (`leader`) has ended, its group was killed and [`DRAIN_AFTER_EXIT`] has
+/// passed: what it left in the background holding the pipes does not hold the item.
 pub fn capture(
     mut stdout: impl Read + AsRawFd,
     mut stderr: impl Read + AsRawFd,
     max_stdout: u64,
+    leader: &Leader,
 ) -> io::Result<Captured> {
     let mut captured = Captured::default();
     let mut open = [true, true];
     let mut buffer = vec![0u8; 64 << 10];
+    let mut deadline = None;
     while open[0] || open[1] {
-        let mut fds = [
-            libc::pollfd {
-                fd: if open[0] { stdout.as_raw_fd() } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if open[1] { stderr.as_raw_fd() } else { -1 },
-                events: libc::POLLIN,
-                revents: 0,
-            },
+        let fds = [
+            open[0].then(|| (stdout.as_raw_fd(), libc::POLLIN)),
+            open[1].then(|| (stderr.as_raw_fd(), libc::POLLIN)),
         ];
-        // SAFETY: poll reads and writes exactly the two pollfd structs of this live array.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ready < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
+        let ready = wait_for(fds, deadline.is_none().then_some(leader), deadline)?;
+        if ready == Ready::default() {
+            // Drained as long as allowed: what still holds the pipes left the command's group.
+            break;
         }
-        if open[0] && fds[0].revents != 0 {
+        if ready.ended {
+            leader.kill_group();
+            deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
+        }
+        if ready.fds[0] {
             match stdout.read(&mut buffer) {
                 Ok(0) => open[0] = false,
                 Ok(n) => {
@@ -345,7 +445,7 @@ pub fn capture(
                 Err(error) => return Err(error),
             }
         }
-        if open[1] && fds[1].revents != 0 {
+        if ready.fds[1] {
             match stderr.read(&mut buffer) {
                 Ok(0) => open[1] = false,
                 Ok(n) => captured.stderr.push(&buffer[..n]),
