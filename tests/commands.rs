@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Prng, generated_text, read_records, run, tool, wc, write_file};
+use common::{InputExt, Prng, generated_text, read_records, run, tool, wc, write_file};
 
 fn files(dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
     std::fs::create_dir_all(dir.join("in")).expect("mkdir");
@@ -54,7 +54,7 @@ fn wc_l_per_file_matches_wc() {
     assert_eq!(records.len(), inputs.len());
     let mut total = 0;
     for record in &records {
-        let path = record.input.path.as_ref().expect("file item");
+        let path = record.input.path().expect("file item");
         let expected = wc("-l", path);
         assert_eq!(record.value, Some(expected), "{}", path.display());
         total += expected;
@@ -127,7 +127,7 @@ fn crashing_and_hanging_commands(flags: &[&str]) {
         .iter()
         .filter_map(|r| {
             let e = r.error.as_ref()?;
-            Some((r.item, (e.kind.clone(), e.signal.clone(), e.code)))
+            Some((r.item, (e.kind.to_string(), e.signal.clone(), e.code)))
         })
         .collect();
     let expected: BTreeMap<u64, (String, Option<String>, Option<i32>)> = [
@@ -421,7 +421,7 @@ fn a_globbed_file_that_became_a_fifo_fails_its_item_instead_of_blocking_the_work
     let records = read_records::<u64>(&dir.path().join("out.jsonl"));
     assert_eq!(records.len(), 6);
     for record in &records {
-        let path = record.input.path.as_ref().expect("file item");
+        let path = record.input.path().expect("file item");
         if path.ends_with("f4.txt") {
             let error = record.error.as_ref().expect("the FIFO's item failed");
             assert_eq!(error.kind, "error");

@@ -22,8 +22,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    Background, Proc, Ran, Record, children_of, complete_lines, field_u64, generated_text, is_running, kill_survivors,
-    raw_number, read_records, run, sum_of_squares, wait_until, wc, worker_pids, workers_claiming, write_file,
+    Background, InputExt, Proc, Ran, Record, children_of, complete_lines, field_u64, generated_text, is_running,
+    kill_survivors, raw_number, read_records, run, sum_of_squares, wait_until, wc, worker_pids, workers_claiming,
+    write_file,
 };
 use serde_json::value::RawValue;
 
@@ -1063,4 +1064,107 @@ fn a_job_of_a_trillion_items_stopped_early_finalizes_and_resumes() {
         assert_eq!(status.code(), Some(143), "{}", supervisor.context());
         recorded = check(recorded + 1000);
     }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Temporary files on a full disk
+
+/// A tmpfs of `size` mounted at `dir` for one test, unmounted (and its files gone) on drop. `None` where this
+/// process may not mount (not root): the test then says so and checks nothing.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        let path = dir.join("disk");
+        std::fs::create_dir_all(&path).expect("mkdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path_str(&path)])
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            eprintln!("cannot mount a tmpfs here (not root?): skipping");
+            return None;
+        }
+        Some(SmallDisk { path })
+    }
+
+    /// Names of the temporary files (`.tmp-`, `.staging-`) on the disk.
+    fn temps(&self) -> Vec<String> {
+        std::fs::read_dir(&self.path)
+            .expect("read dir")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".tmp-") || name.contains(".staging-"))
+            .collect()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// A noop job of `items` items on `disk`, results in `r.jsonl` there.
+fn noop_job(disk: &SmallDisk, items: u64, extra: &str) -> PathBuf {
+    write_file(
+        &disk.path,
+        "noop.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = {items} }}\n[task]\nbuiltin = \"noop\"\n[output]\nresults = \"r.jsonl\"\n{extra}"
+        ),
+    )
+}
+
+/// The temporary files a killed run left fill the disk: the next run removes them before it needs the room.
+#[test]
+fn stale_temps_of_a_dead_run_are_removed_before_they_block_a_resume_on_a_full_disk() {
+    let dir = temp_dir();
+    let Some(disk) = SmallDisk::mount(dir.path(), "2m") else {
+        return;
+    };
+    let job = noop_job(&disk, 3000, "");
+    run_job(&job, &["--keep-journal"], 0);
+    let journal = disk.path.join("r.jsonl.journal");
+    // The rest of the disk, but for a few KiB, held by temporaries of pids that cannot be alive (above 2^22).
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1", path_str(&disk.path)])
+            .output();
+        let text = String::from_utf8(out.expect("df").stdout).expect("utf-8");
+        text.lines()
+            .nth(1)
+            .expect("df line")
+            .trim()
+            .parse::<usize>()
+            .expect("a number")
+    };
+    std::fs::write(disk.path.join(".r.jsonl.journal.tmp-4194400"), vec![b'x'; free / 2]).expect("fill");
+    std::fs::write(disk.path.join(".r.jsonl.tmp-4194401"), vec![b'x'; free / 2 - 8192]).expect("fill");
+    let resumed = run_job(&job, &["--resume"], 0);
+    assert_eq!(disk.temps(), Vec::<String>::new(), "{}", resumed.context());
+    assert_eq!(wc("-l", &disk.path.join("r.jsonl")), 3000);
+    assert!(!journal.exists());
+}
+
+/// Writing the results file runs out of room: the run fails, keeps its journal for `--resume`, and leaves no
+/// temporary file (nor, with `journal = false`, its staging file).
+#[test]
+fn a_results_write_that_fails_on_a_full_disk_leaves_no_temporary_file() {
+    let dir = temp_dir();
+    let Some(disk) = SmallDisk::mount(dir.path(), "1m") else {
+        return;
+    };
+    // About 720 KB of journal: it fits, but not twice.
+    let job = noop_job(&disk, 6000, "");
+    let failed = run_job(&job, &[], 3);
+    assert!(failed.stderr().contains("r.jsonl"), "{}", failed.context());
+    assert_eq!(disk.temps(), Vec::<String>::new(), "{}", failed.context());
+    assert_eq!(complete_lines(&disk.path.join("r.jsonl.journal")), 1 + 6000);
+    std::fs::remove_file(disk.path.join("r.jsonl.journal")).expect("remove");
+
+    let job = noop_job(&disk, 20_000, "journal = false\n");
+    let failed = run_job(&job, &[], 3);
+    assert_eq!(disk.temps(), Vec::<String>::new(), "{}", failed.context());
 }

@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{generated_text, read_records, run, wc, write_file};
+use common::{InputExt, generated_text, read_records, run, wc, write_file};
 
 /// The repository's root folder.
 fn repo() -> PathBuf {
@@ -87,7 +87,11 @@ fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
     assert_eq!(records.len(), 40);
     let failed: BTreeMap<u64, (String, Option<String>)> = records
         .iter()
-        .filter_map(|r| r.error.as_ref().map(|e| (r.item, (e.kind.clone(), e.signal.clone()))))
+        .filter_map(|r| {
+            r.error
+                .as_ref()
+                .map(|e| (r.item, (e.kind.to_string(), e.signal.clone())))
+        })
         .collect();
     let expected: BTreeMap<u64, (String, Option<String>)> = [
         (5, ("signal".to_string(), Some("SIGABRT".to_string()))),
@@ -187,7 +191,7 @@ fn python_worker_reads_chunks_and_whole_files() {
     let records = read_records::<String>(&dir.path().join("files.jsonl"));
     assert_eq!(records.len(), 6);
     for record in &records {
-        let path = record.input.path.as_ref().expect("file item");
+        let path = record.input.path().expect("file item");
         let digest = common::tool("sha256sum", &[path.as_os_str()], None, &[0]);
         assert_eq!(
             record.value.as_deref(),

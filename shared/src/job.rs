@@ -125,6 +125,8 @@ pub enum InputSpec {
     Glob { pattern: String },
     /// `urls = "…"`: a file of URLs, one per line; one item per URL, whose body the supervisor fetches.
     Urls { path: PathBuf, fetch: FetchSpec },
+    /// `lines = "…"`: one item per line of a regular file, the line's text without its `\n` or `\r\n`.
+    Lines { path: PathBuf },
 }
 
 /// How the bodies of a `urls` input are fetched (the `fetch_*` and `max_in_flight_bytes` keys of `[input]`).
@@ -494,6 +496,7 @@ struct RawInput {
     chunk_bytes: Option<Spanned<toml::Value>>,
     glob: Option<Spanned<String>>,
     urls: Option<Spanned<String>>,
+    lines: Option<Spanned<String>>,
     fetch_concurrency: Option<Spanned<u64>>,
     fetch_timeout: Option<Spanned<String>>,
     fetch_retries: Option<Spanned<u32>>,
@@ -603,6 +606,7 @@ impl JobSpec {
             input.file.as_ref().map(|_| "file"),
             input.glob.as_ref().map(|_| "glob"),
             input.urls.as_ref().map(|_| "urls"),
+            input.lines.as_ref().map(|_| "lines"),
         ]
         .into_iter()
         .flatten()
@@ -615,7 +619,9 @@ impl JobSpec {
             };
             return Err(fail(
                 input_span,
-                format!("[input] needs exactly one source: `range`, `file`, `glob` or `urls` (found: {found})"),
+                format!(
+                    "[input] needs exactly one source: `range`, `file`, `glob`, `urls` or `lines` (found: {found})"
+                ),
             ));
         }
         if input.file.is_none() {
@@ -639,6 +645,7 @@ impl JobSpec {
             input.file.as_ref().map(Spanned::span),
             input.glob.as_ref().map(Spanned::span),
             input.urls.as_ref().map(Spanned::span),
+            input.lines.as_ref().map(Spanned::span),
         ]
         .into_iter()
         .flatten()
@@ -691,35 +698,8 @@ impl JobSpec {
                     }
                 },
             };
-            let span = file.span();
-            if file.get_ref().is_empty() {
-                return Err(fail(
-                    span,
-                    "`file` is empty: expected a path such as `data/input.txt`".into(),
-                ));
-            }
-            let file_path = dir.join(file.into_inner());
-            match std::fs::metadata(&file_path) {
-                Ok(meta) if meta.is_file() => {}
-                Ok(meta) => {
-                    return Err(fail(
-                        span,
-                        format!(
-                            "input file {} is {}: expected a regular file",
-                            file_path.display(),
-                            file_type_name(&meta.file_type())
-                        ),
-                    ));
-                }
-                Err(error) => {
-                    return Err(fail(
-                        span,
-                        format!("cannot read input file {}: {error}", file_path.display()),
-                    ));
-                }
-            }
             InputSpec::File {
-                path: file_path,
+                path: regular_input_file(dir, file, "file", &fail)?,
                 split,
                 chunk_bytes,
             }
@@ -759,6 +739,10 @@ impl JobSpec {
             InputSpec::Urls {
                 path: urls_path,
                 fetch: fetch_spec(&input, &fail)?,
+            }
+        } else if let Some(lines) = input.lines {
+            InputSpec::Lines {
+                path: regular_input_file(dir, lines, "lines", &fail)?,
             }
         } else {
             unreachable!("exactly one input source was checked above")
@@ -1193,7 +1177,8 @@ fn user_task(
                 InputSpec::Range { .. } => PlaceholderInput::Range,
                 InputSpec::File {
                     split: Split::Lines, ..
-                } => PlaceholderInput::Chunks,
+                }
+                | InputSpec::Lines { .. } => PlaceholderInput::Chunks,
                 InputSpec::File { split: Split::None, .. } | InputSpec::Glob { .. } => PlaceholderInput::WholeFiles,
                 InputSpec::Urls { .. } => PlaceholderInput::Urls,
             };
@@ -1242,6 +1227,38 @@ fn check_executable(path: &Path) -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(error) => Err(format!(
             "cannot be read: {error} (build it first, e.g. `cargo build --release`)"
+        )),
+    }
+}
+
+/// The regular file that `[input] <key> = "…"` names (`file`, `lines`), relative to the job's folder `dir`.
+fn regular_input_file(
+    dir: &Path,
+    value: Spanned<String>,
+    key: &str,
+    fail: &impl Fn(Range<usize>, String) -> JobError,
+) -> Result<PathBuf, JobError> {
+    let span = value.span();
+    if value.get_ref().is_empty() {
+        return Err(fail(
+            span,
+            format!("`{key}` is empty: expected a path such as `data/input.txt`"),
+        ));
+    }
+    let path = dir.join(value.into_inner());
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        Ok(meta) => Err(fail(
+            span,
+            format!(
+                "input file {} is {}: expected a regular file",
+                path.display(),
+                file_type_name(&meta.file_type())
+            ),
+        )),
+        Err(error) => Err(fail(
+            span,
+            format!("cannot read input file {}: {error}", path.display()),
         )),
     }
 }

@@ -69,6 +69,17 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Removes a file of this process when dropped: the staging file of a run with `journal = false` is gone
+/// however the run ends (it is never resumable).
+#[derive(Debug)]
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// An error unless `path` is a regular file or absent (a symlink counts as what it points to).
 pub fn refuse_non_regular(path: &Path) -> std::io::Result<()> {
     match std::fs::metadata(path) {

@@ -146,7 +146,7 @@ const DROPPED_SHOWN: usize = 20;
 pub struct Journal {
     /// The fresh journal: the header and the lines kept, waiting to be renamed over the old one.
     file: AtomicFile,
-    /// What was dropped and why, for the user (the first [`DROPPED_SHOWN`], then a count).
+    /// What was dropped and why, for the user (the first 20, then a count).
     pub dropped: Vec<String>,
     /// What the kept lines say was done.
     pub done: Done,
@@ -736,6 +736,58 @@ mod tests {
                 .to_string_lossy()
                 .contains(".tmp-"))
         );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A job of u64::MAX items with a thousand records: recovery holds their runs, not a slot per item (which
+    /// could not be allocated), and a pending retry becomes the item's used attempts.
+    #[test]
+    fn recovery_memory_follows_the_records_not_the_jobs_item_count() {
+        let dir = temp_dir("huge");
+        let huge = Fingerprint {
+            items: u64::MAX,
+            ..fingerprint()
+        };
+        let path = dir.join("r.jsonl.journal");
+        let header = serde_json::to_string(&Header {
+            journal: 1,
+            fingerprint: huge.clone(),
+        })
+        .expect("json");
+        // Two interleaved batches far apart, a failed item, and a failed attempt waiting for its retry.
+        let far = u64::MAX - 600;
+        let mut body: String = (far..far + 500).map(|item| line(item, "ok")).collect();
+        body.extend((0..500).map(|item| line(item, "ok")));
+        body.push_str(&line(1_000_000, "failed"));
+        let pending = Record::retrying(
+            7_000_000,
+            Failure {
+                kind: crate::record::FailureKind::Exit,
+                message: "exited with code 3".into(),
+                signal: None,
+                code: Some(3),
+                stderr: None,
+            },
+            1,
+            1,
+            0.1,
+            crate::record::InputDesc::Range { start: 0, end: 1 },
+        );
+        body.push_str(&serde_json::to_string(&pending).expect("json"));
+        body.push('\n');
+        std::fs::write(&path, format!("{header}\n{body}")).expect("write");
+        let journal = recover(&path, &huge, false).expect("recovers");
+        let done = &journal.done;
+        assert_eq!((done.ok, done.failed), (1000, 1));
+        assert_eq!(done.done.runs(), [0..500, 1_000_000..1_000_001, far..far + 500]);
+        assert_eq!(done.attempts.len(), 1);
+        assert_eq!(done.attempts[&7_000_000][0].code, Some(3));
+        let results = dir.join("r.jsonl");
+        assert_eq!(
+            finalize(&path, &results, Order::Input, u64::MAX).expect("finalize"),
+            1001
+        );
+        assert!(!is_finished(&path));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -1,11 +1,11 @@
 //! Where each item's record lies in a journal, in memory proportional to the runs of records, not to the job.
 //!
 //! A journal holds records in the order items finished: groups of consecutive items (one worker's batch), the
-//! groups interleaved. [`LineIndex`] keeps one [`Segment`] per run of consecutive items whose final lines follow
+//! groups interleaved. [`LineIndex`] keeps one segment per run of consecutive items whose final lines follow
 //! each other in the file — a byte offset and a count, whatever the run's length — so that a 10^12-item job
 //! stopped after a second, or 20 M records in a few thousand batches, take kilobytes. A later line for an item
 //! (`--retry-failed`) splits the segment that held its earlier one; a line that is not final (a failed attempt
-//! that will be retried, see [`crate::record::Record::retrying`]) is skipped when reading. [`ItemSet`] is the
+//! that will be retried, see [`crate::record::Record::retrying()`]) is skipped when reading. [`ItemSet`] is the
 //! same idea for a set of items: sorted runs.
 //!
 //! This module only locates lines and reads them back in item or file order; what a line says is the caller's

@@ -11,8 +11,9 @@
 //! closing, its exit — into events for the dispatcher. The [`results`] writer owns the results file. Workers (the `child` crate) own
 //! nothing but the item in hand.
 //!
-//! **How an item flows.** [`plan`] lists the input into items (sub-ranges, line-aligned byte ranges of one
-//! mapped file, or file paths). The dispatcher groups consecutive items into batches ([`batching`] sizes them
+//! **How an item flows.** The job's [`input`] is a [`input::Source`] (one file per kind): it says how many items
+//! there are and describes each (sub-ranges, line-aligned byte ranges or lines of one mapped file, file paths,
+//! URLs) without listing them all where it can. The dispatcher groups consecutive items into batches ([`batching`] sizes them
 //! from measured per-item time) and sends each batch to a worker as descriptors over its socket. The worker
 //! maps the input read-only, runs the task on each item, and sends back results in item order. The dispatcher
 //! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer. For a
@@ -62,6 +63,7 @@ pub mod export;
 pub mod failure;
 pub mod fetch;
 pub mod forkserver;
+pub mod input;
 pub mod isolation;
 pub mod journal;
 pub mod journal_index;

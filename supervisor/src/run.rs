@@ -9,7 +9,7 @@ use shared::job::{BatchSize, Executor, InputSpec, JobSpec, StartMethod, WorkerCo
 use shared::protocol::WorkerLimits;
 use shared::usertask::UserTask;
 
-use crate::atomic::remove_stale_temps;
+use crate::atomic::{RemoveOnDrop, remove_stale_temps};
 use crate::cli::RunArgs;
 use crate::cpus;
 use crate::dispatch::{self, DispatchConfig, StopReason};
@@ -109,6 +109,10 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         remove_stale_temps(results);
         remove_stale_temps(&journal_path(results));
     }
+    let _staging = match &spec.output.results {
+        Some(results) if !spec.output.journal => Some(RemoveOnDrop(staging_path(results))),
+        _ => None,
+    };
     let mut reducer = Reducer::new(spec.output.reduce);
     let shard_summary = shard.as_ref().map(|chosen| ShardSummary {
         index: chosen.shard.index,
@@ -328,64 +332,16 @@ fn records_path(spec: &JobSpec, results: &Path) -> std::path::PathBuf {
     }
 }
 
-/// What a journal must agree with to be resumed: the job file, the task, and the input as it is now.
+/// What a journal must agree with to be resumed: the job file, the task, and the input as it is now (each kind
+/// of input says what that is: [`crate::input::Source::fingerprint`]).
 fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
     use sha2::{Digest, Sha256};
     let hex = |digest: &[u8]| digest.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let stat = |path: &Path| -> Result<(u64, u128), Error> {
-        let meta = std::fs::metadata(path).map_err(|source| Error::InputUnreadable {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        Ok((meta.len(), modified.map_or(0, |d| d.as_nanos())))
-    };
-    let input = match &spec.input {
-        InputSpec::Range { start, end, chunk } => format!("range {start}..{end} by {chunk}"),
-        InputSpec::File { path, .. } => {
-            let (size, modified) = stat(path)?;
-            format!("file {} of {size} bytes modified at {modified} ns", path.display())
-        }
-        InputSpec::Glob { pattern } => {
-            let mut listing = Sha256::new();
-            for path in items.files() {
-                let (size, modified) = stat(path)?;
-                listing.update(format!("{}\0{size}\0{modified}\n", path.display()).as_bytes());
-            }
-            let digest = hex(&listing.finalize());
-            format!(
-                "glob {pattern} matching {} files (sizes and times digest {})",
-                items.len(),
-                &digest[..16]
-            )
-        }
-        // The URLs themselves, in order: what the item numbers mean. What a server answers can change between
-        // runs; that is the nature of a URL, and is not checked.
-        InputSpec::Urls { path, .. } => {
-            let mut listing = Sha256::new();
-            if let Items::Urls { urls, .. } = items {
-                for url in urls.iter() {
-                    listing.update(url.as_bytes());
-                    listing.update(b"\n");
-                }
-            }
-            let digest = hex(&listing.finalize());
-            format!(
-                "urls {} listing {} URLs (digest {})",
-                path.display(),
-                items.len(),
-                &digest[..16]
-            )
-        }
-    };
     Ok(Fingerprint {
         job_sha256: hex(&Sha256::digest(spec.source_text().as_bytes())),
         task: task_description(spec),
         args: task_args_json(spec),
-        input,
+        input: items.source().fingerprint()?,
         items: items.len(),
         shard: None,
     })
@@ -399,7 +355,7 @@ pub async fn check(job: &Path) -> Result<i32, Error> {
         "{}: ok — {} items of {}, task `{}`, {} workers, results {}",
         spec.path.display(),
         items.len(),
-        plan::input_kind(&spec.input).describe(),
+        crate::input::task_input(&spec.input).describe(),
         task_description(&spec),
         match spec.workers.count {
             WorkerCount::Fixed(n) => n,

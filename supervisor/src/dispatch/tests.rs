@@ -128,11 +128,9 @@ impl Harness {
     fn resumed(config: DispatchConfig, items: u64, prior: Done) -> Harness {
         let asked = Arc::new(Mutex::new(Asked::default()));
         let messages = Arc::new(Mutex::new(Vec::new()));
-        let source = Source::new(Arc::new(Items::Range {
-            start: 0,
-            end: items,
-            chunk: 1,
-        }));
+        let source = Source::new(Arc::new(Items::Listed(Box::new(crate::input::range::Range::new(
+            0, items, 1,
+        )))));
         let mut dispatcher = Dispatcher::new(
             source,
             config,
