@@ -387,8 +387,9 @@ impl Job {
                 && !signalled
                 && ready()
             {
-                // SAFETY: kill(2) touches no memory of ours; the pid is our unreaped child.
-                unsafe { libc::kill(pid, *signal) };
+                // The pid is our unreaped child.
+                let signal = nix::sys::signal::Signal::try_from(*signal).expect("a signal number");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
                 signalled = true;
             }
             match child.try_wait() {

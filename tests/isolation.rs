@@ -19,7 +19,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -352,9 +351,12 @@ grace = "1s"
     let mut run = Run::start(&job, &[], None);
     let (worker, child) = run.wait_for_pids(&job, 0);
     // The worker really ignores SIGTERM: sent to it directly, it stays.
-    // SAFETY: kill(2) touches no memory; the pid is checked alive (with its start time) just before.
+    // The pid is checked alive (with its start time) just before.
     assert!(is_alive(worker));
-    unsafe { libc::kill(worker.pid, libc::SIGTERM) };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(is_alive(worker), "the worker did not ignore SIGTERM");
     run.signal(libc::SIGTERM);
@@ -673,13 +675,9 @@ impl Run {
             .stderr(File::create(job.dir().join("stderr")).expect("stderr file"));
         let shown = format!("{command:?}");
         // A plain dup has no close-on-exec: the supervisor inherits it. Closed again right after the spawn.
-        // SAFETY: dup takes an fd we own and returns a new one (or -1), which is closed below.
-        let leaked = inherit.map(|file| unsafe { libc::dup(file.as_raw_fd()) });
+        let leaked = inherit.map(|file| nix::unistd::dup(file).expect("dup"));
         let child = command.spawn();
-        if let Some(fd) = leaked {
-            // SAFETY: closes only the duplicate made above.
-            unsafe { libc::close(fd) };
-        }
+        drop(leaked);
         let child = child.unwrap_or_else(|error| panic!("cannot start {shown}: {error}"));
         Run {
             child: Some(child),
@@ -694,9 +692,9 @@ impl Run {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) touches no memory; the pid is our unreaped child.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        // The pid is our unreaped child.
+        let signal = nix::sys::signal::Signal::try_from(signal).expect("a signal number");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
     }
 
     /// Waits until item `item` recorded its worker's pid and its child's; returns both.
@@ -930,8 +928,7 @@ fn id(flag: &str, user: &str) -> String {
 }
 
 fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// The PATH the supervisor gets: where `sleep` and `sha256sum` are.

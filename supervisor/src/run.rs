@@ -84,8 +84,8 @@ pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
     match spec.workers.start {
         StartMethod::Spawn => Ok(Starter::Spawn),
         StartMethod::Forkserver => {
-            // SAFETY: called from `main` before the runtime or any other thread is started.
-            let server = unsafe { ForkServer::start() }.map_err(|error| Error::WorkersCannotStart {
+            // Called from `main` before the runtime or any other thread is started (a fork needs that).
+            let server = ForkServer::start().map_err(|error| Error::WorkersCannotStart {
                 reason: format!("cannot start the fork server: {error}"),
             })?;
             Ok(Starter::Fork(Arc::new(server)))
@@ -203,7 +203,14 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     let ports = ports(starter.clone(), progress)?;
     let outcome = dispatch::run(Arc::clone(&items), config, reducer, writer, prior, ports).await;
     starter.shut_down();
-    crate::orphans::sweep_until_clean();
+    let left = crate::orphans::sweep_until_clean();
+    if !left.is_empty() {
+        eprintln!(
+            "warning: {} process(es) started by tasks still alive {:?} after the end of the run: {left:?}",
+            left.len(),
+            crate::orphans::FINAL_SWEEP_LIMIT
+        );
+    }
     let outcome = outcome?;
     if let Some(warning) = crate::sigbus::changed_during_job(&items) {
         eprintln!("{warning}");

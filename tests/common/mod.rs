@@ -187,16 +187,11 @@ impl Background {
 
     /// Sends `signal` to the supervisor process only (not its group).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours. The pid is our unreaped
-        // child, so it cannot name another process.
-        let rc = unsafe { libc::kill(self.pid(), signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({}, {signal}): {}",
-            self.pid(),
-            std::io::Error::last_os_error()
-        );
+        // The pid is our unreaped child, so it cannot name another process.
+        let signal = nix::sys::signal::Signal::try_from(signal).expect("a signal number");
+        if let Err(error) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal) {
+            panic!("kill({}, {signal}): {error}", self.pid());
+        }
     }
 
     /// Waits for the exit, polling up to `limit`; panics with the output if it does not come.
@@ -584,9 +579,9 @@ pub fn is_running(proc: Proc) -> bool {
 pub fn kill_survivors(procs: &[Proc]) -> Vec<Proc> {
     let survivors: Vec<Proc> = procs.iter().copied().filter(|p| is_running(*p)).collect();
     for proc in &survivors {
-        // SAFETY: kill(2) touches no memory of ours. The pid was checked against its start time just above, so
-        // it names the process we saw (a recycle in between is the only, tiny, risk).
-        unsafe { libc::kill(proc.pid, libc::SIGKILL) };
+        // The pid was checked against its start time just above, so it names the process we saw (a recycle in
+        // between is the only, tiny, risk).
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(proc.pid), nix::sys::signal::Signal::SIGKILL);
     }
     survivors
 }
@@ -635,10 +630,16 @@ pub fn marked_processes(value: &str) -> Vec<i32> {
 /// any that is, so that a failing test leaves nothing behind.
 pub fn assert_no_leftovers(marker: &str) {
     let gone = wait_until(Duration::from_secs(10), || marked_processes(marker).is_empty());
-    let left = marked_processes(marker);
-    for pid in &left {
-        // SAFETY: kill(2) touches no memory of ours; the pid was just seen carrying this test's marker.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
+    let left = kill_marked(marker);
     assert!(gone, "processes left behind: {left:?}");
+}
+
+/// SIGKILLs every process marked with `marker` (see [`marked_processes`]); returns their pids.
+pub fn kill_marked(marker: &str) -> Vec<i32> {
+    let left = marked_processes(marker);
+    for &pid in &left {
+        // The pid was just seen carrying this test's marker (a recycle in between is the only, tiny, risk).
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    left
 }
