@@ -34,6 +34,8 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
         if let Some(start) = args.start {
             spec.workers.start = start.into();
         }
+        // The job file's own executor and start method were checked against the task when it was loaded; only
+        // the flags that change them need checking again.
         if args.executor.is_some() || args.start.is_some() {
             spec.workers.executor = args.executor.map_or(spec.workers.executor, Into::into);
             if let Some(key) = spec.workers.process_only_conflict(&spec.task) {
@@ -42,14 +44,15 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
                     executor: spec.workers.executor.name(),
                 });
             }
+            if let (Some(UserTask::WorkerBin { .. }), Some(key)) = (&spec.task.user, spec.workers.worker_bin_conflict())
+            {
+                return Err(Error::WorkerBinConflict { key });
+            }
         }
         if let Some(results) = &args.results {
             spec.output.results = Some(crate::spec_fs::results_flag(&spec, results)?);
             spec.output.results_span = None;
         }
-    }
-    if let (Some(UserTask::WorkerBin { .. }), Some(key)) = (&spec.task.user, spec.workers.worker_bin_conflict()) {
-        return Err(Error::WorkerBinConflict { key });
     }
     crate::spec_fs::check(&spec)?;
     if let Some(info) = plan::check_task(&spec)? {
