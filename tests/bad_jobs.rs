@@ -198,7 +198,8 @@ fn file_kind(path: &Path) -> &'static str {
 }
 
 /// A results path that is not a regular file — a named pipe, a socket, a device, a symlink to one — or such a file
-/// where the journal goes, is refused before anything runs (exit 2, located at `[output] results` or naming the
+/// where the journal goes (all made in a temp folder: a test that wrote to `/dev/null` itself would, on a
+/// regression, replace the machine's `/dev/null` with a regular file), is refused before anything runs (exit 2, located at `[output] results` or naming the
 /// `--results` path), and left as it was. Before, the final rename replaced it with a regular file (as root), and
 /// a pipe at the journal's path blocked the run in `open`.
 #[test]
@@ -254,6 +255,21 @@ fn non_regular_results_paths_are_refused_and_left_untouched() {
                 ));
             }
         }
+    }
+    // `merge` writes the results file too: its `--results` is checked like `run`'s.
+    job("absent.jsonl");
+    if let Err(failure) = expect_refused(
+        cwd,
+        &["merge", "--results", "fifo.jsonl", "job.toml"],
+        "results-fifo-merge",
+    ) {
+        failures.push(failure);
+    }
+    if file_kind(&cwd.join("fifo.jsonl")) != "fifo" {
+        failures.push(format!(
+            "merge: fifo.jsonl is now a {}",
+            file_kind(&cwd.join("fifo.jsonl"))
+        ));
     }
     if file_kind(&cwd.join("plain.jsonl.journal")) != "fifo" {
         failures.push("the fifo at the journal's path was replaced".to_string());
