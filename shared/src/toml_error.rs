@@ -34,6 +34,13 @@ pub(crate) fn explain(text: &str, span: &Range<usize>, message: &str) -> String 
         let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
         let hint = match nearest(key.trim_matches('`'), &known) {
             Some(near) => format!("did you mean `{near}`?"),
+            None if let Some((table, near)) = other_table(key.trim_matches('`'), table) => {
+                if near == key.trim_matches('`') {
+                    format!("`{near}` is a key of [{table}]")
+                } else {
+                    format!("did you mean `{near}` in [{table}]?")
+                }
+            }
             None if known.is_empty() => "this table takes no keys".to_string(),
             None => format!(
                 "expected one of {}",
@@ -134,6 +141,15 @@ fn table_name(path: &[String]) -> String {
     }
 }
 
+/// The table other than `current` (a table path) with a key equal or nearest to `key`, and that key.
+fn other_table(key: &str, current: &[String]) -> Option<(&'static str, &'static str)> {
+    let current = current.first().map(String::as_str);
+    crate::job::raw::TABLE_KEYS
+        .iter()
+        .filter(|(table, _)| Some(*table) != current)
+        .find_map(|(table, keys)| nearest(key, keys).map(|near| (*table, near)))
+}
+
 /// The known key closest to `key` by edit distance, when it is close enough to be a typo: at most one edit in a
 /// short key, two in a longer one (`timout` → `timeout`, `max_restart` → `max_restarts`).
 pub(crate) fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
@@ -227,6 +243,15 @@ mod tests {
             "unknown key `timout` in [task]: did you mean `timeout`?"
         );
         assert_eq!(nearest("timout", &["timeout", "retries"]), Some("timeout"));
+        let text = "[input]\nrange = { start = 0, end = 10 }\n[supervise]\ntimout = 1\n";
+        assert_eq!(
+            explain_at(
+                text,
+                "timout",
+                "unknown field `timout`, expected one of `max_restarts`, `within`"
+            ),
+            "unknown key `timout` in [supervise]: did you mean `timeout` in [task]?"
+        );
         assert_eq!(
             nearest("max_restart", &["max_restarts", "within"]),
             Some("max_restarts")

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 mod input;
 mod output;
-mod raw;
+pub(crate) mod raw;
 mod shard;
 mod supervise;
 mod task;
@@ -30,6 +30,7 @@ pub use input::{
     MAX_IN_FLIGHT_BYTES, MAX_RANGE_ITEMS, MIN_IN_FLIGHT_BYTES, Split,
 };
 pub use output::{Order, OutputSpec, Reduce};
+pub use raw::TABLE_KEYS;
 pub use shard::{MAX_SHARDS, ShardSpec};
 pub use supervise::{
     DEFAULT_GRACE, DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_WINDOW, DEFAULT_START_TIMEOUT, Halt, HaltThreshold,

@@ -13,6 +13,69 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
+/// Every table's keys, for the hint on a key written in the wrong table (`timeout` in [supervise] is a key of
+/// [task]). The test below checks the list against the structs.
+pub const TABLE_KEYS: &[(&str, &[&str])] = &[
+    (
+        "input",
+        &[
+            "range",
+            "file",
+            "split",
+            "chunk_bytes",
+            "glob",
+            "urls",
+            "fetch_concurrency",
+            "fetch_timeout",
+            "fetch_retries",
+            "fetch_retry_backoff",
+            "max_in_flight_bytes",
+        ],
+    ),
+    (
+        "task",
+        &[
+            "builtin",
+            "args",
+            "timeout",
+            "retries",
+            "retry_backoff",
+            "command",
+            "worker",
+            "worker_bin",
+            "parse",
+            "stdin",
+            "env",
+            "cwd",
+            "max_output",
+        ],
+    ),
+    (
+        "workers",
+        &[
+            "count",
+            "batch",
+            "start",
+            "executor",
+            "memory_limit",
+            "cpu_limit",
+            "max_tasks",
+            "core_dumps",
+            "open_files",
+            "env_clear",
+            "env",
+            "user",
+            "group",
+        ],
+    ),
+    (
+        "supervise",
+        &["max_restarts", "within", "halt", "grace", "start_timeout"],
+    ),
+    ("output", &["results", "order", "reduce", "journal"]),
+    ("shard", &["count"]),
+];
+
 /// A key's value.
 pub(crate) type Key = Option<Spanned<Scalar>>;
 
@@ -235,6 +298,43 @@ impl fmt::Display for Scalar {
             Scalar::Datetime(d) => write!(f, "the datetime {d}"),
             Scalar::Array(_) => f.write_str("an array"),
             Scalar::Table(_) => f.write_str("a table"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys serde lists for an unknown key of table `T`.
+    fn keys_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let message = match toml::from_str::<T>("zzz_unknown = 1\n") {
+            Ok(_) => String::new(),
+            Err(error) => error.message().to_string(),
+        };
+        message.split('`').skip(3).step_by(2).map(str::to_string).collect()
+    }
+
+    #[test]
+    fn table_keys_match_the_raw_tables() {
+        let tables = [
+            ("input", keys_of::<RawInput>()),
+            ("task", keys_of::<RawTask>()),
+            ("workers", keys_of::<RawWorkers>()),
+            ("supervise", keys_of::<RawSupervise>()),
+            ("output", keys_of::<RawOutput>()),
+            ("shard", keys_of::<RawShard>()),
+        ];
+        for (table, keys) in tables {
+            let listed = TABLE_KEYS
+                .iter()
+                .find(|(name, _)| *name == table)
+                .map(|(_, keys)| *keys);
+            assert_eq!(
+                Some(keys.iter().map(String::as_str).collect::<Vec<_>>()),
+                listed.map(<[&str]>::to_vec),
+                "[{table}]"
+            );
         }
     }
 }
