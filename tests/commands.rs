@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Prng, generated_text, read_records, run, tool, wc, write_file};
+use common::{InputExt, Prng, generated_text, read_records, run, tool, wc, write_file};
 
 fn files(dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
     std::fs::create_dir_all(dir.join("in")).expect("mkdir");
@@ -54,7 +54,7 @@ fn wc_l_per_file_matches_wc() {
     assert_eq!(records.len(), inputs.len());
     let mut total = 0;
     for record in &records {
-        let path = record.input.path.as_ref().expect("file item");
+        let path = record.input.path().expect("file item");
         let expected = wc("-l", path);
         assert_eq!(record.value, Some(expected), "{}", path.display());
         total += expected;
@@ -127,7 +127,7 @@ fn crashing_and_hanging_commands(flags: &[&str]) {
         .iter()
         .filter_map(|r| {
             let e = r.error.as_ref()?;
-            Some((r.item, (e.kind.clone(), e.signal.clone(), e.code)))
+            Some((r.item, (e.kind.to_string(), e.signal.clone(), e.code)))
         })
         .collect();
     let expected: BTreeMap<u64, (String, Option<String>, Option<i32>)> = [
@@ -284,5 +284,154 @@ fn task_mistakes_are_located() {
             "expected {expected:?} in:\n{}",
             ran.stderr()
         );
+    }
+}
+
+/// Runs `job` in the background and waits (at most 30 s, far less than the 100 s its commands' leftovers would
+/// hold it) for it to end with `expected`; returns its records.
+fn run_within_30s(dir: &Path, job: &Path, expected: i32) -> Vec<common::Record<u64>> {
+    let job = job.to_string_lossy().into_owned();
+    let mut supervisor = common::Background::start(dir, &["run", "--quiet", &job]);
+    let status = supervisor.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(expected), "{}", supervisor.context());
+    read_records::<u64>(&dir.join("out.jsonl"))
+}
+
+/// Regression: a command whose main process had exited but that left a background process holding its stdout
+/// or stderr (`sh -c "sleep 100 & echo done"`) held its item until that process exited. The item now ends with
+/// the main process, and what it left in its process group is killed. Item 0 leaves a `sleep` holding stdout,
+/// stderr and stdin; item 1 one holding stderr and stdin; item 2 one holding only stdin; item 3 none.
+#[test]
+fn a_background_process_holding_the_commands_pipes_does_not_hold_its_item() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    write_file(
+        dir.path(),
+        "leave.sh",
+        "case \"$1\" in\n0) sleep 100 & ;;\n1) sleep 100 >/dev/null & ;;\n2) sleep 100 >/dev/null 2>&1 & ;;\nesac\n\
+         echo $(($1 * 7))\n",
+    );
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 4 }}\n[task]\ncommand = [\"sh\", \"leave.sh\", \"{{item}}\"]\n\
+             parse = \"json\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n\
+             [output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    let records = run_within_30s(dir.path(), &job, 0);
+    let values: BTreeMap<u64, Option<u64>> = records.iter().map(|r| (r.item, r.value)).collect();
+    let expected: BTreeMap<u64, Option<u64>> = (0..4).map(|item| (item, Some(item * 7))).collect();
+    assert_eq!(values, expected);
+    common::assert_no_leftovers(&marker);
+}
+
+/// A command whose background process left its process group (`setsid`) and so survives the kill of the group,
+/// still holding the command's stdout: the item still ends, once what was in the pipe has been read for a short
+/// while, and the process is killed once orphaned to the supervisor (its end-of-run sweep).
+#[test]
+fn a_background_process_that_left_the_group_does_not_hold_its_item() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    write_file(
+        dir.path(),
+        "escape.sh",
+        "if [ \"$1\" = 1 ]; then setsid sleep 100 & fi\necho $(($1 * 7))\n",
+    );
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 3 }}\n[task]\ncommand = [\"sh\", \"escape.sh\", \"{{item}}\"]\n\
+             parse = \"json\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 1\n\
+             [output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    let records = run_within_30s(dir.path(), &job, 0);
+    let values: BTreeMap<u64, Option<u64>> = records.iter().map(|r| (r.item, r.value)).collect();
+    let expected: BTreeMap<u64, Option<u64>> = (0..3).map(|item| (item, Some(item * 7))).collect();
+    assert_eq!(values, expected);
+    common::assert_no_leftovers(&marker);
+}
+
+/// A command that times out after starting a background process: the worker is killed for the timeout, and the
+/// command's whole process group (the background `sleep` too) with it; the other items are not affected.
+#[test]
+fn a_timed_out_command_leaves_nothing_of_its_process_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    write_file(
+        dir.path(),
+        "hang.sh",
+        "if [ \"$1\" = 2 ]; then sleep 100 & sleep 100 >/dev/null 2>&1 & sleep 1000; fi\necho $(($1 * 7))\n",
+    );
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 4 }}\n[task]\ncommand = [\"sh\", \"hang.sh\", \"{{item}}\"]\n\
+             parse = \"json\"\ntimeout = \"2s\"\nenv = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 2\n\
+             [output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    let records = run_within_30s(dir.path(), &job, 1);
+    assert_eq!(records.len(), 4);
+    for record in &records {
+        match &record.error {
+            Some(error) => assert_eq!((record.item, error.kind.as_str()), (2, "timeout")),
+            None => assert_eq!(record.value, Some(record.item * 7), "item {}", record.item),
+        }
+    }
+    common::assert_no_leftovers(&marker);
+}
+
+/// Regression: a globbed file replaced by a FIFO after the job listed it blocked its worker in `open()` for
+/// ever. Every input is now opened without blocking and refused unless it is a regular file: that item fails
+/// with kind `error`, naming the FIFO, and the others are fine. Item 0 waits until the test has made the FIFO,
+/// so that the swap happens after the listing and before the worker reaches it.
+#[test]
+fn a_globbed_file_that_became_a_fifo_fails_its_item_instead_of_blocking_the_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("in")).expect("mkdir");
+    for i in 0..6 {
+        write_file(&dir.path().join("in"), &format!("f{i}.txt"), "x\n".repeat(i + 1));
+    }
+    let fifo = dir.path().join("in/f4.txt");
+    // Item 0 says it runs (the listing is done), then waits (at most 60 s) for the FIFO.
+    let script = "if [ {item} = 0 ]; then touch started; n=0; while [ ! -p in/f4.txt ] && [ $n -lt 1200 ]; do \
+                  sleep 0.05; n=$((n+1)); done; fi; wc -l < {path}";
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"sh\", \"-c\", \"{script}\"]\nparse = \"json\"\n\
+             [workers]\ncount = 1\nbatch = 1\n[output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    let job = job.to_string_lossy().into_owned();
+    let mut supervisor = common::Background::start(dir.path(), &["run", "--quiet", &job]);
+    let started = common::wait_until(Duration::from_secs(60), || dir.path().join("started").exists());
+    assert!(started, "item 0 did not start\n{}", supervisor.context());
+    std::fs::remove_file(&fifo).expect("remove f4.txt");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let status = supervisor.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", supervisor.context());
+    let records = read_records::<u64>(&dir.path().join("out.jsonl"));
+    assert_eq!(records.len(), 6);
+    for record in &records {
+        let path = record.input.path().expect("file item");
+        if path.ends_with("f4.txt") {
+            let error = record.error.as_ref().expect("the FIFO's item failed");
+            assert_eq!(error.kind, "error");
+            assert!(
+                error.message.contains("a FIFO, not a regular file"),
+                "{}",
+                error.message
+            );
+        } else {
+            assert_eq!(record.value.map(u128::from), Some(wc("-l", path)), "{}", path.display());
+        }
     }
 }

@@ -76,6 +76,8 @@ fn compare_runs_every_executor_and_finds_identical_results() {
     assert!(comparison["verdict"].as_str().is_some_and(|v| !v.is_empty()));
     let svg = std::fs::read_to_string(&chart).expect("chart written");
     assert!(svg.starts_with("<svg") && svg.contains("process/forkserver") && svg.contains("wall time"));
+    // Each wall-time bar carries its min–max whisker (plotters marks the median on it with a circle).
+    assert_eq!(svg.matches("<circle").count(), 4, "one whisker per executor:\n{svg}");
 }
 
 #[test]
@@ -96,6 +98,21 @@ fn compare_prints_a_table_with_a_verdict() {
     }
     assert!(text.contains("results: identical across executors"), "{text}");
     assert!(text.lines().any(|line| line.starts_with("verdict: ")), "{text}");
+    // One progress line per run (one run each of four executors) on stderr, none on stdout.
+    let progress: Vec<String> = ran
+        .stderr()
+        .lines()
+        .filter(|line| line.starts_with("compare: "))
+        .map(String::from)
+        .collect();
+    assert_eq!(progress.len(), 4, "{progress:?}");
+    for (line, executor) in progress
+        .iter()
+        .zip(["process", "process/forkserver", "thread", "serial"])
+    {
+        assert!(line.starts_with(&format!("compare: {executor} run 1/1: ")), "{line}");
+    }
+    assert!(!text.contains("compare: "), "{text}");
     // The job itself still computes the right thing under the process executor.
     let check = run(
         dir.path(),
@@ -126,6 +143,13 @@ fn an_executor_that_cannot_run_the_job_is_reported_not_fatal() {
     );
     let comparison = ran.summary();
     let executors = comparison["executors"].as_array().expect("executors");
+    let stderr = ran.stderr();
+    for executor in ["thread", "serial"] {
+        assert!(
+            stderr.contains(&format!("compare: {executor} cannot run this job: ")),
+            "{stderr}"
+        );
+    }
     for executor in executors {
         let name = executor["executor"].as_str().unwrap_or_default();
         let unavailable = executor["unavailable"].as_str();
@@ -138,4 +162,119 @@ fn an_executor_that_cannot_run_the_job_is_reported_not_fatal() {
             );
         }
     }
+}
+
+/// 200 items that do nothing: a process run pays the workers' start-up and the messages, a serial run neither.
+const NOOP_JOB: &str = "[input]\nrange = { start = 0, end = 200, chunk = 1 }\n[task]\nbuiltin = \"noop\"\n";
+
+/// How one executor's min–max wall range stands against another's, computed here from the JSON numbers.
+fn order(a: &serde_json::Value, b: &serde_json::Value) -> std::cmp::Ordering {
+    let wall = |e: &serde_json::Value, key: &str| e[key].as_f64().unwrap_or(f64::NAN);
+    if wall(a, "wall_max_s") < wall(b, "wall_min_s") {
+        std::cmp::Ordering::Less
+    } else if wall(a, "wall_min_s") > wall(b, "wall_max_s") {
+        std::cmp::Ordering::Greater
+    } else {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// Regression (issue 13): `compare` said "isolation is worth it" for a job whose processes were 20x slower than
+/// serial, because its verdict looked only at processes against threads, by median. On a job where processes
+/// cannot win, the verdict must say that the parallel job does not pay for itself, judged by the runs' ranges.
+#[test]
+fn compare_verdict_on_a_job_processes_cannot_win_says_it_does_not_pay() {
+    let dir = temp_dir();
+    let job = write_file(dir.path(), "job.toml", NOOP_JOB);
+    let ran = run(
+        dir.path(),
+        [
+            "compare",
+            job.to_str().expect("utf-8"),
+            "--repeat",
+            "3",
+            "--workers",
+            "2",
+            "--json",
+        ],
+        0,
+    );
+    let comparison = ran.summary();
+    let verdict = comparison["verdict"].as_str().unwrap_or_default();
+    assert!(!verdict.contains("worth"), "{verdict}");
+    let executors = comparison["executors"].as_array().expect("executors");
+    let named = |name: &str| {
+        executors
+            .iter()
+            .find(|e| e["executor"] == name)
+            .unwrap_or_else(|| panic!("no {name} executor"))
+    };
+    // The process executor the verdict judges is the faster of the two by median; its range against serial's
+    // decides the finding.
+    let process = ["process", "process/forkserver"]
+        .map(named)
+        .into_iter()
+        .min_by(|a, b| {
+            a["wall_median_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                .total_cmp(&b["wall_median_s"].as_f64().unwrap_or(f64::NAN))
+        })
+        .expect("two process executors");
+    let expected = match order(process, named("serial")) {
+        std::cmp::Ordering::Greater => "slower_than_serial",
+        std::cmp::Ordering::Equal => "no_faster_than_serial",
+        std::cmp::Ordering::Less => panic!(
+            "processes beat serial beyond noise on 200 no-op items: {}",
+            ran.context()
+        ),
+    };
+    assert_eq!(comparison["finding"], expected, "{verdict}");
+    assert!(verdict.contains("does not pay for itself"), "{verdict}");
+}
+
+#[test]
+fn compare_prints_one_progress_line_per_run_unless_quiet() {
+    let dir = temp_dir();
+    let job = write_file(dir.path(), "job.toml", NOOP_JOB);
+    let job = job.to_str().expect("utf-8");
+    let ran = run(
+        dir.path(),
+        ["compare", job, "--repeat", "2", "--json", "--isolation-check"],
+        0,
+    );
+    let lines: Vec<String> = ran.stderr().lines().map(String::from).collect();
+    let mut expected = Vec::new();
+    for executor in ["process", "process/forkserver", "thread", "serial"] {
+        for round in 1..=2 {
+            expected.push(format!("compare: {executor} run {round}/2: "));
+        }
+    }
+    for executor in ["process", "process/forkserver", "thread", "serial"] {
+        expected.push(format!(
+            "compare: {executor} isolation check: crash takes the job down: "
+        ));
+    }
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for (line, start) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(start.as_str()), "{line:?} should start with {start:?}");
+    }
+    let quiet = run(dir.path(), ["compare", job, "--repeat", "1", "--json", "--quiet"], 0);
+    assert_eq!(quiet.stderr(), "", "{}", quiet.context());
+}
+
+/// The baselines' own error wraps the core's: a bad job file still exits 2 with its located message.
+#[test]
+fn compare_of_a_bad_job_exits_2_naming_the_file_and_line() {
+    let dir = temp_dir();
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        "[input]\nrange = { start = 0, end = 5 }\n[task]\nbuiltin = \"nope\"\n",
+    );
+    let ran = run(dir.path(), ["compare", job.to_str().expect("utf-8")], 2);
+    let stderr = ran.stderr();
+    assert!(stderr.contains("job.toml:4:"), "{stderr}");
+    assert!(stderr.contains("nope"), "{stderr}");
+    assert!(ran.stdout().is_empty(), "{}", ran.context());
 }

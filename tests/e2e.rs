@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Background, Record, children_of, complete_lines, field_u64, generated_text, is_running, kill_survivors,
+    Background, InputExt, Record, children_of, complete_lines, field_u64, generated_text, is_running, kill_survivors,
     primes_below_table, raw_number, read_records, run, sum_of_squares, tool, wait_until, wc, wc_of_bytes, worker_pids,
     workers_claiming, write_file,
 };
@@ -419,7 +419,7 @@ fn sha256_of_each_globbed_file_matches_sha256sum() {
     // Items are the matching regular files in sorted path order.
     assert_items_in_order(&records, files.len());
     for (record, file) in records.iter().zip(&files) {
-        let path = record.input.path.as_deref().expect("file item");
+        let path = record.input.path().expect("file item");
         assert_eq!(path, file.as_path(), "item {}", record.item);
         assert_eq!(
             record.value.as_ref(),

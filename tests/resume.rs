@@ -22,8 +22,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{
-    Background, Proc, Ran, Record, children_of, complete_lines, field_u64, generated_text, is_running, kill_survivors,
-    raw_number, read_records, run, sum_of_squares, wait_until, wc, worker_pids, workers_claiming, write_file,
+    Background, InputExt, Proc, Ran, Record, children_of, complete_lines, field_u64, generated_text, is_running,
+    kill_survivors, raw_number, read_records, run, sum_of_squares, wait_until, wc, worker_pids, workers_claiming,
+    write_file,
 };
 use serde_json::value::RawValue;
 
@@ -884,4 +885,286 @@ fn the_journal_is_removed_after_a_complete_run_and_kept_on_request() {
     assert_eq!(header["fingerprint"]["items"], job.items as u64, "{header}");
     let items: BTreeSet<u64> = journal_records(&job.journal).iter().map(|(item, _)| *item).collect();
     assert_eq!(items, (0..job.items as u64).collect());
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Two runs at once
+
+/// A second run of a job whose first run is still writing is refused, with every flag, naming the first run's
+/// pid and never suggesting `--force`; the first run, undisturbed, ends with every record.
+#[test]
+fn a_second_run_while_the_first_writes_is_refused_and_loses_it_nothing() {
+    let dir = temp_dir();
+    let job = Squares::new(dir.path(), LONG_END, "input");
+    let (mut first, _workers) = start_until(dir.path(), "first", &job.job, &["--json"], &job.journal, 1 + 5);
+    let pid = first.pid();
+    for flags in [&[][..], &["--force"], &["--resume"], &["--retry-failed"]] {
+        let second = job.run(flags, 2);
+        let stderr = second.stderr();
+        assert!(
+            stderr.contains(&format!("another run (pid {pid}) is writing")),
+            "{flags:?}: the holder must be named\n{}",
+            second.context()
+        );
+        assert!(
+            !stderr.contains("--force") && !stderr.contains("--resume"),
+            "{flags:?}: a live run's refusal must not suggest a flag that would start a second writer\n{}",
+            second.context()
+        );
+        assert!(
+            first.stdout().is_empty() && !first.has_exited(),
+            "{flags:?}: the first run ended early"
+        );
+    }
+    let status = first.wait(Duration::from_secs(600));
+    assert_eq!(status.code(), Some(0), "{}", first.context());
+    let reduced = raw_number(&first.stdout(), "reduced").to_string();
+    assert_eq!(reduced, sum_of_squares(0, job.end).to_string());
+    let mut records = read_records::<u128>(&job.results);
+    records.sort_by_key(|r| r.item);
+    assert_eq!(records.len(), job.items, "one record per item");
+    for (expected, record) in records.iter().enumerate() {
+        assert_eq!(record.item, expected as u64);
+        let lo = record.item * job.chunk;
+        let hi = (lo + job.chunk).min(job.end);
+        assert_eq!(record.value, Some(sum_of_squares(lo, hi)), "item {}", record.item);
+    }
+    assert!(!job.journal.exists() && !dir.path().join("squares.jsonl.lock").exists());
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// A retry pending at a graceful stop
+
+/// A job whose every item fails its first attempt (exit 3) and succeeds on the next: the command leaves a marker
+/// the first time. `backoff` is the wait before the retry.
+fn retry_job(dir: &Path, backoff: &str) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let job = write_file(
+        dir,
+        "retry.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 4 }}\n\
+             [task]\ncommand = [\"sh\", \"-c\", \"test -e m{{item}} && echo {{item}} && exit 0; touch m{{item}}; exit 3\"]\n\
+             retries = 1\nretry_backoff = \"{backoff}\"\n\
+             [output]\nresults = \"retry.jsonl\"\n"
+        ),
+    );
+    (job, dir.join("retry.jsonl"))
+}
+
+/// One item's outcome: item, status, value, attempts, and the kind and code of each failed attempt.
+type History = (u64, String, Option<String>, u32, Vec<(String, Option<i32>)>);
+
+/// Each item's [`History`], by item.
+fn attempt_history(results: &Path) -> Vec<History> {
+    let text = std::fs::read_to_string(results).expect("read results");
+    let mut history: Vec<_> = text
+        .lines()
+        .map(|line| {
+            let record: supervisor::record::Record<String> =
+                serde_json::from_str(line).unwrap_or_else(|error| panic!("not a record ({error}): {line}"));
+            let errors = record
+                .attempt_errors
+                .iter()
+                .map(|failure| (failure.kind.to_string(), failure.code))
+                .collect();
+            (
+                record.item,
+                record.status.as_str().to_string(),
+                record.value,
+                record.attempts,
+                errors,
+            )
+        })
+        .collect();
+    history.sort();
+    history
+}
+
+#[test]
+fn a_retry_pending_at_sigterm_continues_after_resume_as_if_never_stopped() {
+    let dir = temp_dir();
+    let (clean_job, clean_results) = retry_job(&dir.path().join("clean"), "10ms");
+    run_job(&clean_job, &[], 0);
+    let clean = attempt_history(&clean_results);
+    assert_eq!(clean.len(), 4);
+    for (item, status, value, attempts, errors) in &clean {
+        assert_eq!((status.as_str(), attempts), ("ok", &2), "item {item}");
+        assert_eq!(value.as_deref(), Some(item.to_string().as_str()));
+        assert_eq!(errors, &[("exit".to_string(), Some(3))], "item {item}");
+    }
+
+    // Stopped while every item waits for its retry.
+    let stopped = dir.path().join("stopped");
+    let (job, results) = retry_job(&stopped, "10m");
+    let journal = stopped.join("retry.jsonl.journal");
+    let cwd = stopped.join("log");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    let mut supervisor = Background::start(&cwd, &["run", path_str(&job), "--quiet", "--workers", WORKERS]);
+    let all_failed_once = wait_until(REACH_LIMIT, || {
+        (0..4).all(|item| stopped.join(format!("m{item}")).exists())
+    });
+    assert!(all_failed_once, "{}", supervisor.context());
+    // The failed attempts reach the journal (before the fix nothing did: this wait then runs out).
+    wait_until(Duration::from_secs(10), || complete_lines(&journal) > 4);
+    supervisor.signal(libc::SIGTERM);
+    let status = supervisor.wait(REACH_LIMIT);
+    assert_eq!(status.code(), Some(143), "{}", supervisor.context());
+
+    let resumed = run_job(&job, &["--resume"], 0);
+    assert_eq!(
+        attempt_history(&results),
+        clean,
+        "after a stop and a resume, the results must equal an uninterrupted run's\n{}",
+        resumed.context()
+    );
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Memory follows what was recorded, not the job's size
+
+/// A range of 10^12 items stopped after some thousand records: finalize and resume hold what was recorded (the
+/// old per-item tables needed 16 TB), and every record is the closed form's.
+#[test]
+fn a_job_of_a_trillion_items_stopped_early_finalizes_and_resumes() {
+    let dir = temp_dir();
+    let end: u64 = 1_000_000_000_000;
+    let job = write_file(
+        dir.path(),
+        "huge.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = {end} }}\n[task]\nbuiltin = \"sum-squares\"\n\
+             [output]\nresults = \"huge.jsonl\"\nreduce = \"sum\"\n"
+        ),
+    );
+    let results = dir.path().join("huge.jsonl");
+    let journal = dir.path().join("huge.jsonl.journal");
+    let check = |least: usize| -> usize {
+        let records = read_records::<u128>(&results);
+        let items: BTreeSet<u64> = records.iter().map(|r| r.item).collect();
+        assert_eq!(items.len(), records.len(), "an item was recorded twice");
+        assert!(
+            records.len() >= least,
+            "{} records, expected at least {least}",
+            records.len()
+        );
+        for record in &records {
+            assert_eq!(record.status, "ok", "item {}", record.item);
+            assert_eq!(record.input.range(), (record.item, record.item + 1));
+            assert_eq!(record.value, Some(sum_of_squares(record.item, record.item + 1)));
+        }
+        records.len()
+    };
+    let mut recorded = 0;
+    for (round, flags) in [&[][..], &["--resume"]].into_iter().enumerate() {
+        let tag = format!("round{round}");
+        let (mut supervisor, _workers) = start_until(dir.path(), &tag, &job, flags, &journal, recorded + 2000);
+        supervisor.signal(libc::SIGTERM);
+        let status = supervisor.wait(REACH_LIMIT);
+        assert_eq!(status.code(), Some(143), "{}", supervisor.context());
+        recorded = check(recorded + 1000);
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Temporary files on a full disk
+
+/// A tmpfs of `size` mounted at `dir` for one test, unmounted (and its files gone) on drop. `None` where this
+/// process may not mount (not root): the test then says so and checks nothing.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        let path = dir.join("disk");
+        std::fs::create_dir_all(&path).expect("mkdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path_str(&path)])
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            eprintln!("cannot mount a tmpfs here (not root?): skipping");
+            return None;
+        }
+        Some(SmallDisk { path })
+    }
+
+    /// Names of the temporary files (`.tmp-`, `.staging-`) on the disk.
+    fn temps(&self) -> Vec<String> {
+        std::fs::read_dir(&self.path)
+            .expect("read dir")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".tmp-") || name.contains(".staging-"))
+            .collect()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// A noop job of `items` items on `disk`, results in `r.jsonl` there.
+fn noop_job(disk: &SmallDisk, items: u64, extra: &str) -> PathBuf {
+    write_file(
+        &disk.path,
+        "noop.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = {items} }}\n[task]\nbuiltin = \"noop\"\n[output]\nresults = \"r.jsonl\"\n{extra}"
+        ),
+    )
+}
+
+/// The temporary files a killed run left fill the disk: the next run removes them before it needs the room.
+#[test]
+fn stale_temps_of_a_dead_run_are_removed_before_they_block_a_resume_on_a_full_disk() {
+    let dir = temp_dir();
+    let Some(disk) = SmallDisk::mount(dir.path(), "2m") else {
+        return;
+    };
+    let job = noop_job(&disk, 3000, "");
+    run_job(&job, &["--keep-journal"], 0);
+    let journal = disk.path.join("r.jsonl.journal");
+    // The rest of the disk, but for a few KiB, held by temporaries of pids that cannot be alive (above 2^22).
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1", path_str(&disk.path)])
+            .output();
+        let text = String::from_utf8(out.expect("df").stdout).expect("utf-8");
+        text.lines()
+            .nth(1)
+            .expect("df line")
+            .trim()
+            .parse::<usize>()
+            .expect("a number")
+    };
+    std::fs::write(disk.path.join(".r.jsonl.journal.tmp-4194400"), vec![b'x'; free / 2]).expect("fill");
+    std::fs::write(disk.path.join(".r.jsonl.tmp-4194401"), vec![b'x'; free / 2 - 8192]).expect("fill");
+    let resumed = run_job(&job, &["--resume"], 0);
+    assert_eq!(disk.temps(), Vec::<String>::new(), "{}", resumed.context());
+    assert_eq!(wc("-l", &disk.path.join("r.jsonl")), 3000);
+    assert!(!journal.exists());
+}
+
+/// Writing the results file runs out of room: the run fails, keeps its journal for `--resume`, and leaves no
+/// temporary file (nor, with `journal = false`, its staging file).
+#[test]
+fn a_results_write_that_fails_on_a_full_disk_leaves_no_temporary_file() {
+    let dir = temp_dir();
+    let Some(disk) = SmallDisk::mount(dir.path(), "1m") else {
+        return;
+    };
+    // About 720 KB of journal: it fits, but not twice.
+    let job = noop_job(&disk, 6000, "");
+    let failed = run_job(&job, &[], 3);
+    assert!(failed.stderr().contains("r.jsonl"), "{}", failed.context());
+    assert_eq!(disk.temps(), Vec::<String>::new(), "{}", failed.context());
+    assert_eq!(complete_lines(&disk.path.join("r.jsonl.journal")), 1 + 6000);
+    std::fs::remove_file(disk.path.join("r.jsonl.journal")).expect("remove");
+
+    let job = noop_job(&disk, 20_000, "journal = false\n");
+    let failed = run_job(&job, &[], 3);
+    assert_eq!(disk.temps(), Vec::<String>::new(), "{}", failed.context());
 }

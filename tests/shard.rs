@@ -112,7 +112,8 @@ struct Source {
     digests: BTreeMap<PathBuf, String>,
 }
 
-/// A range, a file cut into line-aligned chunks, a whole file, and a glob, each with its independent answer.
+/// A range, a file cut into line-aligned chunks, the lines of a file, a whole file, and a glob, each with its
+/// independent answer.
 fn sources(dir: &Path) -> Vec<Source> {
     let text = generated_text(300_000, 7, true);
     let corpus = write_file(dir, "corpus.txt", &text);
@@ -129,6 +130,7 @@ fn sources(dir: &Path) -> Vec<Source> {
         digests.insert(path, line.split_whitespace().next().expect("digest").to_string());
     }
     let lines = wc("-l", &corpus);
+    let words = wc("-w", &corpus);
     vec![
         Source {
             name: "range",
@@ -165,6 +167,18 @@ fn sources(dir: &Path) -> Vec<Source> {
             results: dir.join("out/glob.jsonl"),
             expected: serde_json::Value::from(23),
             digests,
+        },
+        Source {
+            name: "lines",
+            job: write_file(
+                dir,
+                "lines.toml",
+                "[input]\nlines = \"corpus.txt\"\n[task]\nbuiltin = \"word-count\"\n[workers]\nbatch = 64\n\
+                 [output]\nresults = \"out/lines.jsonl\"\nreduce = \"sum\"\n",
+            ),
+            results: dir.join("out/lines.jsonl"),
+            expected: serde_json::Value::from(words as u64),
+            digests: BTreeMap::new(),
         },
         Source {
             name: "whole file",
@@ -278,7 +292,7 @@ fn every_source_splits_into_shards_that_cover_each_item_exactly_once() {
             );
             if !source.digests.is_empty() {
                 for record in read_records::<String>(&source.results) {
-                    let path = record.input.path.as_ref().expect("a file item");
+                    let path = record.input.path().expect("a file item");
                     assert_eq!(record.value.as_ref(), source.digests.get(path), "{}", path.display());
                 }
             }

@@ -674,6 +674,130 @@ fn workers_die_with_a_sigkilled_supervisor(start: &str) {
 
 /// Turns each behaviour `fn name(start: &str)` into the tests `spawn::name` and `forkserver::name`. Attributes
 /// written before a name (such as `#[ignore = "…"]`) apply to both.
+/// A worker stopped (SIGSTOP) while it holds work must not hang the job: one stopped between items is noticed
+/// by its silence (its slot says idle while its batches wait) and replaced, its work run again uncharged; one
+/// stopped inside an item is killed at the item's `timeout` (SIGKILL ends a stopped process) and the item
+/// retried. Batches of one item keep the worker between items nearly all the time (it waits on its channel), so
+/// the stop lands there; either way every item must end `ok` and the run exit 0.
+fn a_worker_stopped_between_items_does_not_hang_the_job(start: &str) {
+    const ITEMS: u64 = 20_000;
+    let job = Job::new();
+    job.write(&format!(
+        r#"
+[input.range]
+start = 0
+end = {ITEMS}
+
+[task]
+builtin = "noop"
+timeout = "2s"
+retries = 1
+
+[workers]
+start = "{start}"
+count = 2
+batch = 1
+
+[supervise]
+start_timeout = "2s"
+"#
+    ));
+    let journal = {
+        let mut name = job.results().into_os_string();
+        name.push(".journal");
+        PathBuf::from(name)
+    };
+    let mut supervisor = Supervisor::start(&job, &[], &[]);
+    // Ready workers answer items, which the journal shows.
+    supervisor.wait_until("workers answer items", |_| {
+        fs::read(&journal).is_ok_and(|bytes| bytes.iter().filter(|&&b| b == b'\n').count() > 10)
+    });
+    // A worker is a descendant with no child of its own (under `forkserver` the fork server is their parent).
+    let descendants = supervisor.live_descendants();
+    let parents: BTreeSet<i32> = descendants.iter().map(|s| s.ppid).collect();
+    let victim = descendants
+        .iter()
+        .map(|s| s.pid)
+        .find(|pid| !parents.contains(pid))
+        .expect("a worker");
+    // SAFETY: kill(2) touches no memory of ours; `victim` is a live worker of this supervisor.
+    let rc = unsafe { libc::kill(victim, libc::SIGSTOP) };
+    assert_eq!(rc, 0, "SIGSTOP {victim}: {}", std::io::Error::last_os_error());
+    let run = supervisor.finish();
+    run.assert_exit_code(EXIT_OK);
+    let records = run.records_by_item(&job.results());
+    assert_eq!(records.len() as u64, ITEMS, "{run}");
+    assert!(records.values().all(|r| r.status == "ok"), "{run}");
+    assert!(
+        stat(victim).is_none_or(|s| s.is_zombie()),
+        "the stopped worker {victim} is still there\n{run}"
+    );
+    // Either way the stopped worker was noticed: as stalled (between items), or by the timeout of its item,
+    // which then ran again.
+    let stalled = run.stderr.contains("showed no sign of life");
+    let timed_out = records
+        .values()
+        .any(|r| r.attempts == 2 && r.attempt_errors.first().is_some_and(|e| e.kind == "timeout"));
+    assert!(stalled || timed_out, "the stopped worker was never noticed\n{run}");
+}
+
+/// A worker stopped (SIGSTOP) inside an item is still killed at the item's `timeout` (SIGKILL ends a stopped
+/// process): that item fails with `timeout` and the run ends.
+fn a_worker_stopped_inside_an_item_is_killed_at_the_timeout(start: &str) {
+    let job = Job::new();
+    let pids = job.folder("pids");
+    job.write(&format!(
+        r#"
+[input.range]
+start = 0
+end = 20
+
+[task]
+builtin = "fault"
+timeout = "1s"
+
+[task.args]
+hang = [7]
+pid_dir = '{}'
+
+[workers]
+start = "{start}"
+count = 2
+"#,
+        pids.display()
+    ));
+    let mut supervisor = Supervisor::start(&job, &[], &[]);
+    let marker = pids.join("item-7");
+    supervisor.wait_until("item 7 has started", |_| marker.exists());
+    let text = fs::read_to_string(&marker).expect("read the pid record");
+    let worker: i32 = text
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("worker="))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no worker pid in {text:?}"));
+    // SAFETY: kill(2) touches no memory of ours; `worker` is a live worker of this supervisor, hanging in item 7.
+    let rc = unsafe { libc::kill(worker, libc::SIGSTOP) };
+    assert_eq!(rc, 0, "SIGSTOP {worker}: {}", std::io::Error::last_os_error());
+    let run = supervisor.finish();
+    run.assert_exit_code(EXIT_ITEMS_FAILED);
+    let records = run.records_by_item(&job.results());
+    assert_eq!(records.len(), 20, "{run}");
+    for (&item, record) in &records {
+        if item == 7 {
+            record.assert_failed_with(
+                &Expected {
+                    kind: "timeout",
+                    signal: Some("SIGKILL"),
+                    code: None,
+                },
+                &run,
+            );
+        } else {
+            record.assert_ok_first_time(item, &run);
+        }
+    }
+}
+
 macro_rules! start_methods {
     ($($(#[$attribute:meta])* $name:ident,)*) => {
         mod spawn {
@@ -715,6 +839,8 @@ start_methods! {
     sigterm_stops_the_run_with_143,
     a_second_sigint_kills_at_once,
     workers_die_with_a_sigkilled_supervisor,
+    a_worker_stopped_between_items_does_not_hang_the_job,
+    a_worker_stopped_inside_an_item_is_killed_at_the_timeout,
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use common::{Record, read_records, run, write_file};
+use common::{InputExt, Record, read_records, run, write_file};
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 
 fn temp_dir() -> tempfile::TempDir {
@@ -183,7 +183,7 @@ fn thumbnails_of_every_format_have_the_right_size_and_bad_images_fail_alone() {
     assert_eq!(records.len(), expected.len(), "one record per image\n{}", ran.context());
     let mut written = Vec::new();
     for record in &records {
-        let source = record.input.path.clone().expect("glob items have a path");
+        let source = record.input.path().expect("glob items have a path").to_path_buf();
         let expect = expected
             .get(&source)
             .unwrap_or_else(|| panic!("unexpected item {source:?}"));

@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Background, read_records, wait_until, write_file};
+use common::{Background, InputExt, read_records, wait_until, write_file};
 
 const PAGE: u64 = 4096;
 /// Generous: the machine is shared.

@@ -699,6 +699,16 @@ fn a_stopped_url_job_resumes_where_it_stopped() {
     );
     let ran = run(dir.path(), ["run", "--resume", "--json", "job.toml"], 0);
     assert_eq!(ran.summary()["resumed"].as_u64(), Some(done));
+    // The fetch count covers the whole job after a resume: what this run fetched and what the earlier run
+    // recorded (it ended short by the latter).
+    let fetch = &ran.summary()["fetch"];
+    let count = |key: &str| fetch[key].as_u64().unwrap_or_else(|| panic!("fetch.{key} in {fetch}"));
+    assert_eq!(count("earlier"), done, "{fetch}");
+    assert_eq!(
+        count("fetched") + count("failed") + count("earlier"),
+        names.len() as u64,
+        "{fetch}"
+    );
     let records = records(&dir.path().join("out.jsonl"));
     assert_eq!(records.len(), names.len());
     for (item, name) in names.iter().enumerate() {

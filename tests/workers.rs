@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{generated_text, read_records, run, wc, write_file};
+use common::{InputExt, generated_text, read_records, run, wc, write_file};
 
 /// The repository's root folder.
 fn repo() -> PathBuf {
@@ -87,7 +87,11 @@ fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
     assert_eq!(records.len(), 40);
     let failed: BTreeMap<u64, (String, Option<String>)> = records
         .iter()
-        .filter_map(|r| r.error.as_ref().map(|e| (r.item, (e.kind.clone(), e.signal.clone()))))
+        .filter_map(|r| {
+            r.error
+                .as_ref()
+                .map(|e| (r.item, (e.kind.to_string(), e.signal.clone())))
+        })
         .collect();
     let expected: BTreeMap<u64, (String, Option<String>)> = [
         (5, ("signal".to_string(), Some("SIGABRT".to_string()))),
@@ -187,7 +191,7 @@ fn python_worker_reads_chunks_and_whole_files() {
     let records = read_records::<String>(&dir.path().join("files.jsonl"));
     assert_eq!(records.len(), 6);
     for record in &records {
-        let path = record.input.path.as_ref().expect("file item");
+        let path = record.input.path().expect("file item");
         let digest = common::tool("sha256sum", &[path.as_os_str()], None, &[0]);
         assert_eq!(
             record.value.as_deref(),
@@ -312,6 +316,94 @@ fn a_worker_bin_that_never_says_hello_times_out_instead_of_hanging() {
         ran.stderr().contains("never said hello within start_timeout = 500ms"),
         "{}",
         ran.stderr()
+    );
+    common::assert_no_leftovers(&marker);
+}
+
+/// Regression: a persistent process that exited while a process it started still held its stdout held the item
+/// until that process exited (100 s here). The item now fails as soon as the worker process has ended (exit 3,
+/// its stderr tail kept), what it started is killed with its process group, and the next item starts a fresh
+/// process. The worker is a shell script answering `7 × item`; on item 3 it leaves a `sleep` behind and exits.
+#[test]
+fn a_persistent_process_that_exits_while_a_child_holds_its_pipes_fails_only_its_item() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    write_file(
+        dir.path(),
+        "answer.sh",
+        "while read -r line; do\n  item=$(echo \"$line\" | sed 's/.*\"item\":\\([0-9]*\\).*/\\1/')\n\
+         \x20 if [ \"$item\" = 3 ]; then sleep 100 & echo 'leaving a sleep behind' >&2; exit 3; fi\n\
+         \x20 echo \"{\\\"item\\\":$item,\\\"value\\\":$((item * 7))}\"\ndone\n",
+    );
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 8 }}\n[task]\nworker = [\"sh\", \"answer.sh\"]\n\
+             env = {{ TEST_MARKER = \"{marker}\" }}\n[workers]\ncount = 1\n[output]\nresults = \"out.jsonl\"\n"
+        ),
+    );
+    let job = job.to_string_lossy().into_owned();
+    // Far less than the 100 s the leftover `sleep` would hold the item.
+    let mut supervisor = common::Background::start(dir.path(), &["run", "--quiet", &job]);
+    let status = supervisor.wait(std::time::Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", supervisor.context());
+    let records = read_records::<u64>(&dir.path().join("out.jsonl"));
+    assert_eq!(records.len(), 8);
+    for record in &records {
+        match &record.error {
+            Some(error) => {
+                assert_eq!((record.item, error.kind.as_str(), error.code), (3, "exit", Some(3)));
+            }
+            None => assert_eq!(record.value, Some(record.item * 7), "item {}", record.item),
+        }
+    }
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("results");
+    assert!(text.contains("leaving a sleep behind"), "{text}");
+    common::assert_no_leftovers(&marker);
+}
+
+/// Regression: a persistent worker that fails at start (a Python `ImportError`) was started again for every
+/// item: 200 starts for a job that could never work. A process that exits before it waits for its first
+/// request now fails the worker's start, and the run ends with exit 3 after a few starts, quoting the
+/// `ImportError` from its stderr.
+#[test]
+fn a_persistent_worker_that_fails_at_start_ends_the_run() {
+    if !python_available() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().to_string_lossy().into_owned();
+    write_file(
+        dir.path(),
+        "broken.py",
+        "import os, sys\nwith open('starts.txt', 'a') as f:\n    f.write('started\\n')\n\
+         sys.path.insert(0, os.environ['HELPER_DIR'])\nfrom supervisor_worker import serve\n\
+         import no_such_module_for_this_test\nserve(lambda input: 0)\n",
+    );
+    let job = write_file(
+        dir.path(),
+        "job.toml",
+        format!(
+            "[input]\nrange = {{ start = 0, end = 200 }}\n[task]\nworker = [\"python3\", \"broken.py\"]\n\
+             env = {{ TEST_MARKER = \"{marker}\", HELPER_DIR = \"{}\" }}\n[workers]\ncount = 2\nbatch = 1\n",
+            repo().join("python").display()
+        ),
+    );
+    let ran = run(dir.path(), [OsStr::new("run"), job.as_os_str()], 3);
+    assert!(
+        ran.stderr().contains("No module named 'no_such_module_for_this_test'"),
+        "{}",
+        ran.stderr()
+    );
+    let starts = std::fs::read_to_string(dir.path().join("starts.txt")).unwrap_or_default();
+    // One per worker, and perhaps a replacement each; never one per item.
+    assert!(
+        starts.lines().count() <= 4,
+        "{} starts\n{}",
+        starts.lines().count(),
+        ran.context()
     );
     common::assert_no_leftovers(&marker);
 }

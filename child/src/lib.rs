@@ -1,23 +1,26 @@
-//! The worker side of `supervisor`.
+//! The worker side of `supervisor`: what every worker process runs, whatever its task.
 //!
-//! - [`task`]: the [`task::Task`] trait a builtin implements, what it is given ([`task::Item`]) and the registry
-//!   of builtins with their argument documentation ([`task::builtins`]).
-//! - [`tasks`]: the builtin tasks themselves.
-//! - [`worker`]: the loop a worker process runs: say hello to the supervisor on its socket, receive batches, map the input, run
-//!   the task on each item, send results back.
-//! - [`user`]: the user's own work run by a worker: a `command` per item, or a persistent process.
+//! - [`task`]: the [`task::Task`] trait a task implements, and what it is given ([`task::Item`]).
+//! - [`worker`]: the loop a worker process runs: say hello to the supervisor on its socket, receive batches, map
+//!   the input, run the task on each item, send results back. The caller hands it the task registry (a
+//!   [`task::Build`]): the supervisor's own worker passes its builtins (the `builtins` crate), a `worker_bin`
+//!   passes its own task.
 //! - [`serve()`] / [`serve_task`]: the entry points of your own worker binary (`[task] worker_bin`), see
 //!   [`mod@serve`].
+//! - [`isolation`], [`limits`]: how a worker process confines itself (`[isolation]`, `[workers]` limits).
+//!
+//! This crate is kept lean, so that a user's worker binary compiles only what it needs: the builtin tasks and
+//! their heavy dependencies live in `builtins`. The test-only misbehaving workers (`hostile`) exist only with the
+//! `hostile` feature, which the supervisor's tests enable.
 //!
 //! A worker never decides policy (retries, timeouts, ordering): it runs what it is given and reports each item.
 
+#[cfg(feature = "hostile")]
 pub mod hostile;
 pub mod isolation;
 pub mod limits;
 pub mod serve;
 pub mod task;
-pub mod tasks;
-pub mod user;
 pub mod worker;
 
 pub use serve::{serve, serve_task};

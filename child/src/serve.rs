@@ -52,7 +52,9 @@ pub fn serve_task(task: impl Task + 'static) -> ExitCode {
         return ExitCode::from(shared::exit::USAGE as u8);
     }
     let parent = std::env::var(PARENT_PID_ENV).ok().and_then(|pid| pid.parse().ok());
-    match crate::worker::run_with(parent, Some(Box::new(task))) {
+    // A worker_bin runs its own task whatever `Init` names (the supervisor names it `worker_bin`).
+    let build: crate::task::Build<'_> = Box::new(move |_: &str, _: &str| Ok(Box::new(task) as Box<dyn Task>));
+    match crate::worker::run(parent, build) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("worker: {error}");

@@ -1,8 +1,11 @@
-//! The task API: what a builtin implements and what it is handed for each item.
+//! The task API: what a task implements and what it is handed for each item.
+//!
+//! A task is the code a worker runs once per item: the supervisor's builtins and the user's own processes (the
+//! `builtins` crate) or a `worker_bin`'s own code ([`crate::serve()`]). Which tasks exist, their names and
+//! arguments, is the business of whoever starts the worker loop, not of this crate.
 
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
 use shared::item::Value;
 use shared::protocol::{TaskError, TaskErrorKind};
 
@@ -30,29 +33,7 @@ pub enum ItemInput<'a> {
     Fetched { data: &'a [u8], url: &'a str },
 }
 
-/// Which kinds of items a task accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputKind {
-    /// Sub-ranges of a `range` input.
-    Range,
-    /// Line-aligned chunks of a `file` input (`split = "lines"`).
-    Chunks,
-    /// Whole files: a `glob` input, or a `file` input with `split = "none"`; also the fetched bodies of a `urls`
-    /// input, which a task sees as [`ItemInput::Fetched`] (read them with [`bytes_of`]).
-    WholeFiles,
-}
-
-impl InputKind {
-    pub fn describe(self) -> &'static str {
-        match self {
-            InputKind::Range => "range",
-            InputKind::Chunks => "file chunks",
-            InputKind::WholeFiles => "whole files (or URL bodies)",
-        }
-    }
-}
-
-/// A builtin task, configured from its `args`.
+/// A task: the supervisor's builtins, the user's processes, or a `worker_bin`'s own code.
 ///
 /// `run` is called once per item, on one thread; a task may keep state between items. An `Err` fails the item
 /// (kind `error`) and the worker carries on; a panic fails the item (kind `panic`) and the worker carries on too.
@@ -69,7 +50,26 @@ pub trait Task {
             message,
         })
     }
+
+    /// Whether the task has set-up to do in [`Task::start`] (the default: none). The worker then waits for its
+    /// identity (which follows `Init`) before calling it.
+    fn has_start(&self) -> bool {
+        false
+    }
+
+    /// Set-up that must succeed before the worker says it is ready, called once after `Init` when
+    /// [`Task::has_start`]: a task that starts a process of its own starts it here, so that a process that cannot
+    /// start fails `Init` (and the dispatcher's start-failure rule ends a run that could never work) instead of
+    /// failing every item. An `Err` is the `InitFailed` message.
+    fn start(&mut self, context: &ItemContext) -> Result<(), String> {
+        let _ = context;
+        Ok(())
+    }
 }
+
+/// Builds the task a worker runs from `Init`'s task name and arguments (JSON text): the registry of whoever
+/// starts the worker loop. A `worker_bin` ignores both and hands over its compiled-in task.
+pub type Build<'a> = Box<dyn FnOnce(&str, &str) -> Result<Box<dyn Task>, String> + 'a>;
 
 /// Where and how often an item runs: what the user's processes see as `SUPERVISOR_WORKER` and
 /// `SUPERVISOR_ATTEMPT`.
@@ -79,62 +79,6 @@ pub struct ItemContext {
     pub worker: u64,
     /// 1 for the first run of the item, 2 for its first retry, and so on.
     pub attempt: u32,
-}
-
-/// Documentation of one task argument, for `supervisor tasks`.
-#[derive(Debug, Clone, Copy)]
-pub struct ArgInfo {
-    pub name: &'static str,
-    pub kind: &'static str,
-    pub default: &'static str,
-    pub help: &'static str,
-}
-
-/// A registered builtin.
-#[derive(Debug, Clone, Copy)]
-pub struct TaskInfo {
-    pub name: &'static str,
-    pub summary: &'static str,
-    pub inputs: &'static [InputKind],
-    pub args: &'static [ArgInfo],
-    /// Builds the task from its `args` (a JSON object); an `Err` says which argument is wrong and why.
-    pub build: fn(&serde_json::Value) -> Result<Box<dyn Task>, String>,
-}
-
-/// All builtin tasks, in the order `supervisor tasks` lists them.
-pub fn builtins() -> &'static [TaskInfo] {
-    crate::tasks::BUILTINS
-}
-
-/// The builtin called `name`.
-pub fn lookup(name: &str) -> Option<&'static TaskInfo> {
-    builtins().iter().find(|info| info.name == name)
-}
-
-/// Deserializes a task's `args` into its typed form (which should deny unknown fields), with a message that
-/// names the task.
-pub fn parse_args<T: DeserializeOwned>(task: &str, args: &serde_json::Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(args).map_err(|error| {
-        // Name the argument (`abort[1]`), and say what is expected in TOML words rather than serde's.
-        let path = error.path().to_string();
-        let message = error
-            .inner()
-            .to_string()
-            .replace("unknown field", "unknown argument")
-            .replace("missing field", "missing argument")
-            .replace("there are no fields", "this task takes no arguments")
-            .replace("expected u64", "expected a whole number (0 or more)")
-            .replace("expected u32", "expected a whole number (0 or more)")
-            .replace("expected u8", "expected a whole number from 0 to 255")
-            .replace("expected i32", "expected a whole number")
-            .replace("expected a sequence", "expected an array");
-        match path.as_str() {
-            // An unknown argument is named by the message already.
-            _ if message.starts_with("unknown argument") => format!("bad args for task `{task}`: {message}"),
-            "." | "" => format!("bad args for task `{task}`: {message}"),
-            _ => format!("bad args for task `{task}`: `{path}`: {message}"),
-        }
-    })
 }
 
 /// The bytes of an item, or an error naming the task that needs them.

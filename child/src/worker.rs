@@ -26,7 +26,7 @@ use shared::protocol::{Isolation, WorkerLimits};
 use shared::region::{MappedFile, SharedPage, SharedView};
 use std::path::Path;
 
-use crate::task::{Item, ItemContext, ItemInput, Task, lookup};
+use crate::task::{Build, Item, ItemContext, ItemInput, Task};
 
 /// Environment variable through which the supervisor passes its pid to an exec'ed worker (see [`run`]).
 pub const PARENT_PID_ENV: &str = "SUPERVISOR_PARENT_PID";
@@ -90,17 +90,12 @@ enum Place {
 }
 
 /// Runs a worker whose channel to the supervisor is its stdin (a Unix stream socket the supervisor or the fork
-/// server put there). Returns when told to shut down or when the supervisor disconnects.
+/// server put there), with the task that `build` makes of `Init`'s task name and arguments. Returns when told to
+/// shut down or when the supervisor disconnects.
 ///
 /// `parent` is the pid that must be this process's parent (the supervisor, or the fork server that forked it):
 /// if it is already gone, the worker exits at once instead of running orphaned.
-pub fn run(parent: Option<i32>) -> Result<(), WorkerError> {
-    run_with(parent, None)
-}
-
-/// [`run`] with the task compiled into this binary (`custom`, see [`crate::serve()`]) instead of the one `Init`
-/// names.
-pub fn run_with(parent: Option<i32>, custom: Option<Box<dyn Task>>) -> Result<(), WorkerError> {
+pub fn run(parent: Option<i32>, build: Build<'_>) -> Result<(), WorkerError> {
     crate::isolation::at_start(parent).map_err(WorkerError)?;
     ignore_interrupts();
     crate::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
@@ -108,13 +103,13 @@ pub fn run_with(parent: Option<i32>, custom: Option<Box<dyn Task>>) -> Result<()
 
     let socket = take_channel_from_stdin()
         .map_err(|error| WorkerError(format!("no channel to the supervisor on stdin: {error}")))?;
-    let hostile = crate::hostile::from_env(&socket);
+    let hostile = hostile_from_env(&socket);
     let uplink = Socket(
         socket
             .try_clone()
             .map_err(|error| WorkerError(format!("cannot clone the channel: {error}")))?,
     );
-    let version = hostile.as_ref().map_or(PROTOCOL_VERSION, |h| h.hello_version());
+    let version = hello_version(hostile.as_ref());
     send(
         &uplink,
         FromWorker::Hello {
@@ -122,7 +117,7 @@ pub fn run_with(parent: Option<i32>, custom: Option<Box<dyn Task>>) -> Result<()
             pid: std::process::id(),
         },
     )?;
-    let served = serve(uplink, &Socket(socket), Place::Process, hostile, custom);
+    let served = serve(uplink, &Socket(socket), Place::Process, hostile, build);
     // A closed channel may mean that the supervisor died: then take the task's children along.
     crate::isolation::leave_if_orphaned();
     served
@@ -160,9 +155,13 @@ fn take_channel_from_stdin() -> std::io::Result<UnixStream> {
 
 /// Runs a worker on the calling thread, inside the supervisor's process (the `thread` and `serial` executors):
 /// the same loop and task code as a worker process, without isolation.
-pub fn run_in_thread(to: impl Uplink, from: &std::sync::mpsc::Receiver<ToWorker>) -> Result<(), WorkerError> {
+pub fn run_in_thread(
+    to: impl Uplink,
+    from: &std::sync::mpsc::Receiver<ToWorker>,
+    build: Build<'_>,
+) -> Result<(), WorkerError> {
     install_panic_capture();
-    serve(to, from, Place::Thread, None, None)
+    serve(to, from, Place::Thread, None, build)
 }
 
 /// The worker loop after the handshake: `Init`, then batches until `Shutdown` or a closed channel.
@@ -170,12 +169,14 @@ fn serve(
     to: impl Uplink,
     from: &impl Downlink,
     place: Place,
-    hostile: Option<crate::hostile::Hostile>,
-    custom: Option<Box<dyn Task>>,
+    hostile: Option<Hostile>,
+    build: Build<'_>,
 ) -> Result<(), WorkerError> {
     fn received(what: &'static str) -> impl Fn(String) -> WorkerError {
         move |error| WorkerError(format!("cannot receive {what}: {error}"))
     }
+    // A message received early (while waiting for the identity a starting task needs), to be handled first.
+    let mut pending = None;
     let mut worker = match from.recv().map_err(received("Init"))? {
         Some(ToWorker::Init {
             task,
@@ -192,13 +193,14 @@ fn serve(
             progress.as_deref(),
             &isolation,
             place,
-            custom,
-        ) {
+            build,
+        )
+        .and_then(|mut worker| {
+            pending = worker.start(from)?;
+            Ok(worker)
+        }) {
             Ok(mut worker) => {
-                if let Some(hostile) = hostile {
-                    hostile.at_init();
-                    worker.hostile = Some(hostile);
-                }
+                at_init(&mut worker, hostile);
                 worker
             }
             Err(message) => {
@@ -226,12 +228,14 @@ fn serve(
     }));
     let _flusher = start_flusher(Arc::clone(&outbox));
     loop {
-        match from.recv().map_err(received("from the supervisor"))? {
+        let message = match pending.take() {
+            Some(message) => message,
+            None => from.recv().map_err(received("from the supervisor"))?,
+        };
+        match message {
             Some(ToWorker::Batch(batch)) => worker.run_batch(&batch, &outbox)?,
             Some(ToWorker::Shutdown) | None => {
-                if let Some(hostile) = &worker.hostile {
-                    hostile.at_shutdown();
-                }
+                at_shutdown(&worker);
                 return Ok(());
             }
             Some(ToWorker::Identity { worker: id }) => worker.context.worker = id,
@@ -453,7 +457,13 @@ fn install_panic_capture() {
 /// Runs one item in this process, as a worker would, and returns its outcome: `supervisor replay` uses this to
 /// reproduce an item's behaviour in the foreground (a crash then happens here, under a debugger if wanted).
 /// Panics are printed by the default hook and reported as the item's failure.
-pub fn run_one(task_name: &str, args_json: &str, plan: InputPlan, batch: &Batch) -> Result<Outcome, String> {
+pub fn run_one(
+    task_name: &str,
+    args_json: &str,
+    plan: InputPlan,
+    batch: &Batch,
+    build: Build<'_>,
+) -> Result<Outcome, String> {
     let mut worker = Worker::new(
         task_name,
         args_json,
@@ -461,8 +471,9 @@ pub fn run_one(task_name: &str, args_json: &str, plan: InputPlan, batch: &Batch)
         &WorkerLimits::default(),
         None,
         Place::Process,
-        None,
+        build,
     )?;
+    worker.task.start(&worker.context)?;
     Ok(worker.run_item(batch, 0))
 }
 
@@ -476,8 +487,10 @@ struct Worker {
     arena: Option<SharedView>,
     progress: Option<ProgressWriter>,
     cpu_seconds_per_item: Option<u64>,
-    /// A test-only misbehaviour (see [`crate::hostile`]); `None` in every real run.
-    hostile: Option<crate::hostile::Hostile>,
+    /// A test-only misbehaviour (see `crate::hostile`, compiled only with the `hostile` feature); `None` in
+    /// every real run.
+    #[cfg(feature = "hostile")]
+    hostile: Option<Hostile>,
     /// The worker's id and the current item's attempt, for the user's processes.
     context: ItemContext,
     /// Attempt numbers of retried items not yet run (told by `ToWorker::Attempt`).
@@ -499,12 +512,12 @@ impl Worker {
         progress: Option<&Path>,
         isolation: &Isolation,
         place: Place,
-        custom: Option<Box<dyn Task>>,
+        build: Build<'_>,
     ) -> Result<Worker, String> {
         if place == Place::Process {
             crate::isolation::apply_init(isolation)?;
         }
-        let worker = Worker::new(task_name, args_json, plan, limits, progress, place, custom)?;
+        let worker = Worker::new(task_name, args_json, plan, limits, progress, place, build)?;
         if let (Place::Process, Some(credentials)) = (place, isolation.credentials) {
             crate::isolation::drop_privileges(credentials).map_err(|error| {
                 format!(
@@ -523,7 +536,7 @@ impl Worker {
         limits: &WorkerLimits,
         progress: Option<&Path>,
         place: Place,
-        custom: Option<Box<dyn Task>>,
+        build: Build<'_>,
     ) -> Result<Worker, String> {
         if place == Place::Process {
             crate::limits::apply(limits).map_err(|error| format!("cannot apply resource limits: {error}"))?;
@@ -537,18 +550,7 @@ impl Worker {
             }
             None => None,
         };
-        let task = match custom {
-            Some(task) => task,
-            None => match crate::user::build(task_name, args_json) {
-                Some(task) => task?,
-                None => {
-                    let info = lookup(task_name).ok_or_else(|| format!("unknown task `{task_name}`"))?;
-                    let args: serde_json::Value =
-                        serde_json::from_str(args_json).map_err(|error| format!("task args are not JSON: {error}"))?;
-                    (info.build)(&args)?
-                }
-            },
-        };
+        let task = build(task_name, args_json)?;
         let mapped = match &plan {
             InputPlan::File { path } => Some(
                 MappedFile::open(path).map_err(|error| format!("cannot map input file {}: {error}", path.display()))?,
@@ -570,31 +572,68 @@ impl Worker {
             arena,
             progress,
             cpu_seconds_per_item,
+            #[cfg(feature = "hostile")]
             hostile: None,
             context: ItemContext { worker: 0, attempt: 1 },
             attempts: HashMap::new(),
         })
     }
 
+    /// Runs the task's [`Task::start`], if it has one, with the worker's identity (which the supervisor sends
+    /// right after `Init`); returns a message received meanwhile that was not the identity, to be handled next.
+    fn start(&mut self, from: &impl Downlink) -> Result<Option<Option<ToWorker>>, String> {
+        if !self.task.has_start() {
+            return Ok(None);
+        }
+        let pending = match from
+            .recv()
+            .map_err(|error| format!("cannot receive from the supervisor: {error}"))?
+        {
+            Some(ToWorker::Identity { worker }) => {
+                self.context.worker = worker;
+                None
+            }
+            other => Some(other),
+        };
+        self.task.start(&self.context)?;
+        Ok(pending)
+    }
+
     fn run_batch(&mut self, batch: &Batch, outbox: &Mutex<Outbox>) -> Result<(), WorkerError> {
+        #[cfg(feature = "hostile")]
+        if let Some(hostile) = self.hostile.take() {
+            let ran = self.run_batch_hostile(&hostile, batch, outbox);
+            self.hostile = Some(hostile);
+            return ran;
+        }
+        lock(outbox)?.start(batch);
+        for k in 0..batch.len() {
+            let outcome = self.run_item(batch, k);
+            lock(outbox)?.push(outcome)?;
+        }
+        lock(outbox)?.flush()
+    }
+
+    /// [`Worker::run_batch`] of a worker in a test-only hostile mode: each result goes out at once, so that the
+    /// misbehaviour lands at a known point.
+    #[cfg(feature = "hostile")]
+    fn run_batch_hostile(
+        &mut self,
+        hostile: &Hostile,
+        batch: &Batch,
+        outbox: &Mutex<Outbox>,
+    ) -> Result<(), WorkerError> {
         lock(outbox)?.start(batch);
         for k in 0..batch.len() {
             let index = batch.first + k;
-            let substitute = self
-                .hostile
-                .as_ref()
-                .and_then(|hostile| hostile.before_item(batch, index, || lock(outbox)?.flush()));
+            let substitute = hostile.before_item(batch, index, || lock(outbox)?.flush());
             let outcome = substitute.unwrap_or_else(|| self.run_item(batch, k));
-            if let Some(hostile) = &self.hostile {
-                let copy = outcome.clone();
-                let mut outbox = lock(outbox)?;
-                outbox.push(outcome)?;
-                outbox.flush()?;
-                drop(outbox);
-                hostile.after_item(batch, index, &copy);
-                continue;
-            }
-            lock(outbox)?.push(outcome)?;
+            let copy = outcome.clone();
+            let mut sending = lock(outbox)?;
+            sending.push(outcome)?;
+            sending.flush()?;
+            drop(sending);
+            hostile.after_item(batch, index, &copy);
         }
         lock(outbox)?.flush()
     }
@@ -731,6 +770,59 @@ impl Worker {
     }
 }
 
+// Test-only hostile modes (`crate::hostile`): compiled only with the `hostile` feature, which the supervisor's
+// tests enable; without it a worker has no way to misbehave and the release binary holds none of their code.
+
+#[cfg(feature = "hostile")]
+use crate::hostile::Hostile;
+
+/// Without the `hostile` feature no worker misbehaves: this type has no values.
+#[cfg(not(feature = "hostile"))]
+#[derive(Debug)]
+enum Hostile {}
+
+#[cfg(feature = "hostile")]
+fn hostile_from_env(socket: &UnixStream) -> Option<Hostile> {
+    crate::hostile::from_env(socket)
+}
+
+#[cfg(not(feature = "hostile"))]
+fn hostile_from_env(_socket: &UnixStream) -> Option<Hostile> {
+    None
+}
+
+fn hello_version(hostile: Option<&Hostile>) -> u32 {
+    #[cfg(feature = "hostile")]
+    if let Some(hostile) = hostile {
+        return hostile.hello_version();
+    }
+    #[cfg(not(feature = "hostile"))]
+    if let Some(never) = hostile {
+        match *never {}
+    }
+    PROTOCOL_VERSION
+}
+
+/// A hostile worker's misbehaviour at `Init`; it keeps its mode for the items.
+fn at_init(worker: &mut Worker, hostile: Option<Hostile>) {
+    #[cfg(feature = "hostile")]
+    if let Some(hostile) = hostile {
+        hostile.at_init();
+        worker.hostile = Some(hostile);
+    }
+    #[cfg(not(feature = "hostile"))]
+    let _ = (worker, hostile);
+}
+
+fn at_shutdown(worker: &Worker) {
+    #[cfg(feature = "hostile")]
+    if let Some(hostile) = &worker.hostile {
+        hostile.at_shutdown();
+    }
+    #[cfg(not(feature = "hostile"))]
+    let _ = worker;
+}
+
 enum Prepared {
     Range(u64, u64),
     Chunk(usize, usize),
@@ -764,6 +856,15 @@ mod tests {
     use super::*;
 
     struct Collect(Arc<Mutex<Vec<FromWorker>>>);
+
+    /// A task that returns null for every item.
+    struct Noop;
+
+    impl Task for Noop {
+        fn run(&mut self, _item: Item<'_>) -> Result<shared::item::Value, String> {
+            Ok(shared::item::Value::Null)
+        }
+    }
 
     impl Uplink for Collect {
         fn send(&self, message: FromWorker) -> Result<(), String> {
@@ -884,7 +985,8 @@ mod tests {
                 }))
                 .expect("send");
             sender.send(ToWorker::Shutdown).expect("send");
-            run_in_thread(Collect(Arc::clone(&messages)), &queue).expect("worker ran");
+            let build: Build<'_> = Box::new(|_: &str, _: &str| Ok(Box::new(Noop) as Box<dyn Task>));
+            run_in_thread(Collect(Arc::clone(&messages)), &queue, build).expect("worker ran");
             let answered: usize = messages
                 .lock()
                 .expect("lock")

@@ -4,13 +4,58 @@
 # file. The variants run
 # interleaved, REPEAT times each, and the median wall time of each is reported with the ratio to the no-journal
 # run. Usage: scripts/bench/journal.sh [REPEAT]   (from any folder; builds the release binary first)
+#
+# `scripts/bench/journal.sh --resume-memory [RECORDS] [SUPERVISOR]` measures instead the peak RSS of `--resume`
+# of a journal of RECORDS (default 20_000_000) noop records, written in interleaved batches as two workers
+# would, with nothing left to run: recovery reads the whole journal, then finalize writes the whole results
+# file. SUPERVISOR defaults to the release binary (built first). The results file is checked with `wc -l`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+if [[ ${1:-} == --resume-memory ]]; then
+    records=${2:-20000000}
+    supervisor=${3:-}
+    if [[ -z $supervisor ]]; then
+        cargo build --release -q
+        supervisor=$PWD/target/release/supervisor
+    fi
+    printf '[input]\nrange = { start = 0, end = %d }\n[task]\nbuiltin = "noop"\n[output]\nresults = "r.jsonl"\n' \
+        "$records" >"$work/job.toml"
+    # The journal's header (its fingerprint) comes from a real run, stopped as soon as it has written it.
+    "$supervisor" run --quiet "$work/job.toml" >/dev/null 2>&1 &
+    pid=$!
+    until [[ -s $work/r.jsonl.journal ]] && head -c 100000 "$work/r.jsonl.journal" | grep -q $'\n'; do sleep 0.05; done
+    kill -TERM "$pid" && wait "$pid" || true
+    head -n 1 "$work/r.jsonl.journal" >"$work/header"
+    python3 - "$work" "$records" <<'PY'
+import sys
+work, records = sys.argv[1], int(sys.argv[2])
+batch = 4096
+with open(f"{work}/r.jsonl.journal", "w") as out:
+    out.write(open(f"{work}/header").read())
+    starts = list(range(0, records, batch))
+    # Two workers: each pair of batches finishes in reverse order.
+    for pair in range(0, len(starts), 2):
+        for start in reversed(starts[pair:pair + 2]):
+            out.write("".join(
+                f'{{"item":{i},"status":"ok","value":null,"attempts":1,"pid":1,"elapsed_ms":0.001,'
+                f'"input":{{"start":{i},"end":{i + 1}}}}}\n'
+                for i in range(start, min(start + batch, records))))
+PY
+    ls -l "$work/r.jsonl.journal" | awk '{printf "journal: %.0f MB, ", $5 / 1e6}'
+    ${SUPERVISOR_WRAP:-} /usr/bin/time -v "$supervisor" run --quiet --json --resume "$work/job.toml" >"$work/summary" 2>"$work/time"
+    lines=$(wc -l <"$work/r.jsonl")
+    [[ $lines -eq $records ]] || { echo "results has $lines lines, expected $records" >&2; exit 1; }
+    awk -F': ' '/Maximum resident set size/ {printf "peak RSS %.1f MB, ", $2 / 1024} /Elapsed \(wall clock\)/ {printf "wall %s, ", $2}' "$work/time"
+    echo "results: $lines records (wc -l)"
+    exit 0
+fi
+
 repeat=${1:-7}
 cargo build --release -q
 supervisor=$PWD/target/release/supervisor
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 
 job() { # name, input, task, output-extra
     printf '[input]\n%s\n[task]\nbuiltin = "%s"\n[output]\n%s\n' "$2" "$3" "$4" >"$work/$1.toml"

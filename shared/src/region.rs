@@ -23,10 +23,40 @@ pub struct MappedFile {
     path: PathBuf,
 }
 
+/// Opens `path` for reading if it is a regular file, without ever blocking: a FIFO (or a device, a socket) put
+/// in place of an input after the job listed it would block an `open` until a writer appears. The open does not
+/// wait (`O_NONBLOCK`), and what it opened is checked (`fstat`) before anything reads it.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file (inputs must be regular files)"),
+    ))
+}
+
 impl MappedFile {
-    /// Opens and maps `path`.
+    /// Opens (see [`open_regular`]) and maps `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
+        let file = open_regular(path)?;
         let len = file.metadata()?.len();
         let map = if len == 0 {
             None

@@ -221,6 +221,9 @@ pub struct CompareArgs {
     /// Draw wall time and peak memory per executor as a grouped bar chart into this SVG file.
     #[arg(long)]
     pub svg: Option<PathBuf>,
+    /// No progress lines on stderr (one per run by default).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -57,9 +57,25 @@ pub enum Error {
     )]
     JournalMismatch { path: PathBuf, changes: String },
     #[error(
-        "an unfinished journal of an earlier run of this job exists at {path}: pass --resume to continue it, or --force to start over"
+        "an unfinished journal of an earlier run of this job exists at {path} and no run is writing it now: pass --resume to continue it, or --force to start over"
     )]
     JournalExists { path: PathBuf },
+    #[error(
+        "another run ({holder}) is writing {results}: wait for it or stop it, then run again (it holds the lock {lock})"
+    )]
+    ResultsLocked {
+        results: PathBuf,
+        holder: crate::lock::Holder,
+        lock: PathBuf,
+    },
+    #[error("cannot lock the results with {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the lock {path} is not a regular file: remove it or choose another results path")]
+    LockNotAFile { path: PathBuf },
     #[error("--resume needs a results file: set [output] results or pass --results")]
     ResumeWithoutResults,
     #[error("--resume needs the journal, but this job sets [output] journal = false")]
@@ -78,12 +94,6 @@ pub enum Error {
     ReplayWorkerBin { path: std::path::PathBuf },
     #[error("item {item} is out of range: the job has {items} items, numbered from 0")]
     ItemOutOfRange { item: u64, items: u64 },
-    #[error("compare: {reason}")]
-    CompareFailed { reason: String },
-    #[error("bench: {measurement}: {reason}")]
-    Bench { measurement: &'static str, reason: String },
-    #[error("cannot draw the chart {path}: {message}")]
-    Chart { path: PathBuf, message: String },
     #[error("cannot choose a shard: {reason}")]
     Shard { reason: String },
     #[error("cannot merge the shards of {results}:\n{problems}")]
@@ -111,6 +121,8 @@ impl Error {
             | Error::JournalInvalid { .. }
             | Error::JournalMismatch { .. }
             | Error::JournalExists { .. }
+            | Error::ResultsLocked { .. }
+            | Error::LockNotAFile { .. }
             | Error::ResultsIsFolder { .. }
             | Error::OutputNotWritable { .. }
             | Error::ResumeWithoutResults
@@ -120,11 +132,9 @@ impl Error {
             | Error::Export { .. } => exit::USAGE,
             Error::Results { .. }
             | Error::Journal { .. }
+            | Error::Lock { .. }
             | Error::WorkersCannotStart { .. }
-            | Error::Internal { .. }
-            | Error::CompareFailed { .. }
-            | Error::Bench { .. }
-            | Error::Chart { .. } => exit::INTERNAL,
+            | Error::Internal { .. } => exit::INTERNAL,
         }
     }
 }

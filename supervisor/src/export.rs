@@ -349,7 +349,7 @@ pub fn k8s_manifest(spec: &JobSpec, args: &K8sArgs) -> Result<String, Error> {
 /// The input file or glob of the job, for the check that it lies in the mounted folder.
 fn input_path(spec: &JobSpec) -> Option<PathBuf> {
     match &spec.input {
-        shared::job::InputSpec::File { path, .. } => Some(path.clone()),
+        shared::job::InputSpec::File { path, .. } | shared::job::InputSpec::Lines { path } => Some(path.clone()),
         shared::job::InputSpec::Glob { pattern } => Some(PathBuf::from(pattern)),
         _ => None,
     }

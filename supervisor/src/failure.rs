@@ -14,7 +14,8 @@ use crate::results::{Failure, FailureKind};
 #[derive(Debug, Clone, Copy)]
 pub struct Death<'a> {
     pub status: ExitStatus,
-    /// The supervisor killed the worker because the item exceeded this timeout.
+    /// The supervisor killed the worker because the item exceeded this timeout. It is the cause only if the
+    /// worker died of that kill (see [`crash_failure`]).
     pub timed_out: Option<Duration>,
     pub protocol_error: Option<&'a str>,
     pub stderr_tail: &'a str,
@@ -32,6 +33,9 @@ pub fn last_lines(text: &str) -> String {
     lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n")
 }
 
+/// The failure of the item a worker died running. A timeout is recorded only when the worker died of the
+/// supervisor's kill (SIGKILL): a worker that died on its own just as the kill was sent (a SIGABRT, a SIGSEGV, an
+/// exit) is recorded as what really happened, since the kill landed on nothing.
 pub fn crash_failure(death: Death<'_>) -> Failure {
     let stderr = (!death.stderr_tail.trim().is_empty()).then(|| last_lines(death.stderr_tail));
     let signal = match death.status {
@@ -49,7 +53,8 @@ pub fn crash_failure(death: Death<'_>) -> Failure {
         code,
         stderr: stderr.clone(),
     };
-    if let Some(timeout) = death.timed_out {
+    let killed_by_us = death.status == ExitStatus::Signal(libc::SIGKILL);
+    if let Some(timeout) = death.timed_out.filter(|_| killed_by_us) {
         return failure(
             FailureKind::Timeout,
             format!(
@@ -209,6 +214,33 @@ mod tests {
             ..death(ExitStatus::Signal(9))
         });
         assert_eq!(protocol.kind, FailureKind::Protocol);
+    }
+
+    /// The worker aborted on its own just as its item's timeout kill was sent: the record says SIGABRT, kind
+    /// `signal`, not a `timeout` carrying SIGABRT.
+    #[test]
+    fn a_timeout_record_never_carries_another_signal() {
+        for (status, name) in [
+            (ExitStatus::Signal(libc::SIGABRT), Some("SIGABRT")),
+            (ExitStatus::Signal(libc::SIGSEGV), Some("SIGSEGV")),
+            (ExitStatus::Code(3), None),
+        ] {
+            let failure = crash_failure(Death {
+                timed_out: Some(Duration::from_secs(1)),
+                ..death(status)
+            });
+            assert_ne!(failure.kind, FailureKind::Timeout, "{status:?}");
+            assert_eq!(failure.signal.as_deref(), name);
+            assert!(!failure.message.contains("timeout"), "{}", failure.message);
+        }
+        let ours = crash_failure(Death {
+            timed_out: Some(Duration::from_secs(1)),
+            ..death(ExitStatus::Signal(libc::SIGKILL))
+        });
+        assert_eq!(
+            (ours.kind, ours.signal.as_deref()),
+            (FailureKind::Timeout, Some("SIGKILL"))
+        );
     }
 
     #[test]

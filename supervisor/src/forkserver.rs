@@ -295,7 +295,7 @@ fn fork_worker(control: &OwnedFd, channel: OwnedFd) -> io::Result<(u32, Pidfd, O
     match unsafe { linux::fork() }? {
         Forked::Child => {
             let code = match linux::redirect_and_close_others(channel.as_fd(), stderr_write.as_fd()) {
-                Ok(()) => match child::worker::run(Some(server)) {
+                Ok(()) => match child::worker::run(Some(server), Box::new(builtins::build)) {
                     Ok(()) => 0,
                     Err(error) => {
                         eprintln!("worker: {error}");

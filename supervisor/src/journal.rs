@@ -2,40 +2,49 @@
 //!
 //! ## Format (version 1)
 //! `<results>.journal` is a text file of JSON lines. The first line is a header,
-//! `{"journal":1,"fingerprint":{…}}`; every other line is one final record, exactly as it will appear in the
-//! results file, in the order items finished. Records are appended in the groups the dispatcher produces
-//! (one `write` each), and the file is fsync'ed at least every [`SYNC_INTERVAL`] and at the end. If an item has
-//! several lines (only with `--retry-failed`), the last one counts.
+//! `{"journal":1,"fingerprint":{…}}`; every other line is a [`Record`], in the order items finished. Most are
+//! final records, exactly as they will appear in the results file. A failed attempt that will be retried is
+//! journaled too, as a non-final line (`"retrying":true`), so that a run stopped before the retry ran resumes
+//! the item's attempts where they were instead of starting over. Records are appended in the groups the
+//! dispatcher produces (one `write` each), and the file is fsync'ed at least every [`SYNC_INTERVAL`] and at the
+//! end. If an item has several final lines (only with `--retry-failed`), the last one counts.
 //!
 //! ## Recovery
 //! [`Journal::recover`] reads a journal back: a last line without its newline (the process died mid-write) and
 //! any line that is not a record of this job are dropped and reported, never misread. The fingerprint — job
 //! file digest, task and args, and the input's size and modification time — must match, or resume is refused
-//! with a message naming what changed. The surviving lines are rewritten into a fresh journal (atomically) that
-//! the resumed run appends to.
+//! with a message naming what changed. The journal is streamed, never read whole: a first pass copies the
+//! surviving lines into a fresh journal (renamed into place when the run starts, so the resumed run appends to
+//! it) while a [`LineIndex`] notes where each item's final line is; a second pass reads those lines to count them,
+//! fold their values into the reduction and list the items not to run again (an [`ItemSet`]). Failed attempts
+//! of items with no final line become [`Done::attempts`]. Memory follows the runs of recorded items and the
+//! pending retries, never the job's item count or the journal's size.
 //!
 //! ## The results file
 //! At the end, [`finalize`] derives the results file from the journal — sorted by item for `order = "input"`,
-//! as finished for `"completion"` — writes it to a temporary file in the same folder, fsyncs it, and renames it
-//! into place. Only then is the journal removed — it is kept when items are missing (for `--resume`), when
+//! as finished for `"completion"` — through a [`LineIndex`], and writes it with an [`AtomicFile`] (a temporary
+//! file in the same folder, fsync'ed, renamed into place, removed on any error). Only then is the journal removed — it is kept when items are missing (for `--resume`), when
 //! items failed (for `--retry-failed`), or with `--keep-journal`.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use shared::item::Value;
 use shared::job::Order;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::atomic::{AtomicFile, remove_stale_temps};
 use crate::error::Error;
-use crate::results::{Failure, Record, Status};
+use crate::journal_index::line_item;
+pub use crate::journal_index::{ItemSet, LineIndex};
+use crate::record::{Failure, Record, Status};
+use crate::results::Reducer;
 use crate::shard::Shard;
 
 /// Version of the journal format; a journal of another version is refused.
@@ -112,54 +121,61 @@ struct Header {
     fingerprint: Fingerprint,
 }
 
-/// The part of a record (a journal line, a line of a results file) that recovery and `merge` read.
-#[derive(Deserialize)]
-pub(crate) struct Line<'a> {
-    pub item: u64,
-    pub status: Status,
-    #[serde(borrow)]
-    pub value: Option<&'a RawValue>,
-    pub error: Option<Failure>,
-}
-
 /// What a journal says was done.
 #[derive(Debug, Default)]
 pub struct Done {
-    /// For each item, whether it has a record (and needs no run).
-    pub done: Vec<bool>,
+    /// The items that have a record and need no run.
+    pub done: ItemSet,
     pub ok: u64,
     pub failed: u64,
-    /// Values of the ok items, for the reduction.
-    pub values: Vec<Value>,
-    /// Failed items with their failure, in item order.
+    /// The first failed items ([`FAILURES_KEPT`]) with their failure, in item order.
     pub failures: Vec<(u64, Failure)>,
+    /// Items with no final record whose earlier attempts failed (and were to be retried): the failures, in
+    /// order. A resumed run continues their attempts from there.
+    pub attempts: HashMap<u64, Vec<Failure>>,
 }
+
+/// Failures [`Done`] lists (the summary shows the first 20).
+pub const FAILURES_KEPT: usize = 20;
+
+/// Dropped lines [`Recovered`] describes; the rest are counted.
+const DROPPED_SHOWN: usize = 20;
 
 /// A journal read back by [`Journal::recover`].
 #[derive(Debug)]
 pub struct Journal {
-    /// Valid lines (each with its newline), in file order.
-    lines: Vec<Vec<u8>>,
-    /// What was dropped and why, for the user.
+    /// The fresh journal: the header and the lines kept, waiting to be renamed over the old one.
+    file: AtomicFile,
+    /// What was dropped and why, for the user (the first 20, then a count).
     pub dropped: Vec<String>,
+    /// What the kept lines say was done.
+    pub done: Done,
 }
 
 impl Journal {
-    /// Reads the journal at `path` and checks it belongs to this job.
-    pub fn recover(path: &Path, expected: &Fingerprint) -> Result<Journal, Error> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Journal {
+    /// Reads the journal at `path`, checks it belongs to this job, and notes what it says was done (with
+    /// `retry_failed`, failed items are not done); the values of its ok items go into `reducer`.
+    pub fn recover(
+        path: &Path,
+        expected: &Fingerprint,
+        retry_failed: bool,
+        reducer: &mut Reducer,
+    ) -> Result<Journal, Error> {
+        let io = |source| Error::Journal {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
         let invalid = |reason: String| Error::JournalInvalid {
             path: path.to_path_buf(),
             reason,
         };
-        let header_end = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| invalid("it has no header".into()))?;
-        let header: Header = serde_json::from_slice(&bytes[..header_end])
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(path).map_err(io)?);
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).map_err(io)?;
+        if !line.ends_with(b"\n") {
+            return Err(invalid("it has no header".into()));
+        }
+        let header: Header = serde_json::from_slice(&line)
             .map_err(|error| invalid(format!("its header is not a journal header: {error}")))?;
         if header.journal != JOURNAL_VERSION {
             return Err(invalid(format!(
@@ -174,131 +190,122 @@ impl Journal {
                 changes: changes.join("; "),
             });
         }
-        let mut lines = Vec::new();
+        // Pass 1: copy the lines that are records of this run into the fresh journal, indexing the final ones.
+        let mut file = AtomicFile::create(path).map_err(io)?;
+        let mut offset = line.len() as u64;
+        file.writer().write_all(&line).map_err(io)?;
+        let span = expected.span();
+        let mut index = LineIndex::default();
+        let mut retrying: HashMap<u64, Vec<Failure>> = HashMap::new();
         let mut dropped = Vec::new();
-        let mut rest = &bytes[header_end + 1..];
-        let mut number = 1;
-        while !rest.is_empty() {
-            number += 1;
-            let Some(end) = rest.iter().position(|&b| b == b'\n') else {
-                dropped.push(format!(
-                    "line {number}: a torn last record of {} bytes (no newline)",
-                    rest.len()
-                ));
+        let mut dropped_count = 0u64;
+        let mut number = 1u64;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
                 break;
-            };
-            let line = &rest[..end];
-            match serde_json::from_slice::<Line<'_>>(line) {
-                Ok(parsed) if expected.span().contains(&parsed.item) => lines.push(rest[..=end].to_vec()),
-                Ok(parsed) if parsed.item < expected.items => dropped.push(format!(
-                    "line {number}: item {} is not in this run's shard (items {}..{})",
-                    parsed.item,
-                    expected.span().start,
-                    expected.span().end
-                )),
-                Ok(parsed) => dropped.push(format!(
-                    "line {number}: item {} is beyond the job's {} items",
-                    parsed.item, expected.items
-                )),
-                Err(error) => dropped.push(format!("line {number}: not a record ({error})")),
             }
-            rest = &rest[end + 1..];
-        }
-        Ok(Journal { lines, dropped })
-    }
-
-    /// The items the journal records. With `retry_failed`, failed items do not count as done.
-    pub fn done(&self, items: u64, retry_failed: bool) -> Done {
-        let mut last: Vec<Option<usize>> = vec![None; items as usize];
-        for (index, line) in self.lines.iter().enumerate() {
-            if let Ok(parsed) = serde_json::from_slice::<Line<'_>>(line) {
-                last[parsed.item as usize] = Some(index);
-            }
-        }
-        let mut done = Done {
-            done: vec![false; items as usize],
-            ..Done::default()
-        };
-        for (item, index) in last.iter().enumerate() {
-            let Some(index) = index else { continue };
-            let Ok(line) = serde_json::from_slice::<Line<'_>>(&self.lines[*index]) else {
-                continue;
-            };
-            match line.status {
-                Status::Ok => {
-                    done.done[item] = true;
-                    done.ok += 1;
-                    // An ok record always has a value; serde reads `"value":null` as `None`.
-                    done.values
-                        .push(line.value.map_or(Value::Null, |value| value_from_json(value.get())));
-                }
-                Status::Failed if !retry_failed => {
-                    done.done[item] = true;
-                    done.failed += 1;
-                    if let Some(error) = line.error {
-                        done.failures.push((item as u64, error));
+            number += 1;
+            let why = if !line.ends_with(b"\n") {
+                Some(format!("a torn last record of {} bytes (no newline)", line.len()))
+            } else {
+                match crate::record::parse::<serde::de::IgnoredAny>(&line) {
+                    Ok(record) if span.contains(&record.item) => {
+                        if record.retrying {
+                            if let Some(error) = record.error {
+                                retrying.entry(record.item).or_default().push(error);
+                            }
+                        } else {
+                            index.push(record.item, offset);
+                        }
+                        file.writer().write_all(&line).map_err(io)?;
+                        offset += line.len() as u64;
+                        None
                     }
+                    Ok(record) if record.item < expected.items => Some(format!(
+                        "item {} is not in this run's shard (items {}..{})",
+                        record.item, span.start, span.end
+                    )),
+                    Ok(record) => Some(format!(
+                        "item {} is beyond the job's {} items",
+                        record.item, expected.items
+                    )),
+                    Err(error) => Some(format!("not a record ({error})")),
                 }
-                Status::Failed => {}
+            };
+            if let Some(why) = why {
+                dropped_count += 1;
+                if dropped.len() < DROPPED_SHOWN {
+                    dropped.push(format!("line {number}: {why}"));
+                }
             }
         }
-        done
-    }
-}
-
-/// A result value read back from JSON, exactly for integers of any size (which `serde_json::Value` would turn
-/// into lossy floats beyond 64 bits).
-pub fn value_from_json(text: &str) -> Value {
-    let text = text.trim();
-    if let Ok(n) = text.parse::<u128>() {
-        return Value::UInt(n);
-    }
-    if let Ok(n) = text.parse::<i128>() {
-        return Value::Int(n);
-    }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(value) => from_json_value(value),
-        Err(_) => Value::Null,
-    }
-}
-
-fn from_json_value(value: serde_json::Value) -> Value {
-    match value {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-            (Some(u), _, _) => Value::UInt(u128::from(u)),
-            (None, Some(i), _) => Value::Int(i128::from(i)),
-            (_, _, Some(f)) => Value::Float(f),
-            _ => Value::Null,
-        },
-        serde_json::Value::String(s) => Value::Text(s),
-        serde_json::Value::Array(items) => Value::List(items.into_iter().map(from_json_value).collect()),
-        serde_json::Value::Object(map) => Value::Map(map.into_iter().map(|(k, v)| (k, from_json_value(v))).collect()),
+        if dropped_count > dropped.len() as u64 {
+            dropped.push(format!("… and {} more lines", dropped_count - dropped.len() as u64));
+        }
+        file.writer().flush().map_err(io)?;
+        // Pass 2: what the final lines say, by item.
+        let mut done = Done::default();
+        index
+            .read(file.temp_path(), true, |item, line| {
+                let record: Record = crate::record::parse(line).map_err(std::io::Error::other)?;
+                match record.status {
+                    Status::Ok => {
+                        done.done.push(item);
+                        done.ok += 1;
+                        reducer.add(record.value.as_ref().unwrap_or(&shared::item::Value::Null));
+                    }
+                    Status::Failed if !retry_failed => {
+                        done.done.push(item);
+                        done.failed += 1;
+                        if let Some(error) = record.error
+                            && done.failures.len() < FAILURES_KEPT
+                        {
+                            done.failures.push((item, error));
+                        }
+                    }
+                    Status::Failed => {}
+                }
+                Ok(())
+            })
+            .map_err(io)?;
+        // Attempts of items that have a final line are history; the others continue.
+        retrying.retain(|&item, _| !done.done.contains(item));
+        done.attempts = retrying;
+        Ok(Journal { file, dropped, done })
     }
 }
 
 /// Whether the journal at `path` records every item of its job (a finished run: the results file holds the
 /// same records, so replacing the journal loses nothing). Unreadable journals count as unfinished.
 pub fn is_finished(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else { return false };
-    let Some(header_end) = bytes.iter().position(|&b| b == b'\n') else {
+    let Ok(file) = File::open(path) else { return false };
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut header = Vec::new();
+    if reader.read_until(b'\n', &mut header).is_err() {
         return false;
-    };
-    let Ok(header) = serde_json::from_slice::<Header>(&bytes[..header_end]) else {
+    }
+    let Ok(header) = serde_json::from_slice::<Header>(&header) else {
         return false;
     };
     let span = header.fingerprint.span();
-    let mut seen = vec![false; (span.end - span.start) as usize];
-    for line in bytes[header_end + 1..]
-        .split_inclusive(|&b| b == b'\n')
-        .filter(|line| line.ends_with(b"\n"))
-    {
-        if let Some(item) = item_of(line).filter(|item| span.contains(item)) {
-            seen[(item - span.start) as usize] = true;
+    let Ok(index) = index_lines(path) else { return false };
+    index.items_in(span.clone()) == span.end - span.start
+}
+
+/// Where the final line of each item of the journal at `path` is.
+fn index_lines(path: &Path) -> std::io::Result<LineIndex> {
+    let mut index = LineIndex::default();
+    for_each_record(path, |offset, line| {
+        // A line without its newline is a write that did not finish: not a record.
+        if line.ends_with(b"\n")
+            && let Some((item, true)) = line_item(line)
+        {
+            index.push(item, offset);
         }
-    }
-    seen.iter().all(|&seen| seen)
+        Ok(())
+    })?;
+    Ok(index)
 }
 
 /// Appends records to the journal from an async task (fsyncs go to the blocking pool).
@@ -314,11 +321,7 @@ pub struct JournalWriter {
 /// Where records are staged when `[output] journal = false`: the same format, but private to this process,
 /// never fsync'ed, and removed once the results file is written (nothing is resumable).
 pub fn staging_path(results: &Path) -> PathBuf {
-    let name = results
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    results.with_file_name(format!(".{name}.staging-{}", std::process::id()))
+    crate::atomic::private_beside(results, "staging")
 }
 
 impl JournalWriter {
@@ -331,7 +334,7 @@ impl JournalWriter {
     pub fn create(
         path: &Path,
         fingerprint: &Fingerprint,
-        recovered: Option<&Journal>,
+        recovered: Option<Journal>,
         durable: bool,
     ) -> Result<JournalWriter, Error> {
         let io = |source| Error::Journal {
@@ -341,25 +344,20 @@ impl JournalWriter {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        let temp = temp_beside(path);
-        let mut out = BufWriter::new(File::create(&temp).map_err(io)?);
-        let header = Header {
-            journal: JOURNAL_VERSION,
-            fingerprint: fingerprint.clone(),
+        let file = match recovered {
+            Some(journal) => journal.file,
+            None => {
+                let mut file = AtomicFile::create(path).map_err(io)?;
+                let header = Header {
+                    journal: JOURNAL_VERSION,
+                    fingerprint: fingerprint.clone(),
+                };
+                serde_json::to_writer(file.writer(), &header).map_err(|error| io(error.into()))?;
+                file.writer().write_all(b"\n").map_err(io)?;
+                file
+            }
         };
-        serde_json::to_writer(&mut out, &header).map_err(|error| io(error.into()))?;
-        out.write_all(b"\n").map_err(io)?;
-        for line in recovered.map(|journal| journal.lines.as_slice()).unwrap_or_default() {
-            out.write_all(line).map_err(io)?;
-        }
-        let file = out.into_inner().map_err(|error| io(error.into_error()))?;
-        if durable {
-            file.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&temp, path).map_err(io)?;
-        if durable {
-            sync_parent(path).map_err(io)?;
-        }
+        file.commit(durable).map_err(io)?;
         let file = File::options().append(true).open(path).map_err(io)?;
         // Groups of records waiting for the writer. Each is the records of one message from a worker (thousands
         // for tiny items): a few, not hundreds, so that a fast job waits for the disk instead of holding its
@@ -480,15 +478,12 @@ fn for_each_record(journal: &Path, mut each: impl FnMut(u64, &[u8]) -> std::io::
     }
 }
 
-/// No line for this item in the journal (see [`finalize`]).
-const NO_LINE: u64 = u64::MAX;
-
 /// Writes the results file from the journal, atomically; returns the number of records written.
 ///
-/// The journal is streamed, never read whole: a first pass notes where each item's last line is (16 bytes per
-/// item), a second reads those lines at their offsets through a 1 MiB buffer and writes them, in item order
-/// (records arrive nearly in item order, so most seeks stay inside the buffer) or sorted by offset for completion
-/// order (one forward pass). The supervisor's memory stays small however many records the job has.
+/// The journal is streamed, never read whole: a first pass indexes where each item's last final line is (a
+/// [`LineIndex`]: a few bytes per run of consecutive items), a second reads those lines through a 1 MiB buffer
+/// and writes them, by item for input order or by offset for completion order. Memory stays small however many
+/// records or items the job has. Only items below `items` are written.
 pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Result<u64, Error> {
     let read_error = |source| Error::Journal {
         path: journal.to_path_buf(),
@@ -498,96 +493,29 @@ pub fn finalize(journal: &Path, results: &Path, order: Order, items: u64) -> Res
         path: results.to_path_buf(),
         source,
     };
-    // Every line after the header was written by us (or kept by recovery), so each is a record ending in '\n'.
-    // Where each item's last line is, by item: that is input order.
-    let mut latest: Vec<(u64, u32)> = vec![(NO_LINE, 0); items as usize];
-    for_each_record(journal, |offset, line| {
-        if let Some(item) = item_of(line).filter(|&item| item < items) {
-            latest[item as usize] = (offset, u32::try_from(line.len()).unwrap_or(u32::MAX));
+    remove_stale_temps(results);
+    let index = index_lines(journal).map_err(read_error)?;
+    let mut out = AtomicFile::create(results).map_err(write_error)?;
+    let mut written = 0u64;
+    // Reading and writing errors are told apart by where they happened.
+    let mut write_failed = None;
+    let read = index.read(journal, order == Order::Input, |item, line| {
+        if item < items {
+            if let Err(error) = out.writer().write_all(line) {
+                write_failed = Some(error);
+                return Err(std::io::Error::other("write failed"));
+            }
+            written += 1;
         }
         Ok(())
-    })
-    .map_err(read_error)?;
-    latest.retain(|&(offset, _)| offset != NO_LINE);
-    if order == Order::Completion {
-        // Journal order: one forward pass, skipping the lines an item's later line replaced.
-        latest.sort_unstable();
+    });
+    if let Some(error) = write_failed {
+        return Err(write_error(error));
     }
-    let temp = temp_beside(results);
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(write_error)?);
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(journal).map_err(read_error)?);
-    let mut position = 0u64;
-    let mut line = Vec::new();
-    for &(offset, len) in &latest {
-        if offset != position {
-            reader
-                .seek_relative(offset as i64 - position as i64)
-                .map_err(read_error)?;
-        }
-        line.resize(len as usize, 0);
-        reader.read_exact(&mut line).map_err(read_error)?;
-        position = offset + u64::from(len);
-        out.write_all(&line).map_err(write_error)?;
-    }
-    let written = latest.len() as u64;
-    let file = out.into_inner().map_err(|error| write_error(error.into_error()))?;
-    file.sync_all().map_err(write_error)?;
-    std::fs::rename(&temp, results).map_err(write_error)?;
-    sync_parent(results).map_err(write_error)?;
-    remove_stale_temps(results);
+    read.map_err(read_error)?;
+    out.commit(true).map_err(write_error)?;
     remove_stale_temps(journal);
     Ok(written)
-}
-
-/// Removes temporary files a killed run left beside `path` (`.<name>.tmp-<pid>` and `.<name>.staging-<pid>`
-/// of a process that is gone).
-fn remove_stale_temps(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let name = name.to_string_lossy();
-    let prefixes = [format!(".{name}.tmp-"), format!(".{name}.staging-")];
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else { continue };
-        let pid = prefixes
-            .iter()
-            .find_map(|prefix| file_name.strip_prefix(prefix.as_str())?.parse::<u32>().ok());
-        let Some(pid) = pid else { continue };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        if !alive {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// The item of a journal line. Records start with `{"item":N,` (we write them); anything else is parsed.
-fn item_of(line: &[u8]) -> Option<u64> {
-    if let Some(rest) = line.strip_prefix(b"{\"item\":") {
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits > 0 && rest.get(digits) == Some(&b',') {
-            return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
-        }
-    }
-    serde_json::from_slice::<Line<'_>>(line).ok().map(|line| line.item)
-}
-
-/// A temporary path in the same folder as `path` (so that renaming it over `path` is atomic).
-pub(crate) fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Makes a rename in `path`'s folder durable.
-pub(crate) fn sync_parent(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -635,6 +563,17 @@ mod tests {
         dir
     }
 
+    fn recover(path: &Path, expected: &Fingerprint, retry_failed: bool) -> Result<Journal, Error> {
+        let mut reducer = Reducer::new(shared::job::Reduce::Sum);
+        Journal::recover(path, expected, retry_failed, &mut reducer)
+    }
+
+    /// The lines a recovered journal will hold, after its header.
+    fn kept(journal: &Journal) -> Vec<String> {
+        let text = std::fs::read_to_string(journal.file.temp_path()).expect("read");
+        text.lines().skip(1).map(str::to_string).collect()
+    }
+
     #[test]
     fn a_torn_tail_and_garbage_are_dropped_and_reported() {
         let dir = temp_dir("torn");
@@ -647,8 +586,8 @@ mod tests {
             line(5, "ok")
         );
         let path = write_journal(&dir, &body);
-        let journal = Journal::recover(&path, &fingerprint()).expect("recovers");
-        assert_eq!(journal.lines.len(), 3, "{:?}", journal.dropped);
+        let journal = recover(&path, &fingerprint(), false).expect("recovers");
+        assert_eq!(kept(&journal).len(), 3, "{:?}", journal.dropped);
         assert_eq!(journal.dropped.len(), 3, "{:?}", journal.dropped);
         assert!(
             journal.dropped[0].contains("line 4: not a record"),
@@ -665,12 +604,12 @@ mod tests {
             "{:?}",
             journal.dropped
         );
-        let done = journal.done(10, false);
+        let done = &journal.done;
         assert_eq!((done.ok, done.failed), (2, 1));
-        assert_eq!(done.done.iter().filter(|&&d| d).count(), 3);
-        assert!(done.done[0] && done.done[3] && done.done[5] && !done.done[4]);
-        let retry = journal.done(10, true);
-        assert!(!retry.done[3] && retry.failed == 0);
+        assert_eq!(done.done.iter().collect::<Vec<_>>(), [0, 3, 5]);
+        let retry = recover(&path, &fingerprint(), true).expect("recovers");
+        assert_eq!(retry.done.done.iter().collect::<Vec<_>>(), [0, 5]);
+        assert_eq!(retry.done.failed, 0);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
@@ -690,8 +629,8 @@ mod tests {
         .expect("json");
         let body: String = (3..10).map(|item| line(item, "ok")).collect();
         std::fs::write(&path, format!("{header}\n{body}")).expect("write");
-        let journal = Journal::recover(&path, &sharded).expect("recovers");
-        assert_eq!(journal.lines.len(), 5, "{:?}", journal.dropped);
+        let journal = recover(&path, &sharded, false).expect("recovers");
+        assert_eq!(kept(&journal).len(), 5, "{:?}", journal.dropped);
         assert!(
             journal.dropped[0].contains("item 3 is not in this run's shard (items 5..10)"),
             "{:?}",
@@ -706,14 +645,14 @@ mod tests {
             shard: Some(Shard { index: 0, count: 2 }),
             ..fingerprint()
         };
-        match Journal::recover(&path, &other) {
+        match recover(&path, &other, false) {
             Err(Error::JournalMismatch { changes, .. }) => assert!(
                 changes.contains("the shard changed: the journal is of shard 1/2, this run is shard 0/2"),
                 "{changes}"
             ),
             other => panic!("expected a mismatch, got {other:?}"),
         }
-        match Journal::recover(&path, &fingerprint()) {
+        match recover(&path, &fingerprint(), false) {
             Err(Error::JournalMismatch { changes, .. }) => {
                 assert!(changes.contains("this run is not sharded"), "{changes}")
             }
@@ -731,7 +670,7 @@ mod tests {
             items: 11,
             ..fingerprint()
         };
-        match Journal::recover(&path, &now) {
+        match recover(&path, &now, false) {
             Err(Error::JournalMismatch { changes, .. }) => {
                 assert!(
                     changes.contains("the input changed: was range 0..10, now range 0..11"),
@@ -800,18 +739,55 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
+    /// A job of u64::MAX items with a thousand records: recovery holds their runs, not a slot per item (which
+    /// could not be allocated), and a pending retry becomes the item's used attempts.
     #[test]
-    fn big_integers_are_read_back_exactly() {
-        assert_eq!(
-            value_from_json("333333328333333350000000"),
-            Value::UInt(333_333_328_333_333_350_000_000)
+    fn recovery_memory_follows_the_records_not_the_jobs_item_count() {
+        let dir = temp_dir("huge");
+        let huge = Fingerprint {
+            items: u64::MAX,
+            ..fingerprint()
+        };
+        let path = dir.join("r.jsonl.journal");
+        let header = serde_json::to_string(&Header {
+            journal: 1,
+            fingerprint: huge.clone(),
+        })
+        .expect("json");
+        // Two interleaved batches far apart, a failed item, and a failed attempt waiting for its retry.
+        let far = u64::MAX - 600;
+        let mut body: String = (far..far + 500).map(|item| line(item, "ok")).collect();
+        body.extend((0..500).map(|item| line(item, "ok")));
+        body.push_str(&line(1_000_000, "failed"));
+        let pending = Record::retrying(
+            7_000_000,
+            Failure {
+                kind: crate::record::FailureKind::Exit,
+                message: "exited with code 3".into(),
+                signal: None,
+                code: Some(3),
+                stderr: None,
+            },
+            1,
+            1,
+            0.1,
+            crate::record::InputDesc::Range { start: 0, end: 1 },
         );
-        assert_eq!(value_from_json("-5"), Value::Int(-5));
-        assert_eq!(value_from_json("2.5"), Value::Float(2.5));
-        assert_eq!(value_from_json("\"abc\""), Value::Text("abc".into()));
+        body.push_str(&serde_json::to_string(&pending).expect("json"));
+        body.push('\n');
+        std::fs::write(&path, format!("{header}\n{body}")).expect("write");
+        let journal = recover(&path, &huge, false).expect("recovers");
+        let done = &journal.done;
+        assert_eq!((done.ok, done.failed), (1000, 1));
+        assert_eq!(done.done.runs(), [0..500, 1_000_000..1_000_001, far..far + 500]);
+        assert_eq!(done.attempts.len(), 1);
+        assert_eq!(done.attempts[&7_000_000][0].code, Some(3));
+        let results = dir.join("r.jsonl");
         assert_eq!(
-            value_from_json("[1,null]"),
-            Value::List(vec![Value::UInt(1), Value::Null])
+            finalize(&path, &results, Order::Input, u64::MAX).expect("finalize"),
+            1001
         );
+        assert!(!is_finished(&path));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

@@ -2,14 +2,18 @@
 //!
 //! # Theory of operation
 //!
-//! **Who owns what.** The [`dispatch`] loop owns all job state (pending, in-flight, done items; each worker's
-//! lifecycle) and is the only code that changes it. The [`pool`] starts worker processes from one long-lived
-//! launcher thread and turns everything a worker does — its messages, its channel closing, its exit — into
-//! events for the dispatcher. The [`results`] writer owns the results file. Workers (the `child` crate) own
+//! **Who owns what.** The [`dispatch`]er owns all job state (pending, in-flight, done items; each worker's
+//! lifecycle) and is the only code that changes it: one `select!` loop (its driver) feeds a state machine that
+//! keeps the work queue, the worker table and the tallies, and asks a pure attribution function whom a death is
+//! charged to. It builds nothing it talks to: [`run`] passes in the launcher, the stop signals and the reporter
+//! ([`report::Progress`]), so the state machine is unit-tested with a fake launcher. The [`pool`] starts worker
+//! processes from one long-lived launcher thread and turns everything a worker does — its messages, its channel
+//! closing, its exit — into events for the dispatcher. The [`results`] writer owns the results file. Workers (the `child` crate) own
 //! nothing but the item in hand.
 //!
-//! **How an item flows.** [`plan`] lists the input into items (sub-ranges, line-aligned byte ranges of one
-//! mapped file, or file paths). The dispatcher groups consecutive items into batches ([`batching`] sizes them
+//! **How an item flows.** The job's [`input`] is a [`input::Source`] (one file per kind): it says how many items
+//! there are and describes each (sub-ranges, line-aligned byte ranges or lines of one mapped file, file paths,
+//! URLs) without listing them all where it can. The dispatcher groups consecutive items into batches ([`batching`] sizes them
 //! from measured per-item time) and sends each batch to a worker as descriptors over its socket. The worker
 //! maps the input read-only, runs the task on each item, and sends back results in item order. The dispatcher
 //! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer. For a
@@ -21,7 +25,9 @@
 //! Its progress slot (a shared page it stamps before each item) names the item it was running: that item is
 //! recorded as failed (or retried), with the signal or exit code and the worker's stderr tail; the items it had
 //! not answered go back in the queue, uncharged. When the slot cannot be trusted, the unanswered items are re-run
-//! one at a time, so that the item that kills a worker alone is the one recorded.
+//! one at a time, so that the item that kills a worker alone is the one recorded. A worker that stops making
+//! progress is killed too: inside an item at its `timeout`, between items (slot idle, nothing sent, work held)
+//! after the stall deadline; a stalled worker's work goes back uncharged.
 //!
 //! **How results last.** Records are appended to a journal as they finish; at the end the results file is
 //! written from it atomically. `--resume` reads the journal back and runs only what it does not record.
@@ -41,11 +47,10 @@
 //! it is reaped ([`linux::wait4_and_kill_group`]), and children of its task that left the group are killed once
 //! they are orphaned to the supervisor, a child subreaper ([`orphans`]).
 
+pub mod atomic;
+pub mod baseline;
 pub mod batching;
-pub mod bench;
-pub mod chart;
 pub mod cli;
-pub mod compare;
 pub mod cpus;
 pub mod dispatch;
 pub mod error;
@@ -53,17 +58,20 @@ pub mod export;
 pub mod failure;
 pub mod fetch;
 pub mod forkserver;
+pub mod input;
 pub mod isolation;
 pub mod journal;
+pub mod journal_index;
 pub mod linux;
+pub mod lock;
 pub mod merge;
 pub mod orphans;
 pub mod plan;
 pub mod pool;
+pub mod record;
 pub mod report;
 pub mod results;
 pub mod run;
-pub mod scratch;
 pub mod shard;
 pub mod sigbus;
 pub mod signal;
@@ -85,8 +93,8 @@ pub fn main() -> i32 {
     if mode.as_deref() == Some(pool::WORKER_ARG.as_ref()) {
         return worker_main();
     }
-    if mode.as_deref() == Some(bench::echo::ECHO_ARG.as_ref()) {
-        return bench::echo::main(args);
+    if mode.as_deref() == Some(baseline::bench::echo::ECHO_ARG.as_ref()) {
+        return baseline::bench::echo::main(args);
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -97,9 +105,14 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Tasks => return run::tasks(),
-        Command::Compare(args) => compare::run(&args),
+        // The baselines have an error of their own (which wraps this crate's).
+        Command::Compare(args) => {
+            return baseline::compare::run(&args).unwrap_or_else(|error| fail(&error, error.exit_code()));
+        }
         // Starts its fork server first thing, while this process is still single-threaded.
-        Command::Bench(args) => bench::run(&args),
+        Command::Bench(args) => {
+            return baseline::bench::run(&args).unwrap_or_else(|error| fail(&error, error.exit_code()));
+        }
         Command::Check { job } => block_on(async move { run::check(&job).await }),
         // The job is loaded and the fork server (if any) started before the runtime: the fork server must be
         // forked while this process is single-threaded.
@@ -121,22 +134,25 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(error) => {
-            let mut printed = error.to_string();
-            eprintln!("error: {printed}");
-            // Messages usually name their cause already; print only the causes they do not.
-            let mut source = std::error::Error::source(&error);
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                if !printed.contains(&text) {
-                    eprintln!("  caused by: {text}");
-                    printed.push_str(&text);
-                }
-                source = cause.source();
-            }
-            error.exit_code()
-        }
+        Err(error) => fail(&error, error.exit_code()),
     }
+}
+
+/// Prints `error` and its causes on stderr; returns `code`.
+fn fail(error: &dyn std::error::Error, code: i32) -> i32 {
+    let mut printed = error.to_string();
+    eprintln!("error: {printed}");
+    // Messages usually name their cause already; print only the causes they do not.
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !printed.contains(&text) {
+            eprintln!("  caused by: {text}");
+            printed.push_str(&text);
+        }
+        source = cause.source();
+    }
+    code
 }
 
 fn block_on(future: impl Future<Output = Result<i32, Error>>) -> Result<i32, Error> {
@@ -158,7 +174,7 @@ fn worker_main() -> i32 {
     let parent = std::env::var(child::worker::PARENT_PID_ENV)
         .ok()
         .and_then(|pid| pid.parse().ok());
-    match child::worker::run(parent) {
+    match child::worker::run(parent, Box::new(builtins::build)) {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("worker: {error}");

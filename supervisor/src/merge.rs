@@ -9,8 +9,7 @@
 //! each finished for `"completion"` — and the values of the `ok` items are reduced as one run would.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -19,9 +18,12 @@ use shared::exit;
 use shared::item::Value;
 use shared::job::{JobSpec, Order};
 
+use crate::atomic::AtomicFile;
 use crate::cli::MergeArgs;
 use crate::error::Error;
-use crate::journal::{Line, journal_path, sync_parent, temp_beside, value_from_json};
+use crate::journal::{LineIndex, journal_path};
+use crate::lock::ResultsLock;
+use crate::record::Record;
 use crate::report::FailedItem;
 use crate::results::{Reducer, Status};
 use crate::shard::Shard;
@@ -65,6 +67,8 @@ pub fn run(args: &MergeArgs, mut spec: JobSpec, items: u64) -> Result<i32, Error
         Some(count) => count,
         None => shard_count_from_files(&results)?,
     };
+    // No run of the job writes the merged file meanwhile, nor another merge.
+    let _lock = ResultsLock::acquire(&results)?;
     let merged = merge(
         &results,
         count,
@@ -198,25 +202,43 @@ struct Merged {
 }
 
 /// Checks the `count` shard files of `results` and writes the merged file.
+///
+/// Each shard file is streamed twice (checked and indexed, then copied by item or in its own order): memory
+/// follows the runs of items in the shard files (see [`LineIndex`]), not the job's item count or the files' size.
 fn merge(results: &Path, count: u64, items: u64, order: Order, mut reducer: Reducer) -> Result<Merged, Error> {
     let mut problems = Vec::new();
     let mut missing_shards = Vec::new();
-    // Whether a shard file recorded each item already.
-    let mut seen: Vec<bool> = vec![false; items as usize];
-    let temp = temp_beside(results);
     let write_error = |source| Error::Results {
         path: results.to_path_buf(),
         source,
     };
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(&temp).map_err(write_error)?);
+    let mut out = AtomicFile::create(results).map_err(write_error)?;
     let (mut ok, mut failed) = (0, 0);
     let mut failures = Vec::new();
     for index in 0..count {
         let shard = Shard { index, count };
         let span = shard.span(items);
         let path = shard.results_path(results);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        // A shard still running has not written its file yet, or will replace it: name it rather than merge.
+        match ResultsLock::acquire(&path) {
+            Ok(lock) => drop(lock),
+            Err(Error::ResultsLocked { holder, .. }) => {
+                problems.push(format!(
+                    "shard {shard} (items {}..{}): another run ({holder}) is still writing {}: wait for it",
+                    span.start,
+                    span.end,
+                    path.display()
+                ));
+                continue;
+            }
+            Err(error) => return Err(error),
+        }
+        let read_error = |source| Error::Results {
+            path: path.clone(),
+            source,
+        };
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 missing_shards.push(index);
                 problems.push(format!(
@@ -228,57 +250,67 @@ fn merge(results: &Path, count: u64, items: u64, order: Order, mut reducer: Redu
                 ));
                 continue;
             }
-            Err(source) => {
-                let _ = std::fs::remove_file(&temp);
-                return Err(Error::Results { path, source });
-            }
+            Err(source) => return Err(read_error(source)),
         };
-        let mut lines: Vec<(u64, &[u8])> = Vec::new();
-        for (number, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
-            let text = line.strip_suffix(b"\n").unwrap_or(line);
+        let mut lines = LineIndex::default();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut line = Vec::new();
+        let (mut offset, mut number) = (0u64, 0u64);
+        loop {
+            line.clear();
+            let len = std::io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(read_error)?;
+            if len == 0 {
+                break;
+            }
+            number += 1;
+            let at = offset;
+            offset += len as u64;
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
             if text.is_empty() {
                 continue;
             }
-            let parsed = match serde_json::from_slice::<Line<'_>>(text) {
-                Ok(parsed) => parsed,
-                Err(error) => {
+            let parsed: Record = match crate::record::parse(text) {
+                Ok(parsed) if !parsed.retrying => parsed,
+                Ok(_) => {
                     problems.push(format!(
-                        "{} line {}: not a record ({error})",
-                        path.display(),
-                        number + 1
+                        "{} line {number}: a journal's retry line, not a final record",
+                        path.display()
                     ));
+                    continue;
+                }
+                Err(error) => {
+                    problems.push(format!("{} line {number}: not a record ({error})", path.display()));
                     continue;
                 }
             };
             let item = parsed.item;
             if item >= items {
                 problems.push(format!(
-                    "{} line {}: item {item} is beyond the job's {items} items",
+                    "{} line {number}: item {item} is beyond the job's {items} items",
                     path.display(),
-                    number + 1
                 ));
                 continue;
             }
             if !span.contains(&item) {
                 problems.push(format!(
-                    "{} line {}: item {item} is recorded in shard {shard}'s file (items {}..{}) but belongs to \
+                    "{} line {number}: item {item} is recorded in shard {shard}'s file (items {}..{}) but belongs to \
                      shard {}/{count}: were the shards run with another shard count or input?",
                     path.display(),
-                    number + 1,
                     span.start,
                     span.end,
                     Shard::owner(item, items, count),
                 ));
                 continue;
             }
-            if std::mem::replace(&mut seen[item as usize], true) {
+            if lines.contains(item) {
                 problems.push(format!("item {item} is recorded twice in {}", path.display()));
                 continue;
             }
+            lines.push(item, at);
             match parsed.status {
                 Status::Ok => {
                     ok += 1;
-                    reducer.add(&parsed.value.map_or(Value::Null, |value| value_from_json(value.get())));
+                    reducer.add(parsed.value.as_ref().unwrap_or(&Value::Null));
                 }
                 Status::Failed => {
                     failed += 1;
@@ -289,10 +321,8 @@ fn merge(results: &Path, count: u64, items: u64, order: Order, mut reducer: Redu
                     }
                 }
             }
-            let line: &[u8] = if line.ends_with(b"\n") { line } else { text };
-            lines.push((item, line));
         }
-        let unrecorded = missing_ranges(&seen, span.clone());
+        let unrecorded = lines.missing(span.clone());
         if !unrecorded.is_empty() {
             let total: u64 = unrecorded.iter().map(|r| r.end - r.start).sum();
             problems.push(format!(
@@ -306,20 +336,26 @@ fn merge(results: &Path, count: u64, items: u64, order: Order, mut reducer: Redu
             ));
         }
         if problems.is_empty() {
-            if order == Order::Input {
-                lines.sort_by_key(|(item, _)| *item);
+            let mut write_failed = None;
+            let read = lines.read(&path, order == Order::Input, |_, line| {
+                // A last line without its newline gets one.
+                let newline: &[u8] = if line.ends_with(b"\n") { b"" } else { b"\n" };
+                let written = out
+                    .writer()
+                    .write_all(line)
+                    .and_then(|()| out.writer().write_all(newline));
+                written.map_err(|error| {
+                    write_failed = Some(error);
+                    std::io::Error::other("write failed")
+                })
+            });
+            if let Some(error) = write_failed {
+                return Err(write_error(error));
             }
-            for (_, line) in lines {
-                out.write_all(line).map_err(write_error)?;
-                if !line.ends_with(b"\n") {
-                    out.write_all(b"\n").map_err(write_error)?;
-                }
-            }
+            read.map_err(read_error)?;
         }
     }
     if !problems.is_empty() {
-        drop(out);
-        let _ = std::fs::remove_file(&temp);
         let shown = problems.len().min(PROBLEMS_SHOWN);
         let mut text: Vec<String> = problems[..shown].iter().map(|p| format!("  {p}")).collect();
         if problems.len() > shown {
@@ -336,31 +372,13 @@ fn merge(results: &Path, count: u64, items: u64, order: Order, mut reducer: Redu
             problems: text.join("\n"),
         });
     }
-    let file = out.into_inner().map_err(|error| write_error(error.into_error()))?;
-    file.sync_all().map_err(write_error)?;
-    std::fs::rename(&temp, results).map_err(write_error)?;
-    sync_parent(results).map_err(write_error)?;
+    out.commit(true).map_err(write_error)?;
     Ok(Merged {
         ok,
         failed,
         reducer,
         failures,
     })
-}
-
-/// The maximal runs of items of `span` that no shard recorded.
-fn missing_ranges(seen: &[bool], span: Range<u64>) -> Vec<Range<u64>> {
-    let mut ranges: Vec<Range<u64>> = Vec::new();
-    for item in span {
-        if seen[item as usize] {
-            continue;
-        }
-        match ranges.last_mut() {
-            Some(last) if last.end == item => last.end = item + 1,
-            _ => ranges.push(item..item + 1),
-        }
-    }
-    ranges
 }
 
 /// `items 3, 10..20, 31` (the first ten runs).
@@ -401,9 +419,13 @@ mod tests {
 
     #[test]
     fn missing_items_are_grouped_into_runs() {
-        let seen = [true, false, false, true, false, true];
-        assert_eq!(missing_ranges(&seen, 0..6), vec![1..3, 4..5]);
-        assert_eq!(describe_ranges(&missing_ranges(&seen, 0..6)), "items 1..3, 4");
+        let mut lines = LineIndex::default();
+        for (offset, item) in [0, 3, 5].into_iter().enumerate() {
+            lines.push(item, offset as u64);
+        }
+        assert_eq!(lines.missing(0..6), vec![1..3, 4..5]);
+        assert_eq!(describe_ranges(&lines.missing(0..6)), "items 1..3, 4");
+        assert_eq!(lines.missing(2..u64::MAX), vec![2..3, 4..5, 6..u64::MAX]);
     }
 
     #[test]

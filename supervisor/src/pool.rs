@@ -15,6 +15,11 @@
 //!   (after what the worker sent) even if something the worker started still holds the worker's end open;
 //! - the **stderr drain** keeps the last few KiB of the worker's stderr, so a chatty worker never blocks.
 //!
+//! A worker whose threads cannot all start (the process is out of threads) is killed and reported as a start
+//! failure (`SpawnFailed`, or the end of its channel with the reason), never left for the dispatcher to wait on.
+//! The launcher is the dispatcher's [`Launch`](crate::dispatch::Launch): it launches and kills (through the
+//! worker's pidfd).
+//!
 //! The pool owns no job state: the dispatcher decides what each worker does; this module only moves messages.
 
 use std::fs::File;
@@ -126,6 +131,11 @@ pub enum Event {
 pub struct WorkerSender(std_mpsc::Sender<ToWorker>);
 
 impl WorkerSender {
+    /// A sender whose messages arrive on `queue`'s receiver (a writer thread's, or a test's).
+    pub fn new(queue: std_mpsc::Sender<ToWorker>) -> WorkerSender {
+        WorkerSender(queue)
+    }
+
     /// Queues `message`; returns false when the writer has stopped (the worker is gone).
     pub fn send(&self, message: ToWorker) -> bool {
         self.0.send(message).is_ok()
@@ -214,7 +224,7 @@ impl Launcher {
         let (requests, receiver) = std_mpsc::channel::<WorkerId>();
         thread::Builder::new().name("launcher".into()).spawn(move || {
             for id in receiver {
-                let event = match launch(&exe, &starter, id, &events, &counter) {
+                let event = match launch(&exe, &starter, id, &events, &counter, spawn_thread) {
                     Ok(event) | Err(event) => event,
                 };
                 if events.blocking_send(event).is_err() {
@@ -229,6 +239,20 @@ impl Launcher {
     pub fn launch(&self, id: WorkerId) {
         // The launcher thread only stops when this handle is dropped, so the send cannot fail while we hold it.
         let _ = self.requests.send(id);
+    }
+}
+
+impl crate::dispatch::Launch for Launcher {
+    fn launch(&mut self, id: WorkerId) {
+        Launcher::launch(self, id);
+    }
+
+    fn kill(&mut self, _id: WorkerId, pidfd: Option<&Pidfd>) {
+        // SIGKILL ends a stopped process too; a worker thread (no pidfd) cannot be killed and needs no kill:
+        // it ends when its channel closes.
+        if let Some(pidfd) = pidfd {
+            let _ = pidfd.signal(libc::SIGKILL);
+        }
     }
 }
 
@@ -298,12 +322,20 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
     }
 }
 
+/// Starts a named thread. Passed to [`launch`] so that a test can make it fail.
+type SpawnThread = fn(&str, Box<dyn FnOnce() + Send>) -> std::io::Result<()>;
+
+/// A reaping function, held so that the launcher can still reap the worker itself when its waiter thread
+/// cannot start.
+type Reap = Arc<Mutex<Option<Box<dyn FnOnce() -> ExitInfo + Send>>>>;
+
 fn launch(
     exe: &std::path::Path,
     starter: &Starter,
     id: WorkerId,
     events: &mpsc::Sender<Event>,
     counter: &Arc<IpcCounter>,
+    spawn: SpawnThread,
 ) -> Result<Event, Event> {
     let failed = |what: &str, error: std::io::Error| Event::SpawnFailed {
         id,
@@ -320,43 +352,70 @@ fn launch(
         mut stderr,
         wait,
     } = start_process(exe, starter, OwnedFd::from(theirs)).map_err(|e| failed("cannot start worker", e))?;
+    let reap: Reap = Arc::new(Mutex::new(Some(wait)));
+    // A worker whose threads cannot all start would leave the dispatcher waiting for events that never come:
+    // it is killed, reaped here when its waiter is not running, and reported as a start failure.
+    let abandon = |thread: &str, error: std::io::Error, reap_here: bool| {
+        let _ = pidfd.signal(libc::SIGKILL);
+        if reap_here && let Some(wait) = reap.lock().ok().and_then(|mut wait| wait.take()) {
+            wait();
+        }
+        failed(&format!("cannot start the worker's {thread} thread"), error)
+    };
 
     let tail = Arc::new(Mutex::new(Tail::default()));
     let (eof_sender, eof) = std_mpsc::channel::<()>();
     {
         let tail = Arc::clone(&tail);
-        spawn_thread("worker-stderr", move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
-                if let Ok(mut tail) = tail.lock() {
-                    tail.push(&buffer[..n]);
+        spawn(
+            "worker-stderr",
+            Box::new(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n @ 1..) = stderr.read(&mut buffer) {
+                    if let Ok(mut tail) = tail.lock() {
+                        tail.push(&buffer[..n]);
+                    }
                 }
-            }
-            let _ = eof_sender.send(());
-        });
+                let _ = eof_sender.send(());
+            }),
+        )
+        .map_err(|error| abandon("stderr", error, true))?;
     }
 
     {
         let events = events.clone();
-        spawn_thread("worker-waiter", move || {
-            let info = wait();
-            // The worker is dead, but a process it started may still hold its end of the socket. The reader still
-            // reads what the worker sent before it died, then sees the end.
-            let _ = shutter.shutdown(Shutdown::Both);
-            // Give the drain a moment to read the last bytes (a grandchild may hold stderr open forever).
-            let _ = eof.recv_timeout(Duration::from_millis(200));
-            let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
-            let _ = events.blocking_send(Event::Exited { id, info, stderr_tail });
-            // Children of the task that left the worker's group and were orphaned are now ours: sweep soon, on
-            // the sweeper thread, so that nothing waits for it.
-            crate::orphans::request_sweep();
-        });
+        let reap = Arc::clone(&reap);
+        spawn(
+            "worker-waiter",
+            Box::new(move || {
+                let Some(wait) = reap.lock().ok().and_then(|mut wait| wait.take()) else {
+                    return;
+                };
+                let info = wait();
+                // The worker is dead, but a process it started may still hold its end of the socket. The reader
+                // still reads what the worker sent before it died, then sees the end.
+                let _ = shutter.shutdown(Shutdown::Both);
+                // Give the drain a moment to read the last bytes (a grandchild may hold stderr open forever).
+                let _ = eof.recv_timeout(Duration::from_millis(200));
+                let stderr_tail = tail.lock().map(|t| t.text()).unwrap_or_default();
+                let _ = events.blocking_send(Event::Exited { id, info, stderr_tail });
+                // Children of the task that left the worker's group and were orphaned are now ours: sweep soon,
+                // on the sweeper thread, so that nothing waits for it.
+                crate::orphans::request_sweep();
+            }),
+        )
+        .map_err(|error| abandon("waiter", error, true))?;
     }
 
     {
         let events = events.clone();
         let counter = Arc::clone(counter);
-        spawn_thread("worker-reader", move || read_loop(id, &socket, &events, &counter));
+        // The waiter reaps the killed worker; its `Exited` for a worker the dispatcher forgot is ignored.
+        spawn(
+            "worker-reader",
+            Box::new(move || read_loop(id, &socket, &events, &counter, spawn)),
+        )
+        .map_err(|error| abandon("reader", error, false))?;
     }
     Ok(Event::Spawned {
         id,
@@ -388,7 +447,7 @@ fn launch_thread(id: WorkerId, events: &mpsc::Sender<Event>) -> std::io::Result<
     };
     let thread_events = events.clone();
     thread::Builder::new().name(format!("worker-{id}")).spawn(move || {
-        let error = child::worker::run_in_thread(uplink, &queue)
+        let error = child::worker::run_in_thread(uplink, &queue, Box::new(builtins::build))
             .err()
             .map(|error| error.to_string());
         let info = ExitInfo {
@@ -413,7 +472,13 @@ fn launch_thread(id: WorkerId, events: &mpsc::Sender<Event>) -> std::io::Result<
     })
 }
 
-fn read_loop(id: WorkerId, socket: &UnixStream, events: &mpsc::Sender<Event>, counter: &Arc<IpcCounter>) {
+fn read_loop(
+    id: WorkerId,
+    socket: &UnixStream,
+    events: &mpsc::Sender<Event>,
+    counter: &Arc<IpcCounter>,
+    spawn: SpawnThread,
+) {
     let closed = |error: Option<String>| {
         let _ = events.blocking_send(Event::ChannelClosed { id, error });
     };
@@ -431,16 +496,24 @@ fn read_loop(id: WorkerId, socket: &UnixStream, events: &mpsc::Sender<Event>, co
             };
             let (sender, queue) = std_mpsc::channel::<ToWorker>();
             let counter = Arc::clone(counter);
-            spawn_thread("worker-writer", move || {
-                for message in queue {
-                    counter.count(&message);
-                    if frame::write(&writer, &message).is_err() {
-                        return;
+            let started = spawn(
+                "worker-writer",
+                Box::new(move || {
+                    for message in queue {
+                        counter.count(&message);
+                        if frame::write(&writer, &message).is_err() {
+                            return;
+                        }
                     }
-                }
-                // The dispatcher dropped the worker's sender: end of stream, and a healthy worker exits.
-                let _ = writer.shutdown(Shutdown::Write);
-            });
+                    // The dispatcher dropped the worker's sender: end of stream, and a healthy worker exits.
+                    let _ = writer.shutdown(Shutdown::Write);
+                }),
+            );
+            // Without a writer the worker can never be told anything: a start failure, reported as the end of
+            // its channel with the reason (the dispatcher kills it and counts it as a failed start).
+            if let Err(error) = started {
+                return closed(Some(format!("cannot start its writer thread: {error}")));
+            }
             if events
                 .blocking_send(Event::Connected {
                     id,
@@ -499,10 +572,8 @@ pub fn message_name(message: &FromWorker) -> &'static str {
     }
 }
 
-fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) {
-    // Failing to start a thread means the process is out of resources; the worker is then lost and reported as
-    // such when its channel or exit is never seen — there is no better recovery here.
-    let _ = thread::Builder::new().name(name.to_string()).spawn(body);
+fn spawn_thread(name: &str, body: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
+    thread::Builder::new().name(name.to_string()).spawn(body).map(drop)
 }
 
 /// The last [`STDERR_TAIL_BYTES`] of a stream.
@@ -528,6 +599,51 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::Tail;
+
+    /// Spawns every thread but the one named `NAME`.
+    fn all_but<const N: usize>(name: &str, body: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
+        let refused = ["worker-stderr", "worker-waiter", "worker-reader"][N];
+        if name == refused {
+            return Err(std::io::Error::other("out of threads"));
+        }
+        super::spawn_thread(name, body)
+    }
+
+    /// A worker whose stderr drain, waiter or reader thread cannot start is a start failure that names the
+    /// thread, never a worker the dispatcher waits for forever.
+    #[test]
+    fn a_thread_that_fails_to_start_is_a_start_failure_of_its_worker() {
+        use std::sync::Arc;
+        let spawns: [(super::SpawnThread, &str); 3] = [
+            (all_but::<0>, "stderr"),
+            (all_but::<1>, "waiter"),
+            (all_but::<2>, "reader"),
+        ];
+        for (spawn, thread) in spawns {
+            let (events, mut received) = tokio::sync::mpsc::channel(16);
+            let counter = Arc::new(super::IpcCounter::default());
+            let starter = super::Starter::Spawn;
+            let exe = std::path::Path::new("/bin/true");
+            let result = super::launch(exe, &starter, 7, &events, &counter, spawn);
+            match result {
+                Err(super::Event::SpawnFailed { id: 7, error }) => {
+                    assert!(error.contains(&format!("worker's {thread} thread")), "{error}");
+                }
+                other => panic!("without its {thread} thread: {other:?}"),
+            }
+            drop(events);
+            // Whatever the worker's threads still report is about a worker reaped already.
+            while let Some(event) = received.blocking_recv() {
+                assert!(
+                    matches!(
+                        event,
+                        super::Event::Exited { id: 7, .. } | super::Event::ChannelClosed { id: 7, .. }
+                    ),
+                    "{event:?}"
+                );
+            }
+        }
+    }
 
     /// The waiter shuts the socket down once the worker is dead; what the worker sent before must still be
     /// read, and then the end.

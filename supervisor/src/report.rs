@@ -64,7 +64,8 @@ impl Progress {
         }
     }
 
-    /// Sets how many items of a `urls` input have been fetched (or failed to), shown from the next update.
+    /// Sets how many items of a `urls` input have been fetched (or failed to, or were recorded by an earlier
+    /// run), shown from the next update.
     pub fn set_fetched(&mut self, fetched: u64) {
         self.fetched = Some(fetched);
     }
@@ -114,6 +115,24 @@ impl Progress {
             let _ = failed;
             bar.finish_and_clear();
         }
+    }
+}
+
+impl crate::dispatch::Reporter for Progress {
+    fn progress(&mut self, done: u64, failed: u64) {
+        self.update(done, failed);
+    }
+
+    fn fetched(&mut self, fetched: u64) {
+        self.set_fetched(fetched);
+    }
+
+    fn message(&mut self, text: &str) {
+        Progress::message(self, text);
+    }
+
+    fn finish(&mut self, done: u64, failed: u64) {
+        Progress::finish(self, done, failed);
     }
 }
 
@@ -317,10 +336,14 @@ impl Summary {
         if let Some(fetch) = &self.fetch {
             writeln!(
                 out,
-                "fetch: {} fetched ({}), {} failed, {} requests; in flight at most {} of {}",
+                "fetch: {} fetched ({}), {} failed{}, {} requests; in flight at most {} of {}",
                 fetch.fetched,
                 human_bytes(fetch.bytes),
                 fetch.failed,
+                match fetch.earlier {
+                    0 => String::new(),
+                    earlier => format!(" this run ({earlier} recorded by an earlier run)"),
+                },
                 fetch.requests,
                 human_bytes(fetch.peak_in_flight_bytes),
                 human_bytes(fetch.max_in_flight_bytes),

@@ -1,112 +1,11 @@
-//! Result records (one JSON line per item, in the journal and the results file) and the reduction shown in the
-//! summary. Writing them is the journal's job (see [`crate::journal`]).
+//! The reduction shown in the summary: the values of the `ok` records folded into one (`sum`, `min`, `max`,
+//! `count`). The records themselves are [`crate::record`]'s; writing them is [`crate::journal`]'s.
 
-use std::path::PathBuf;
-
-use serde::Serialize;
 use shared::item::Value;
 use shared::job::Reduce;
 
-/// One line of the results file.
-#[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    /// 0-based index in input order.
-    pub item: u64,
-    pub status: Status,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "value_as_json")]
-    pub value: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<Failure>,
-    /// Runs of this item that were charged to it (co-batched re-runs after another item's crash are not).
-    pub attempts: u32,
-    /// The cause of each failed attempt, in order (for a failed item the last one is `error`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub attempt_errors: Vec<Failure>,
-    /// The worker that ran it (for a crash: the worker that died).
-    pub pid: u32,
-    /// Time in the task, in milliseconds (for a crash: from dispatch to the worker's death).
-    pub elapsed_ms: f64,
-    /// What the item is: `{start, end}`, `{offset, len}` or `{path}`.
-    pub input: InputDesc,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Failed,
-}
-
-/// Why an item failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-    /// For `signal`: the signal's name, e.g. `SIGSEGV`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
-    /// For `exit`: the worker's exit code; for `fetch`: the HTTP status, when the server answered with one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<i32>,
-    /// For crashes: the last lines the worker wrote to stderr.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stderr: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailureKind {
-    /// The worker was killed by a signal while running this item.
-    Signal,
-    /// The worker exited while running this item.
-    Exit,
-    /// The task panicked.
-    Panic,
-    /// The item ran past `[task] timeout` (or its `cpu_limit`).
-    Timeout,
-    /// The worker ran out of memory under `[workers] memory_limit`.
-    Memory,
-    /// The worker broke the protocol while running this item.
-    Protocol,
-    /// The task returned an error.
-    Error,
-    /// The body of a `urls` item could not be fetched (after `fetch_retries`); `code` holds the HTTP status when
-    /// the server answered with one.
-    Fetch,
-}
-
-impl std::fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self {
-            FailureKind::Signal => "signal",
-            FailureKind::Exit => "exit",
-            FailureKind::Panic => "panic",
-            FailureKind::Timeout => "timeout",
-            FailureKind::Memory => "memory",
-            FailureKind::Protocol => "protocol",
-            FailureKind::Error => "error",
-            FailureKind::Fetch => "fetch",
-        };
-        f.write_str(name)
-    }
-}
-
-/// The input of one item, as shown in its record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum InputDesc {
-    Range { start: u64, end: u64 },
-    Chunk { offset: u64, len: u64 },
-    File { path: PathBuf },
-    Url { url: String },
-}
-
-fn value_as_json<S: serde::Serializer>(value: &Option<Value>, serializer: S) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(value) => value.json().serialize(serializer),
-        None => serializer.serialize_none(),
-    }
-}
+// Where the other modules of this crate have always found the record's types.
+pub use crate::record::{Failure, FailureKind, InputDesc, Record, Status};
 
 /// Folds the values of ok items into the summary's `reduced` value.
 #[derive(Debug, Clone)]
@@ -273,41 +172,5 @@ mod tests {
         assert_eq!(reduce(Reduce::Max, &[]), None);
         let words = [Value::Text("pear".into()), Value::Text("apple".into())];
         assert_eq!(reduce(Reduce::Min, &words), Some(Value::Text("apple".into())));
-    }
-
-    #[test]
-    fn records_serialize_with_only_the_fields_that_apply() {
-        let ok = Record {
-            item: 3,
-            status: Status::Ok,
-            value: Some(Value::UInt(9)),
-            error: None,
-            attempts: 1,
-            attempt_errors: Vec::new(),
-            pid: 42,
-            elapsed_ms: 0.5,
-            input: InputDesc::Range { start: 30, end: 40 },
-        };
-        assert_eq!(
-            serde_json::to_string(&ok).expect("json"),
-            r#"{"item":3,"status":"ok","value":9,"attempts":1,"pid":42,"elapsed_ms":0.5,"input":{"start":30,"end":40}}"#
-        );
-        let failed = Record {
-            status: Status::Failed,
-            value: None,
-            error: Some(Failure {
-                kind: FailureKind::Signal,
-                message: "worker killed by SIGSEGV".into(),
-                signal: Some("SIGSEGV".into()),
-                code: None,
-                stderr: None,
-            }),
-            input: InputDesc::File { path: "/a b".into() },
-            ..ok
-        };
-        assert_eq!(
-            serde_json::to_string(&failed).expect("json"),
-            r#"{"item":3,"status":"failed","error":{"kind":"signal","message":"worker killed by SIGSEGV","signal":"SIGSEGV"},"attempts":1,"pid":42,"elapsed_ms":0.5,"input":{"path":"/a b"}}"#
-        );
     }
 }

@@ -9,14 +9,16 @@ use shared::job::{BatchSize, Executor, InputSpec, JobSpec, StartMethod, WorkerCo
 use shared::protocol::WorkerLimits;
 use shared::usertask::UserTask;
 
+use crate::atomic::{RemoveOnDrop, remove_stale_temps};
 use crate::cli::RunArgs;
 use crate::cpus;
 use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
 use crate::forkserver::ForkServer;
 use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path, staging_path};
+use crate::lock::ResultsLock;
 use crate::plan::{self, Items};
-use crate::pool::Starter;
+use crate::pool::{IpcCounter, Launcher, Starter};
 use crate::report::{Progress, ShardSummary, Summary};
 use crate::results::{Failure, FailureKind, Record, Reducer, Status};
 use crate::shard::{self, ShardFlags};
@@ -109,6 +111,18 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
             crate::spec_fs::check_results(&spec, results, None)?;
         }
     }
+    // Held to the end of the run: no other run or merge writes these results or their journal meanwhile.
+    let _lock = spec.output.results.as_deref().map(ResultsLock::acquire).transpose()?;
+    if let Some(results) = &spec.output.results {
+        // Temporary files of runs that died: they must not fill the disk this run needs.
+        remove_stale_temps(results);
+        remove_stale_temps(&journal_path(results));
+    }
+    let _staging = match &spec.output.results {
+        Some(results) if !spec.output.journal => Some(RemoveOnDrop(staging_path(results))),
+        _ => None,
+    };
+    let mut reducer = Reducer::new(spec.output.reduce);
     let shard_summary = shard.as_ref().map(|chosen| ShardSummary {
         index: chosen.shard.index,
         count: chosen.shard.count,
@@ -143,8 +157,8 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
                     })??
             };
             fingerprint.shard = shard.as_ref().map(|chosen| chosen.shard);
-            let recovered = if resume && path.exists() {
-                let journal = Journal::recover(&path, &fingerprint)?;
+            let mut recovered = if resume && path.exists() {
+                let journal = Journal::recover(&path, &fingerprint, args.retry_failed, &mut reducer)?;
                 for dropped in &journal.dropped {
                     eprintln!("journal {}: dropped {dropped}", path.display());
                 }
@@ -158,10 +172,10 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
                 None
             };
             let prior = recovered
-                .as_ref()
-                .map(|j| j.done(items.len(), args.retry_failed))
+                .as_mut()
+                .map(|journal| std::mem::take(&mut journal.done))
                 .unwrap_or_default();
-            let writer = JournalWriter::create(&path, &fingerprint, recovered.as_ref(), spec.output.journal)?;
+            let writer = JournalWriter::create(&path, &fingerprint, recovered, spec.output.journal)?;
             (Some(writer), prior)
         }
     };
@@ -195,17 +209,8 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         },
     };
     let progress = Progress::new(span.end - span.start, prior.ok + prior.failed, args.quiet);
-    let reducer = Reducer::new(spec.output.reduce);
-    let outcome = dispatch::run(
-        Arc::clone(&items),
-        starter.clone(),
-        config,
-        reducer,
-        writer,
-        progress,
-        prior,
-    )
-    .await;
+    let ports = ports(starter.clone(), progress)?;
+    let outcome = dispatch::run(Arc::clone(&items), config, reducer, writer, prior, ports).await;
     starter.shut_down();
     crate::orphans::sweep_until_clean();
     let outcome = outcome?;
@@ -251,6 +256,26 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     // A closed stdout (e.g. piped into `head`) must not turn a finished job into a failure.
     let _ = printed.and_then(|()| out.flush());
     Ok(code)
+}
+
+/// What the dispatcher talks to: the pool's launcher for `starter`, the stop signals, and `progress`.
+fn ports(starter: Starter, progress: Progress) -> Result<dispatch::Ports, Error> {
+    let (events_sender, events) = tokio::sync::mpsc::channel(1024);
+    let counter = Arc::new(IpcCounter::default());
+    let launcher =
+        Launcher::start(events_sender, Arc::clone(&counter), starter).map_err(|error| Error::WorkersCannotStart {
+            reason: format!("cannot start the launcher: {error}"),
+        })?;
+    let signals = crate::signal::listen().map_err(|error| Error::Internal {
+        message: format!("cannot listen for signals: {error}"),
+    })?;
+    Ok(dispatch::Ports {
+        launcher: Box::new(launcher),
+        events,
+        counter,
+        signals,
+        reporter: Box::new(progress),
+    })
 }
 
 /// This run's shard, from `--shard`, the scheduler's environment, `--shard-count` or `[shard] count`.
@@ -309,64 +334,16 @@ fn records_path(spec: &JobSpec, results: &Path) -> std::path::PathBuf {
     }
 }
 
-/// What a journal must agree with to be resumed: the job file, the task, and the input as it is now.
+/// What a journal must agree with to be resumed: the job file, the task, and the input as it is now (each kind
+/// of input says what that is: [`crate::input::Source::fingerprint`]).
 fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
     use sha2::{Digest, Sha256};
     let hex = |digest: &[u8]| digest.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let stat = |path: &Path| -> Result<(u64, u128), Error> {
-        let meta = std::fs::metadata(path).map_err(|source| Error::InputUnreadable {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        Ok((meta.len(), modified.map_or(0, |d| d.as_nanos())))
-    };
-    let input = match &spec.input {
-        InputSpec::Range { start, end, chunk } => format!("range {start}..{end} by {chunk}"),
-        InputSpec::File { path, .. } => {
-            let (size, modified) = stat(path)?;
-            format!("file {} of {size} bytes modified at {modified} ns", path.display())
-        }
-        InputSpec::Glob { pattern } => {
-            let mut listing = Sha256::new();
-            for path in items.files() {
-                let (size, modified) = stat(path)?;
-                listing.update(format!("{}\0{size}\0{modified}\n", path.display()).as_bytes());
-            }
-            let digest = hex(&listing.finalize());
-            format!(
-                "glob {pattern} matching {} files (sizes and times digest {})",
-                items.len(),
-                &digest[..16]
-            )
-        }
-        // The URLs themselves, in order: what the item numbers mean. What a server answers can change between
-        // runs; that is the nature of a URL, and is not checked.
-        InputSpec::Urls { path, .. } => {
-            let mut listing = Sha256::new();
-            if let Items::Urls { urls, .. } = items {
-                for url in urls.iter() {
-                    listing.update(url.as_bytes());
-                    listing.update(b"\n");
-                }
-            }
-            let digest = hex(&listing.finalize());
-            format!(
-                "urls {} listing {} URLs (digest {})",
-                path.display(),
-                items.len(),
-                &digest[..16]
-            )
-        }
-    };
     Ok(Fingerprint {
         job_sha256: hex(&Sha256::digest(spec.source_text().as_bytes())),
         task: task_description(spec),
         args: task_args_json(spec),
-        input,
+        input: items.source().fingerprint()?,
         items: items.len(),
         shard: None,
     })
@@ -380,7 +357,7 @@ pub async fn check(job: &Path) -> Result<i32, Error> {
         "{}: ok — {} items of {}, task `{}`, {} workers, results {}",
         spec.path.display(),
         items.len(),
-        plan::input_kind(&spec.input).describe(),
+        crate::input::task_input(&spec.input).describe(),
         task_description(&spec),
         match spec.workers.count {
             WorkerCount::Fixed(n) => n,
@@ -438,6 +415,7 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
         &task_args_json(spec),
         items.input_plan(arena.as_ref().map(|a| a.proc_path()).as_deref()),
         &batch,
+        Box::new(builtins::build),
     )
     .map_err(|reason| Error::WorkersCannotStart { reason })?;
     let (status, value, error) = match outcome.result {
@@ -470,6 +448,7 @@ fn print_replayed(
     };
     let record = Record {
         item,
+        retrying: false,
         status,
         value,
         error,
@@ -486,7 +465,7 @@ fn print_replayed(
 
 pub fn tasks() -> i32 {
     let mut out = String::new();
-    for info in child::task::builtins() {
+    for info in builtins::all() {
         let inputs: Vec<&str> = info.inputs.iter().map(|kind| kind.describe()).collect();
         out.push_str(&format!(
             "{}\n    {}\n    input: {}\n",

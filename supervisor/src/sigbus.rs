@@ -12,24 +12,15 @@ use std::path::Path;
 use crate::plan::Items;
 
 /// Why a worker that died by SIGBUS on item `item` did, when the item reads a file; `None` for range and URL items
-/// (a fetched body lives in the arena, which never shrinks).
+/// (a fetched body lives in the arena, which never shrinks). Each kind of input says it for its items
+/// ([`crate::input::Source::explain_sigbus`]), with [`explain_file`].
 pub fn explain(items: &Items, item: u64) -> Option<String> {
-    match items {
-        Items::Range { .. } | Items::Urls { .. } => None,
-        Items::Chunks { path, chunks } => {
-            let listed = chunks.last().map_or(0, |last| last.offset + last.len);
-            let chunk = chunks.get(usize::try_from(item).ok()?)?;
-            let range = format!("bytes {}..{} of it", chunk.offset, chunk.offset + chunk.len);
-            Some(describe(path, Some(listed), &range))
-        }
-        Items::Files(files) => {
-            let path = files.get(usize::try_from(item).ok()?)?;
-            Some(describe(path, None, "it"))
-        }
-    }
+    items.source().explain_sigbus(item)
 }
 
-fn describe(path: &Path, listed: Option<u64>, reading: &str) -> String {
+/// The explanation for a worker killed by SIGBUS while `reading` (e.g. "bytes 0..10 of it") the file at `path`,
+/// which was `listed` bytes long when the job listed it (`None`: not known, for whole files).
+pub fn explain_file(path: &Path, listed: Option<u64>, reading: &str) -> String {
     let now = std::fs::metadata(path).map(|meta| meta.len());
     let path = path.display();
     match (listed, now) {
@@ -48,14 +39,15 @@ fn describe(path: &Path, listed: Option<u64>, reading: &str) -> String {
     }
 }
 
-/// A warning when the `file` input's size now differs from the size it was listed with: items whose last page
-/// only partly lies past a new end read zeros there instead of faulting, so their results may be wrong without
-/// an error. `None` when the size is unchanged (or for other inputs).
+/// A warning when the one mapped input file's size now differs from the size it was listed with: items whose last
+/// page only partly lies past a new end read zeros there instead of faulting, so their results may be wrong
+/// without an error. `None` when the size is unchanged (or for inputs that map no single file).
 pub fn changed_during_job(items: &Items) -> Option<String> {
-    let Items::Chunks { path, chunks } = items else {
-        return None;
-    };
-    let listed = chunks.last().map_or(0, |last| last.offset + last.len);
+    items.source().changed_during_job()
+}
+
+/// The warning of [`changed_during_job`] for the file at `path`, listed `listed` bytes long.
+pub fn size_changed(path: &Path, listed: u64) -> Option<String> {
     let now = std::fs::metadata(path).map(|meta| meta.len()).ok()?;
     (now != listed).then(|| {
         format!(

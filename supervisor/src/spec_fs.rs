@@ -1,7 +1,7 @@
 //! The checks of a job against the filesystem, made when it is loaded: the job file's rules are `shared::job`'s
 //! (which touches no file), what is on disk now is this module's.
 //!
-//! - What is read must be there and be what it should: the `file` and `urls` inputs are regular files, a
+//! - What is read must be there and be what it should: the `file`, `lines` and `urls` inputs are regular files, a
 //!   `command`'s or `worker`'s program can be executed, a `worker_bin` is an executable regular file, `cwd` is a
 //!   folder.
 //! - What is written must not replace something else. The results file is written beside its final name and
@@ -35,10 +35,10 @@ pub fn check(spec: &JobSpec) -> Result<(), Error> {
     Ok(())
 }
 
-/// The `file` or `urls` input is a regular file.
+/// The `file`, `lines` or `urls` input is a regular file.
 fn check_inputs(spec: &JobSpec) -> Result<(), Error> {
     let (what, path) = match &spec.input {
-        InputSpec::File { path, .. } => ("input file", path),
+        InputSpec::File { path, .. } | InputSpec::Lines { path } => ("input file", path),
         InputSpec::Urls { path, .. } => ("urls file", path),
         InputSpec::Range { .. } | InputSpec::Glob { .. } => return Ok(()),
     };

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 /// The binary under test.
@@ -270,54 +269,42 @@ pub fn write_file(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
-/// One line of the results file. `V` is the type of `value` for the task at hand (`u128` for counts and sums,
-/// `String` for digests, `serde_json::Value` for anything).
-#[derive(Debug, Deserialize)]
-pub struct Record<V> {
-    pub item: u64,
-    pub status: String,
-    pub value: Option<V>,
-    pub error: Option<Failure>,
-    pub pid: u32,
-    pub input: InputDesc,
+/// One line of the results file: the supervisor's own record type, read with `value` as the type the test
+/// expects (`u128` for counts and sums, `String` for digests, `serde_json::Value` for anything).
+pub use supervisor::record::{InputDesc, Record};
+
+/// What the tests ask of a record's input; panics name the input when it is not of the kind asked for.
+pub trait InputExt {
+    fn range(&self) -> (u64, u64);
+    fn chunk(&self) -> (u64, u64);
+    fn path(&self) -> Option<&Path>;
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Failure {
-    pub kind: String,
-    pub message: String,
-    pub signal: Option<String>,
-    pub code: Option<i32>,
-}
-
-/// `{start, end}`, `{offset, len}` or `{path}`.
-#[derive(Debug, Deserialize)]
-pub struct InputDesc {
-    pub start: Option<u64>,
-    pub end: Option<u64>,
-    pub offset: Option<u64>,
-    pub len: Option<u64>,
-    pub path: Option<PathBuf>,
-}
-
-impl InputDesc {
-    pub fn range(&self) -> (u64, u64) {
-        match (self.start, self.end) {
-            (Some(start), Some(end)) => (start, end),
+impl InputExt for InputDesc {
+    fn range(&self) -> (u64, u64) {
+        match self {
+            InputDesc::Range { start, end } => (*start, *end),
             _ => panic!("not a range item: {self:?}"),
         }
     }
 
-    pub fn chunk(&self) -> (u64, u64) {
-        match (self.offset, self.len) {
-            (Some(offset), Some(len)) => (offset, len),
+    fn chunk(&self) -> (u64, u64) {
+        match self {
+            InputDesc::Chunk { offset, len } => (*offset, *len),
             _ => panic!("not a chunk item: {self:?}"),
+        }
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match self {
+            InputDesc::File { path } => Some(path),
+            _ => None,
         }
     }
 }
 
 /// Every line of the results file, each parsed as a [`Record`]; panics naming the first line that is not one.
-pub fn read_records<V: DeserializeOwned>(path: &Path) -> Vec<Record<V>> {
+pub fn read_records<V: supervisor::record::RecordValue + DeserializeOwned>(path: &Path) -> Vec<Record<V>> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read results {}: {error}", path.display()));
     assert!(
         text.is_empty() || text.ends_with('\n'),

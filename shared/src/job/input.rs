@@ -1,5 +1,5 @@
-//! `[input]`: where the items come from — exactly one source (`range`, `file`, `glob` or `urls`) and the keys
-//! that go with it.
+//! `[input]`: where the items come from — exactly one source (`range`, `file`, `glob`, `urls` or `lines`) and
+//! the keys that go with it.
 //!
 //! Checked here: which keys go with which source, every value's type and range, and that a range's items can be
 //! numbered. Relative paths are resolved against the job file's folder. Left to the supervisor: whether the file
@@ -54,6 +54,8 @@ pub enum InputSpec {
     Glob { pattern: String },
     /// `urls = "…"`: a file of URLs, one per line; one item per URL, whose body the supervisor fetches.
     Urls { path: PathBuf, fetch: FetchSpec },
+    /// `lines = "…"`: one item per line of a regular file, the line's text without its `\n` or `\r\n`.
+    Lines { path: PathBuf },
 }
 
 /// How the bodies of a `urls` input are fetched (the `fetch_*` and `max_in_flight_bytes` keys of `[input]`).
@@ -91,6 +93,7 @@ pub(crate) fn input(raw: &Spanned<RawInput>, dir: &Path) -> Checked<(InputSpec, 
         ("file", table.file.as_ref().map(Spanned::span)),
         ("glob", table.glob.as_ref().map(Spanned::span)),
         ("urls", table.urls.as_ref().map(Spanned::span)),
+        ("lines", table.lines.as_ref().map(Spanned::span)),
     ];
     let given: Vec<(&str, Range<usize>)> = sources
         .into_iter()
@@ -107,7 +110,9 @@ pub(crate) fn input(raw: &Spanned<RawInput>, dir: &Path) -> Checked<(InputSpec, 
             };
             return Err(Problem::at(
                 raw.span(),
-                format!("[input] needs exactly one source: `range`, `file`, `glob` or `urls` (found: {found})"),
+                format!(
+                    "[input] needs exactly one source: `range`, `file`, `glob`, `urls` or `lines` (found: {found})"
+                ),
             ));
         }
     };
@@ -131,7 +136,7 @@ pub(crate) fn input(raw: &Spanned<RawInput>, dir: &Path) -> Checked<(InputSpec, 
             ));
         }
     }
-    let spec = match (&table.range, &table.file, &table.glob, &table.urls) {
+    let spec = match (&table.range, &table.file, &table.glob, &table.urls, &table.lines) {
         (Some(range), ..) => range_input(range)?,
         (_, Some(file), ..) => InputSpec::File {
             path: dir.join(value::nonempty_text("file", file, "a path such as `data/input.txt`")?),
@@ -144,7 +149,7 @@ pub(crate) fn input(raw: &Spanned<RawInput>, dir: &Path) -> Checked<(InputSpec, 
                 Some(bytes) => value::size("chunk_bytes", bytes, 1, u64::MAX)?,
             },
         },
-        (_, _, Some(glob), _) => {
+        (_, _, Some(glob), ..) => {
             let pattern = value::nonempty_text("glob", glob, "a pattern such as `images/*.jpg`")?;
             let pattern = if Path::new(&pattern).is_absolute() {
                 pattern
@@ -153,11 +158,14 @@ pub(crate) fn input(raw: &Spanned<RawInput>, dir: &Path) -> Checked<(InputSpec, 
             };
             InputSpec::Glob { pattern }
         }
-        (_, _, _, Some(urls)) => InputSpec::Urls {
+        (_, _, _, Some(urls), _) => InputSpec::Urls {
             path: dir.join(value::nonempty_text("urls", urls, "a path such as `urls.txt`")?),
             fetch: fetch_spec(table)?,
         },
-        (None, None, None, None) => {
+        (_, _, _, _, Some(lines)) => InputSpec::Lines {
+            path: dir.join(value::nonempty_text("lines", lines, "a path such as `data/input.txt`")?),
+        },
+        (None, None, None, None, None) => {
             return Err(Problem::at(raw.span(), "[input] needs exactly one source"));
         }
     };

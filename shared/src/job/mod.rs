@@ -551,6 +551,48 @@ mod tests {
     }
 
     #[test]
+    fn lines_inputs_resolve_against_the_job_folder_and_take_no_file_keys() {
+        // Parsing touches no file: the lines file need not exist (the supervisor checks it, see spec_fs).
+        let dir = PathBuf::from("/jobs");
+        let job = |input: &str| {
+            JobSpec::parse(
+                &dir.join("job.toml"),
+                format!("[input]\n{input}[task]\nbuiltin = \"line-count\"\n"),
+            )
+        };
+        match job("lines = \"names.txt\"\n").expect("valid").input {
+            InputSpec::Lines { path } => assert_eq!(path, dir.join("names.txt")),
+            other => panic!("expected a lines input, got {other:?}"),
+        }
+        for (input, line, says) in [
+            ("lines = \"\"\n", 2, "`lines` is empty: expected a path"),
+            (
+                "lines = \"a\"\nsplit = \"none\"\n",
+                3,
+                "`split` applies only to a `file` input",
+            ),
+            (
+                "lines = \"a\"\nfetch_retries = 1\n",
+                3,
+                "`fetch_retries` applies only to a `urls` input",
+            ),
+            (
+                "lines = \"a\"\nfile = \"b\"\n",
+                1,
+                "`range`, `file`, `glob`, `urls` or `lines` (found: file, lines)",
+            ),
+        ] {
+            match job(input) {
+                Err(JobError::Invalid { line: at, message, .. }) => {
+                    assert_eq!(at, line, "{input}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("{input}: expected an error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn user_tasks_resolve_with_defaults() {
         let spec = parse(
             "[input]\nglob = \"in/*.txt\"\n[task]\ncommand = [\"sh\", \"{path}\", \"{{x}}\"]\nenv = { A = \"1\" }\n",

@@ -157,7 +157,8 @@ fn placeholder_input(input: &InputSpec) -> PlaceholderInput {
         InputSpec::Range { .. } => PlaceholderInput::Range,
         InputSpec::File {
             split: Split::Lines, ..
-        } => PlaceholderInput::Chunks,
+        }
+        | InputSpec::Lines { .. } => PlaceholderInput::Chunks,
         InputSpec::File { split: Split::None, .. } | InputSpec::Glob { .. } => PlaceholderInput::WholeFiles,
         InputSpec::Urls { .. } => PlaceholderInput::Urls,
     }
