@@ -425,3 +425,100 @@ fn a_globbed_file_that_became_a_fifo_fails_its_item_instead_of_blocking_the_work
         }
     }
 }
+
+/// Issue 13: a task could kill the supervisor with SIGBUS by truncating the shared memory it maps (the progress
+/// pages), reachable as `/proc/<supervisor>/fd/N` by any process of the same user. Each command here walks up its
+/// ancestors (worker, fork server, supervisor) and tries to resize every memfd the project made (grow, then
+/// truncate to nothing); every attempt must fail, and the run must end normally, under both start methods.
+#[test]
+fn a_task_cannot_truncate_the_supervisors_shared_memory() {
+    for start in ["spawn", "forkserver"] {
+        let dir = common::temp_dir("commands");
+        // Prints how many of the project's memfds it found and how many it managed to resize.
+        let script = "found=0; resized=0; p=$PPID; \
+                      while [ $p -gt 1 ]; do \
+                        for fd in /proc/$p/fd/*; do \
+                          case $(readlink $fd 2>/dev/null) in /memfd:supervisor-*) \
+                            found=$((found + 1)); \
+                            truncate -s 1M $fd 2>/dev/null && resized=$((resized + 1)); \
+                            truncate -s 0 $fd 2>/dev/null && resized=$((resized + 1));; \
+                          esac; \
+                        done; \
+                        p=$(cut -d' ' -f4 /proc/$p/stat); \
+                      done; \
+                      sleep 0.2; echo $((found * 1000 + resized))";
+        let job = Job::range(0, 8)
+            .command(&["sh", "-c", script])
+            .parse("json")
+            .timeout("60s")
+            .workers(2)
+            .batch(1)
+            .start(start)
+            .results("out.jsonl")
+            .write(dir.path());
+        let ran = run(
+            dir.path(),
+            [OsStr::new("run"), OsStr::new("--json"), job.as_os_str()],
+            0,
+        );
+        let records = read_records::<u64>(&dir.path().join("out.jsonl"));
+        assert_eq!(records.len(), 8, "{start}\n{}", ran.context());
+        for record in &records {
+            let value = record
+                .value
+                .unwrap_or_else(|| panic!("{start}: item {} failed\n{}", record.item, ran.context()));
+            // At least the worker's progress page and the supervisor's (the same memfd, open in both).
+            assert!(
+                value / 1000 >= 2,
+                "{start}: item {} found only {} memfds",
+                record.item,
+                value / 1000
+            );
+            assert_eq!(value % 1000, 0, "{start}: item {} resized a shared memfd", record.item);
+        }
+    }
+}
+
+/// Issue 13: processes were left after a normal, complete run when a command's grandchildren moved to sessions of
+/// their own (`setsid`) while the command ended: they outlive the worker's process group and reach the supervisor
+/// (a child subreaper) only once their parent has died, which the end-of-run sweep could miss. Twenty runs, each
+/// checked through `/proc` at once after the supervisor exits: nothing marked may remain.
+#[test]
+fn no_process_is_left_after_runs_whose_grandchildren_call_setsid() {
+    let dir = common::temp_dir("commands");
+    let marker = common::leftovers::marker(dir.path());
+    // One grandchild leaves at once, one after its parent has gone, one from a subshell that is itself killed with
+    // the group; none holds the command's output open.
+    let script = "setsid sleep 300 </dev/null >/dev/null 2>&1 & \
+                  (sleep 0.05; exec setsid sleep 300) </dev/null >/dev/null 2>&1 & \
+                  (setsid sh -c 'sleep 300' &) </dev/null >/dev/null 2>&1; \
+                  echo {item}";
+    let job = Job::range(0, 6)
+        .command(&["sh", "-c", script])
+        .parse("json")
+        .marker(&marker)
+        .workers(2)
+        .write(dir.path());
+    let mut dirty = Vec::new();
+    for round in 0..20 {
+        let args = if round % 2 == 0 {
+            vec!["run", "--quiet"]
+        } else {
+            vec!["run", "--quiet", "--start", "forkserver"]
+        };
+        let mut args: Vec<&OsStr> = args.into_iter().map(OsStr::new).collect();
+        args.push(job.as_os_str());
+        run(dir.path(), args, 0);
+        let left = common::marked_processes(&marker);
+        if !left.is_empty() {
+            dirty.push((round, left));
+            // Clean up before the next round, so that each round is judged on its own.
+            common::kill_marked(&marker);
+        }
+    }
+    assert!(
+        dirty.is_empty(),
+        "processes left after {} of 20 runs: {dirty:?}",
+        dirty.len()
+    );
+}

@@ -19,7 +19,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -262,9 +261,9 @@ fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period(start: &str) {
     let mut run = Run::start(&job, &[], None);
     let (worker, child) = run.wait_for_pids(&job, 0);
     // The worker really ignores SIGTERM: sent to it directly, it stays.
-    // SAFETY: kill(2) touches no memory; the pid is checked alive (with its start time) just before.
+    // The pid is checked alive (with its start time) just before.
     assert!(is_running(worker));
-    unsafe { libc::kill(worker.pid, libc::SIGTERM) };
+    common::send_signal(worker.pid, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     assert!(is_running(worker), "the worker did not ignore SIGTERM");
     run.signal(libc::SIGTERM);
@@ -549,13 +548,9 @@ impl Run {
             .stderr(File::create(job.dir().join("stderr")).expect("stderr file"));
         let shown = format!("{command:?}");
         // A plain dup has no close-on-exec: the supervisor inherits it. Closed again right after the spawn.
-        // SAFETY: dup takes an fd we own and returns a new one (or -1), which is closed below.
-        let leaked = inherit.map(|file| unsafe { libc::dup(file.as_raw_fd()) });
+        let leaked = inherit.map(|file| nix::unistd::dup(file).expect("dup"));
         let child = command.spawn();
-        if let Some(fd) = leaked {
-            // SAFETY: closes only the duplicate made above.
-            unsafe { libc::close(fd) };
-        }
+        drop(leaked);
         let child = child.unwrap_or_else(|error| panic!("cannot start {shown}: {error}"));
         Run {
             child: Some(child),
@@ -716,8 +711,7 @@ fn id(flag: &str, user: &str) -> String {
 }
 
 fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// The PATH the supervisor gets: where `sleep` and `sha256sum` are.

@@ -392,9 +392,10 @@ fn signal_tree(pid: i32, signal: i32) {
     let mut pids = vec![pid];
     pids.extend(children_of(pid).iter().map(|p| p.pid));
     for target in pids {
-        // SAFETY: kill(2) touches no memory of ours; the pids are the supervisor (our unreaped child) and its
-        // children (its unreaped children while it lives).
-        unsafe { libc::kill(target, signal) };
+        // The pids are the supervisor (our unreaped child) and its children (its unreaped children while it
+        // lives).
+        let signal = nix::sys::signal::Signal::try_from(signal).expect("a signal number");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(target), signal);
     }
 }
 

@@ -32,7 +32,7 @@ use tempfile::TempDir;
 )]
 mod common;
 
-use common::procfs::{Proc, Stat, descendants, find, stat};
+use common::procfs::{Proc, Stat, descendants, find, processes, stat};
 use common::{EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Job, Record, SUPERVISOR, Tracker, send_signal};
 
 /// Longest any run may take before the test kills it and fails: a liveness bound far above the real times.
@@ -554,6 +554,35 @@ fn workers_die_with_a_sigkilled_supervisor(start: &str) {
     );
 }
 
+/// Issue 13: a fork server stopped with SIGSTOP wedged the supervisor, and SIGINT/SIGTERM no longer stopped it:
+/// it waited without end for the fork server's reports of its workers' exits. Now every wait on the fork server has
+/// a deadline (`forkserver::DEADLINE`), a fork server that misses one is killed, and SIGTERM ends the run with 143
+/// within the grace period plus that deadline, leaving no process (the fork server and its workers included).
+#[test]
+fn a_stopped_fork_server_does_not_keep_sigterm_from_ending_the_run() {
+    let job = slow_job("forkserver");
+    let mut supervisor = Supervisor::start(&job, &[], &[]);
+    supervisor.wait_until("the workers are running", |s| s.live_descendants().len() >= 3);
+    // The fork server is the supervisor's only child; the workers are its children.
+    let children: Vec<Stat> = processes().into_iter().filter(|s| s.ppid == supervisor.pid()).collect();
+    let [fork_server] = children.as_slice() else {
+        supervisor.abort(&format!(
+            "expected the fork server as the only child, found {children:?}"
+        ));
+    };
+    let stopped = nix::unistd::Pid::from_raw(fork_server.pid);
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP the fork server");
+    supervisor.wait_until("the fork server is stopped", |_| {
+        stat(fork_server.pid).is_some_and(|s| s.state == 'T')
+    });
+    supervisor.signal(libc::SIGTERM);
+    // A liveness bound (grace 5 s + the fork server's deadline 5 s + slack for a loaded machine), not a timing
+    // measurement.
+    let run = supervisor.finish_within(Duration::from_secs(40));
+    run.assert_exit_code(EXIT_SIGTERM);
+    assert!(run.stdout.contains("stopped by SIGTERM"), "{run}");
+}
+
 /// Turns each behaviour `fn name(start: &str)` into the tests `spawn::name` and `forkserver::name`. Attributes
 /// written before a name (such as `#[ignore = "…"]`) apply to both.
 /// A worker stopped (SIGSTOP) while it holds work must not hang the job: one stopped between items is noticed
@@ -592,9 +621,9 @@ fn a_worker_stopped_between_items_does_not_hang_the_job(start: &str) {
         .map(|s| s.pid)
         .find(|pid| !parents.contains(pid))
         .expect("a worker");
-    // SAFETY: kill(2) touches no memory of ours; `victim` is a live worker of this supervisor.
-    let rc = unsafe { libc::kill(victim, libc::SIGSTOP) };
-    assert_eq!(rc, 0, "SIGSTOP {victim}: {}", std::io::Error::last_os_error());
+    // `victim` is a live worker of this supervisor.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap_or_else(|error| panic!("SIGSTOP {victim}: {error}"));
     let run = supervisor.finish();
     run.assert_exit_code(EXIT_OK);
     let records = run.records_by_item(&job.results());
@@ -635,9 +664,9 @@ fn a_worker_stopped_inside_an_item_is_killed_at_the_timeout(start: &str) {
         .find_map(|field| field.strip_prefix("worker="))
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("no worker pid in {text:?}"));
-    // SAFETY: kill(2) touches no memory of ours; `worker` is a live worker of this supervisor, hanging in item 7.
-    let rc = unsafe { libc::kill(worker, libc::SIGSTOP) };
-    assert_eq!(rc, 0, "SIGSTOP {worker}: {}", std::io::Error::last_os_error());
+    // `worker` is a live worker of this supervisor, hanging in item 7.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), nix::sys::signal::Signal::SIGSTOP)
+        .unwrap_or_else(|error| panic!("SIGSTOP {worker}: {error}"));
     let run = supervisor.finish();
     run.assert_exit_code(EXIT_ITEMS_FAILED);
     let records = run.records_by_item(&job.results());

@@ -510,25 +510,17 @@ fn backpressure_bounds_the_supervisors_memory() {
         .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
         .spawn()
         .expect("start supervisor");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child's pid, with valid pointers to a status word and a rusage.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    // wait4 on our own child's pid, for its peak RSS.
+    let info = sys::process::wait4(sys::process::Pid::from_raw(child.id() as i32)).expect("wait4");
     // The child is reaped; `Child` must not wait for it again (its drop does not).
     let _ = child.try_wait();
     let stdout = std::fs::read_to_string(dir.path().join("stdout")).expect("stdout");
     let stderr = std::fs::read_to_string(dir.path().join("stderr")).expect("stderr");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "status {status}\n{stdout}\n{stderr}"
-    );
+    assert_eq!(info.status, sys::process::ExitStatus::Code(0), "{stdout}\n{stderr}");
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("summary");
     assert_eq!(summary["ok"], COUNT as u64);
     assert_eq!(summary["fetch"]["bytes"], (COUNT * BODY) as u64);
-    let peak_rss = usage.ru_maxrss as u64 * 1024;
+    let peak_rss = info.max_rss;
     let fetched = (COUNT * BODY) as u64;
     // 200 MiB fetched through a 4 MiB budget. The bound leaves room for the binary, the runtime and the
     // client's buffers (a debug build), but not for the bodies: measured 26 MiB here, and 173 MiB with a budget

@@ -105,9 +105,11 @@ pub fn from_env(socket: &UnixStream) -> Option<Hostile> {
         std::process::exit(shared::exit::INTERNAL);
     };
     eprintln!("worker: hostile test mode {value}");
-    if mode == Mode::IgnoreStop {
-        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
-        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    if mode == Mode::IgnoreStop
+        && let Err(error) = sys::process::ignore(sys::process::Signal::SIGTERM)
+    {
+        eprintln!("worker: cannot ignore SIGTERM: {error}");
+        std::process::exit(shared::exit::INTERNAL);
     }
     Some(Hostile {
         mode,

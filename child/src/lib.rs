@@ -7,7 +7,8 @@
 //!   passes its own task.
 //! - [`serve()`] / [`serve_task`]: the entry points of your own worker binary (`[task] worker_bin`), see
 //!   [`mod@serve`].
-//! - [`isolation`], [`limits`]: how a worker process confines itself (`[isolation]`, `[workers]` limits).
+//! - [`isolation`]: how a worker process confines itself (`[isolation]`, `[workers]` limits), through the system
+//!   calls of the `sys` crate.
 //!
 //! This crate is kept lean, so that a user's worker binary compiles only what it needs: the builtin tasks and
 //! their heavy dependencies live in `builtins`. The test-only misbehaving workers (`hostile`) exist only with the
@@ -15,10 +16,11 @@
 //!
 //! A worker never decides policy (retries, timeouts, ordering): it runs what it is given and reports each item.
 
+#![deny(unsafe_code)]
+
 #[cfg(feature = "hostile")]
 pub mod hostile;
 pub mod isolation;
-pub mod limits;
 pub mod serve;
 pub mod task;
 pub mod worker;

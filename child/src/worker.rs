@@ -31,8 +31,8 @@ use crate::task::{Build, Item, ItemContext, ItemInput, Task};
 /// Environment variable through which the supervisor passes its pid to an exec'ed worker (see [`run`]).
 pub const PARENT_PID_ENV: &str = "SUPERVISOR_PARENT_PID";
 
-/// First argument of a worker process: the supervisor starts `supervisor __worker NAME` (or, for a
-/// `worker_bin` job, `the-user-binary __worker NAME`).
+/// The one argument of a worker process: the supervisor starts `supervisor __worker` (for a `worker_bin` job,
+/// `PROGRAM __worker`) with its end of the channel socket as stdin and [`PARENT_PID_ENV`] in its environment.
 pub const WORKER_ARG: &str = "__worker";
 
 /// Why a worker stopped abnormally (its exit code is then non-zero; the message goes to stderr).
@@ -97,8 +97,8 @@ enum Place {
 /// if it is already gone, the worker exits at once instead of running orphaned.
 pub fn run(parent: Option<i32>, build: Build<'_>) -> Result<(), WorkerError> {
     crate::isolation::at_start(parent).map_err(WorkerError)?;
-    ignore_interrupts();
-    crate::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
+    ignore_interrupts()?;
+    sys::limits::disable_core_dumps().map_err(|error| WorkerError(format!("cannot disable core dumps: {error}")))?;
     install_panic_capture();
 
     let socket = take_channel_from_stdin()
@@ -126,31 +126,7 @@ pub fn run(parent: Option<i32>, build: Build<'_>) -> Result<(), WorkerError> {
 /// Moves the channel off fd 0 to a close-on-exec descriptor (so that a program a task runs does not inherit
 /// it) and puts /dev/null in its place.
 fn take_channel_from_stdin() -> std::io::Result<UnixStream> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: fstat writes into the valid, zeroed stat buffer.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; fd 0 may be anything, fstat only inspects it.
-    if unsafe { libc::fstat(0, &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(std::io::Error::other(
-            "stdin is not a socket (workers are started by the supervisor, not by hand)",
-        ));
-    }
-    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches no memory.
-    let fd = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let socket = unsafe { UnixStream::from_raw_fd(fd) };
-    let null = std::fs::File::open("/dev/null")?;
-    // SAFETY: dup2 onto fd 0, which this process owns; `null` is closed when dropped, fd 0 stays.
-    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(socket)
+    Ok(UnixStream::from(sys::socket::take_socket_from_stdin()?))
 }
 
 /// Runs a worker on the calling thread, inside the supervisor's process (the `thread` and `serial` executors):
@@ -414,12 +390,8 @@ fn start_flusher(outbox: Arc<Mutex<Outbox>>) -> FlusherGuard {
 /// (Slurm at a time limit, on `scancel` or preemption) sends SIGTERM to every process of it at once; the
 /// supervisor decides when its workers stop (it lets them finish their items or kills them), so a worker ignores
 /// both. Were it to die of the SIGTERM, its item would be recorded as failed and not run again on `--resume`.
-fn ignore_interrupts() {
-    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-    }
+fn ignore_interrupts() -> Result<(), WorkerError> {
+    sys::process::ignore_interrupts().map_err(|error| WorkerError(format!("cannot ignore SIGINT and SIGTERM: {error}")))
 }
 
 thread_local! {
@@ -539,7 +511,7 @@ impl Worker {
         build: Build<'_>,
     ) -> Result<Worker, String> {
         if place == Place::Process {
-            crate::limits::apply(limits).map_err(|error| format!("cannot apply resource limits: {error}"))?;
+            crate::isolation::apply_limits(limits).map_err(|error| format!("cannot apply resource limits: {error}"))?;
         }
         let progress = progress.filter(|_| place == Place::Process);
         let progress = match progress {
@@ -647,7 +619,7 @@ impl Worker {
         };
         if let Some(seconds) = self.cpu_seconds_per_item {
             // Failing to arm the limit leaves the item without one; the wall-clock timeout still applies.
-            let _ = crate::limits::arm_cpu_limit(seconds);
+            let _ = sys::limits::arm_cpu_limit(seconds);
         }
         if let Some(progress) = &self.progress {
             progress.begin(batch.id, index);

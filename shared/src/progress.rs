@@ -103,13 +103,7 @@ impl ProgressReader {
     }
 }
 
-/// `CLOCK_MONOTONIC` now, in nanoseconds: the same clock in every process of the machine.
-pub fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
+pub use sys::cpu::monotonic_ns;
 
 #[cfg(test)]
 mod tests {

@@ -36,7 +36,9 @@ pub const RESULT_FLUSH_INTERVAL_MS: u64 = 20;
 pub enum ToWorker {
     /// Configure the task and input; sent once, right after `Hello`.
     Init {
-        /// Builtin task name, as in `[task] builtin`.
+        /// What the worker runs: a builtin's name (`[task] builtin`), or the reserved name of the user's kind of
+        /// task (`@command`, `@worker`, `@worker_bin`: see [`crate::usertask`]), whose description is then in
+        /// `args_json`.
         task: String,
         /// The task's `[task] args` as JSON text (validated by the supervisor before any worker starts).
         args_json: String,

@@ -76,15 +76,7 @@ fn plural(n: usize) -> &'static str {
 
 /// The number of CPUs in this process's affinity mask.
 fn affinity() -> Option<usize> {
-    // SAFETY: `cpu_set_t` is plain data; zeroed is a valid (empty) set, and sched_getaffinity writes at most
-    // `size_of::<cpu_set_t>()` bytes into it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return None;
-        }
-        usize::try_from(libc::CPU_COUNT(&set)).ok()
-    }
+    sys::cpu::allowed_cpus().ok().map(|cpus| cpus.len())
 }
 
 /// A CPU quota: `quota_us` of CPU time per `period_us` of wall time.

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::linux::{ExitStatus, signal_name};
 use crate::results::{Failure, FailureKind};
+use sys::process::{ExitStatus, signal_name};
 
 /// Everything known about a worker's death that bears on the item it was running.
 #[derive(Debug, Clone, Copy)]

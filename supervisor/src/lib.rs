@@ -44,8 +44,13 @@
 //! **How a worker is confined.** Each worker confines itself (`child::isolation`): no inherited descriptors, its
 //! own process group, no new privileges, `/` as its folder; at `Init` a descriptor limit, the job's environment
 //! and, as root, another user ([`isolation`] resolves it). When a worker dies, its process group is killed before
-//! it is reaped ([`linux::wait4_and_kill_group`]), and children of its task that left the group are killed once
+//! it is reaped (`sys::process::reap_and_kill_group`), and children of its task that left the group are killed once
 //! they are orphaned to the supervisor, a child subreaper ([`orphans`]).
+//!
+//! **Where the system calls are.** All of them, and every `unsafe` block, are in the `sys` crate; this crate
+//! denies `unsafe_code`.
+
+#![deny(unsafe_code)]
 
 pub mod atomic;
 pub mod baseline;
@@ -62,7 +67,6 @@ pub mod input;
 pub mod isolation;
 pub mod journal;
 pub mod journal_index;
-pub mod linux;
 pub mod lock;
 pub mod merge;
 pub mod orphans;
@@ -75,6 +79,7 @@ pub mod run;
 pub mod shard;
 pub mod sigbus;
 pub mod signal;
+pub mod spec_fs;
 
 use clap::Parser;
 use shared::exit;
@@ -119,6 +124,9 @@ pub fn main() -> i32 {
             .and_then(|spec| Ok((run::starter(&spec)?, spec)))
             .and_then(|(starter, spec)| block_on(run::run(spec, args, starter))),
         Command::Merge(args) => run::load(&args.job, None).and_then(|spec| {
+            if let Some(results) = &args.results {
+                spec_fs::results_flag(&spec, results)?;
+            }
             let items = block_on_value(plan::Items::list(&spec))??;
             merge::run(&args, spec, items.len())
         }),

@@ -39,7 +39,7 @@ use shared::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker};
 use tokio::sync::mpsc;
 
 use crate::forkserver::ForkServer;
-use crate::linux::{ExitInfo, Pidfd, wait4_and_kill_group};
+use sys::process::{ExitInfo, Pid, Pidfd, reap_and_kill_group};
 
 /// How worker processes are created.
 #[derive(Debug, Clone)]
@@ -75,11 +75,7 @@ struct Started {
 
 /// Reported when the exit status cannot be read (only possible if something else reaped our child): a kill, so
 /// that the items it held are not lost.
-const UNKNOWN_EXIT: ExitInfo = ExitInfo {
-    status: crate::linux::ExitStatus::Signal(libc::SIGKILL),
-    cpu: Duration::ZERO,
-    max_rss: 0,
-};
+const UNKNOWN_EXIT: ExitInfo = ExitInfo::KILLED;
 
 /// First argument that makes the `supervisor` binary run as a worker.
 pub const WORKER_ARG: &str = child::worker::WORKER_ARG;
@@ -251,7 +247,7 @@ impl crate::dispatch::Launch for Launcher {
         // SIGKILL ends a stopped process too; a worker thread (no pidfd) cannot be killed and needs no kill:
         // it ends when its channel closes.
         if let Some(pidfd) = pidfd {
-            let _ = pidfd.signal(libc::SIGKILL);
+            pidfd.kill();
         }
     }
 }
@@ -281,7 +277,7 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
             })?;
             let pid = child.id();
             // Nothing reaps the child before its waiter starts (after this returns), so the pid still names it.
-            let pidfd = match Pidfd::open(pid as i32) {
+            let pidfd = match Pidfd::open(Pid::from_raw(pid as i32)) {
                 Ok(pidfd) => pidfd,
                 Err(error) => {
                     let _ = child.kill();
@@ -301,7 +297,7 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
                 pidfd,
                 stderr,
                 wait: Box::new(move || {
-                    let info = wait4_and_kill_group(pid as i32).unwrap_or(UNKNOWN_EXIT);
+                    let info = reap_and_kill_group(Pid::from_raw(pid as i32)).unwrap_or(UNKNOWN_EXIT);
                     crate::orphans::forget(pid as i32);
                     info
                 }),
@@ -311,12 +307,22 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
         Starter::Fork(server) => {
             // The fork server opened the pidfd in the worker's parent, where it cannot race with reaping.
             let (pid, stderr, pidfd) = server.fork_worker(channel.as_fd())?;
+            // The waiter's own handle: it learns of the exit through it, and then waits for the report with a
+            // deadline (see `ForkServer::wait`).
+            let exited = match pidfd.try_clone() {
+                Ok(exited) => exited,
+                Err(error) => {
+                    // Not started as far as the dispatcher knows: it must not outlive the failure.
+                    pidfd.kill();
+                    return Err(error);
+                }
+            };
             let server = Arc::clone(server);
             Ok(Started {
                 pid,
                 pidfd,
                 stderr: File::from(stderr),
-                wait: Box::new(move || server.wait(pid)),
+                wait: Box::new(move || server.wait(pid, &exited)),
             })
         }
     }
@@ -356,7 +362,7 @@ fn launch(
     // A worker whose threads cannot all start would leave the dispatcher waiting for events that never come:
     // it is killed, reaped here when its waiter is not running, and reported as a start failure.
     let abandon = |thread: &str, error: std::io::Error, reap_here: bool| {
-        let _ = pidfd.signal(libc::SIGKILL);
+        pidfd.kill();
         if reap_here && let Some(wait) = reap.lock().ok().and_then(|mut wait| wait.take()) {
             wait();
         }
@@ -451,8 +457,8 @@ fn launch_thread(id: WorkerId, events: &mpsc::Sender<Event>) -> std::io::Result<
             .err()
             .map(|error| error.to_string());
         let info = ExitInfo {
-            status: crate::linux::ExitStatus::Code(0),
-            cpu: crate::linux::thread_cpu_time(),
+            status: sys::process::ExitStatus::Code(0),
+            cpu: sys::cpu::thread_cpu_time(),
             max_rss: 0,
         };
         let _ = thread_events.blocking_send(Event::ChannelClosed { id, error });

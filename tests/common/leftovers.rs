@@ -25,11 +25,11 @@ pub fn marker(dir: &std::path::Path) -> String {
     dir.to_string_lossy().into_owned()
 }
 
-/// SIGKILLs `pid`. A failing kill (the process is already gone) is no error here.
+/// SIGKILLs `pid`. A failing kill (the process is already gone) is no error here: callers pass a pid they just saw
+/// as a process of this test (for a `Proc`, checked against its start time), so only a pid recycled in between
+/// could be hit, a tiny risk.
 fn kill(pid: i32) {
-    // SAFETY: kill(2) touches no memory of ours. Callers pass a pid they just saw as a process of this test (for a
-    // `Proc`, checked against its start time), so only a pid recycled in between could be hit: a tiny risk.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
 }
 
 /// SIGKILLs whichever of `procs` still run, so that a failing test leaves no process behind; returns them.
@@ -63,11 +63,17 @@ pub fn marked_processes(value: &str) -> Vec<i32> {
 /// and kills any that is.
 pub fn assert_no_leftovers(marker: &str) {
     let gone = wait_until(SETTLE, || marked_processes(marker).is_empty());
-    let left = marked_processes(marker);
-    for pid in &left {
-        kill(*pid);
-    }
+    let left = kill_marked(marker);
     assert!(gone, "processes left behind: {left:?}");
+}
+
+/// SIGKILLs every process marked with `marker` (see [`marked_processes`]); returns their pids.
+pub fn kill_marked(marker: &str) -> Vec<i32> {
+    let left = marked_processes(marker);
+    for &pid in &left {
+        kill(pid);
+    }
+    left
 }
 
 /// Live members of the process group `pgrp`; waits until there are none, kills and names them otherwise.

@@ -21,7 +21,7 @@ pub mod run;
 pub mod tools;
 
 pub use job::{Job, Raw, Toml, path_str, temp_dir, write_file};
-pub use leftovers::{Tracker, assert_gone, assert_no_leftovers, kill_survivors, marked_processes};
+pub use leftovers::{Tracker, assert_gone, assert_no_leftovers, kill_marked, kill_survivors, marked_processes};
 pub use procfs::{Proc, Stat, children_of, is_running, workers_claiming};
 pub use records::*;
 pub use reference::*;

@@ -236,12 +236,14 @@ impl Drop for Background {
     }
 }
 
-/// Sends `signal` to the process `pid` (not its group); fails the test if it cannot.
+/// Sends `signal` to the process `pid` (not its group); fails the test if it cannot. Callers pass a process of
+/// this test: their unreaped child, or a worker they just saw in `/proc`.
 pub fn send_signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) takes a pid and a signal number and touches no memory of ours. Callers pass a process of
-    // this test: their unreaped child, or a worker they just saw in `/proc`.
-    let rc = unsafe { libc::kill(pid, signal) };
-    assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+    let number = signal;
+    let signal = nix::sys::signal::Signal::try_from(number).unwrap_or_else(|error| panic!("signal {number}: {error}"));
+    if let Err(error) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
+        panic!("kill({pid}, {signal}): {error}");
+    }
 }
 
 /// Polls `condition` every few milliseconds until it holds or `limit` passes; returns whether it held.

@@ -155,7 +155,8 @@ struct FaultArgs {
     #[serde(default)]
     wait: Vec<u64>,
     wait_for: Option<std::path::PathBuf>,
-    exit_code: Option<i32>,
+    /// An exit status is one byte: 256 would exit with 0 (a success) if it were accepted.
+    exit_code: Option<u8>,
     oom_cap: Option<String>,
     once_dir: Option<std::path::PathBuf>,
     #[serde(default)]
@@ -176,7 +177,7 @@ struct FaultArgs {
 
 struct Fault {
     args: FaultArgs,
-    exit_code: i32,
+    exit_code: u8,
     oom_cap: u64,
     huge_size: usize,
 }
@@ -207,8 +208,8 @@ impl Task for Fault {
             std::hint::black_box(pages.fold(0u8, |sum, b| sum.wrapping_add(*b)));
         }
         if a.ignore_sigterm.contains(&index) {
-            // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
-            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            sys::process::ignore(sys::process::Signal::SIGTERM)
+                .map_err(|error| format!("fault: cannot ignore SIGTERM: {error}"))?;
         }
         let spawned = if a.spawn.contains(&index) {
             Some(spawn_sleeper(false)?)
@@ -227,11 +228,7 @@ impl Task for Fault {
             write_through_input(&item);
         }
         if a.segfault.contains(&index) {
-            let address = std::hint::black_box(std::ptr::null_mut::<u8>());
-            // SAFETY: not safe, on purpose: this is the injected crash. The write faults on the unmapped zero
-            // page and the kernel kills the worker with SIGSEGV.
-            unsafe { address.write_volatile(1) };
-            unreachable!("a write through a null pointer returned");
+            sys::fault::write_through_null();
         }
         if a.abort.contains(&index) {
             std::process::abort();
@@ -240,7 +237,7 @@ impl Task for Fault {
             panic!("fault: injected panic at item {index}");
         }
         if a.exit.contains(&index) {
-            std::process::exit(self.exit_code);
+            std::process::exit(i32::from(self.exit_code));
         }
         if a.hang.contains(&index) {
             loop {
@@ -324,15 +321,8 @@ fn record_pids(dir: &std::path::Path, index: u64, child: u32) -> Result<(), Stri
 /// faults and the kernel kills the worker with SIGSEGV; the file is never changed. An item without bytes (a
 /// range item, an empty file) returns and succeeds.
 fn write_through_input(item: &Item<'_>) {
-    if let ItemInput::Bytes { data, .. } = item.input
-        && !data.is_empty()
-    {
-        let address = std::hint::black_box(data.as_ptr().cast_mut());
-        // SAFETY: not safe, on purpose: this is the injected fault. The bytes are in a read-only mapping, so the
-        // write faults before anything is written (and the file was opened read-only, so no mapping of it can
-        // be made writable).
-        unsafe { address.write_volatile(!address.read_volatile()) };
-        unreachable!("a write to read-only mapped input returned");
+    if let ItemInput::Bytes { data, .. } = item.input {
+        sys::fault::write_to_read_only(data);
     }
 }
 

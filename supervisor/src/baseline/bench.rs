@@ -193,8 +193,8 @@ pub struct DispatchReport {
 }
 
 pub fn run(args: &BenchArgs) -> Result<i32, Error> {
-    // SAFETY: `main` calls this before the async runtime or any other thread exists, and nothing above starts one.
-    let server = unsafe { ForkServer::start() }.map_err(|source| Error::Start {
+    // `main` calls this before the async runtime or any other thread exists, and nothing above starts one.
+    let server = ForkServer::start().map_err(|source| Error::Start {
         what: "the fork server",
         source,
     })?;
@@ -248,7 +248,7 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     }
 
     // Pinned measurements use the first two CPUs this process may run on.
-    let allowed = crate::linux::allowed_cpus().map_err(|error| Error::Bench {
+    let allowed = sys::cpu::allowed_cpus().map_err(|error| Error::Bench {
         measurement: "pinning",
         reason: format!("sched_getaffinity: {error}"),
     })?;

@@ -25,8 +25,8 @@ use super::Error;
 use super::scratch::Scratch;
 use super::stats::Stats;
 use crate::cli::CompareArgs;
-use crate::linux::{ExitStatus, signal_name, wait4};
 use crate::report::human_bytes;
+use sys::process::{ExitStatus, Pid, signal_name, wait4};
 
 /// The executors compared, with the `run` flags that select them.
 const EXECUTORS: [(&str, &[&str]); 4] = [
@@ -235,7 +235,7 @@ fn measure(mut command: Command) -> Result<Measured, Error> {
     };
     // Read the pipes before reaping, so a chatty run cannot block on a full pipe.
     let (stdout, stderr) = read_outputs(child.stdout, child.stderr);
-    let info = wait4(pid).map_err(|error| Error::Compare {
+    let info = wait4(Pid::from_raw(pid)).map_err(|error| Error::Compare {
         reason: format!("cannot wait for a run: {error}"),
     })?;
     let wall = started.elapsed();

@@ -64,10 +64,10 @@ use shared::protocol::{Isolation, WorkerLimits};
 
 pub use driver::{Ports, run};
 
-use crate::linux::Pidfd;
 use crate::pool::WorkerId;
 use crate::results::{Failure, Reducer};
 use crate::signal::StopSignal;
+use sys::process::Pidfd;
 
 /// How the dispatcher gets workers. The pool's launcher ([`crate::pool::Launcher`]: worker processes, or the
 /// worker threads of the `thread`/`serial` executors) and the unit tests' fake implement it; every answer comes

@@ -18,11 +18,11 @@ use super::state::{Dispatcher, MAX_START_FAILURES, stall_deadline};
 use super::{DispatchConfig, Launch, Reporter, RunOutcome, StopReason};
 use crate::error::Error;
 use crate::journal::Done;
-use crate::linux::{ExitInfo, ExitStatus, Pidfd};
 use crate::plan::Items;
 use crate::pool::{Event, WorkerId, WorkerSender};
 use crate::results::{FailureKind, Record, Reducer, Status};
 use crate::signal::StopSignal;
+use sys::process::{ExitInfo, ExitStatus, Pidfd};
 
 /// What the fake launcher was asked to do.
 #[derive(Debug, Default)]

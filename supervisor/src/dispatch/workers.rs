@@ -12,8 +12,8 @@ use shared::progress::{ProgressReader, Snapshot};
 use shared::protocol::ToWorker;
 
 use super::{Launch, WorkerStats};
-use crate::linux::{ExitInfo, Pidfd};
 use crate::pool::{WorkerId, WorkerSender};
+use sys::process::{ExitInfo, Pidfd};
 
 /// One worker's lifecycle. `Ready` with batches queued is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,8 +16,8 @@ use shared::protocol::{FromWorker, ToWorker, WorkerLimits};
 use tokio::sync::mpsc;
 
 use crate::baseline::Error;
-use crate::linux::Pidfd;
 use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, message_name};
+use sys::process::Pidfd;
 
 /// A worker that takes longer than this to start or to exit is reported as an error (and killed).
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -185,7 +185,7 @@ impl Worker {
 
     fn kill(&self) {
         if let Some(pidfd) = &self.pidfd {
-            let _ = pidfd.signal(libc::SIGKILL);
+            pidfd.kill();
         }
     }
 }

@@ -37,7 +37,8 @@ use shared::region::SharedRegion;
 
 use super::echo::{Down, ECHO_ARG, PAGE, Up, touch_bytes};
 use crate::baseline::Error;
-use crate::linux::{self, ExitInfo, ExitStatus, Pidfd, wait4};
+use sys::cpu::{allowed_cpus, set_affinity};
+use sys::process::{ExitInfo, ExitStatus, Pid, Pidfd, wait4};
 
 /// Where the two sides of a round trip run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +76,8 @@ impl Pinned {
     fn to(cpu: Option<usize>) -> Result<Option<Pinned>, Error> {
         let Some(cpu) = cpu else { return Ok(None) };
         let fail = |error: std::io::Error| failed("pinning")(format!("cannot pin the bench to CPU {cpu}: {error}"));
-        let previous = linux::allowed_cpus().map_err(fail)?;
-        linux::set_affinity(0, &[cpu]).map_err(fail)?;
+        let previous = allowed_cpus().map_err(fail)?;
+        set_affinity(Pid::from_raw(0), &[cpu]).map_err(fail)?;
         Ok(Some(Pinned { previous }))
     }
 }
@@ -85,7 +86,7 @@ impl Drop for Pinned {
     fn drop(&mut self) {
         // Cannot fail for CPUs this thread was allowed a moment ago; if it did, the rest of the bench would only
         // run pinned, which changes numbers, not results.
-        let _ = linux::set_affinity(0, &self.previous);
+        let _ = set_affinity(Pid::from_raw(0), &self.previous);
     }
 }
 
@@ -93,7 +94,7 @@ impl Drop for Pinned {
 fn pin_echo(tid: i32, placement: Placement) -> Result<(), Error> {
     match placement.echo_cpu() {
         None => Ok(()),
-        Some(cpu) => linux::set_affinity(tid, &[cpu])
+        Some(cpu) => set_affinity(Pid::from_raw(tid), &[cpu])
             .map_err(|error| failed("pinning")(format!("cannot pin the echo to CPU {cpu}: {error}"))),
     }
 }
@@ -370,7 +371,7 @@ impl Reaper {
         let fail = failed("echo process");
         let pid = child.id() as i32;
         // Nothing reaps the child before the waiter below starts, so the pid still names it here.
-        let pidfd = match Pidfd::open(pid) {
+        let pidfd = match Pidfd::open(Pid::from_raw(pid)) {
             Ok(pidfd) => pidfd,
             Err(error) => {
                 let _ = child.kill();
@@ -380,7 +381,7 @@ impl Reaper {
         };
         // The `Child` is dropped here without being waited for: the waiter reaps the pid.
         let waiter = thread::Builder::new().name("bench-echo-waiter".into()).spawn(move || {
-            let info = wait4(pid);
+            let info = wait4(Pid::from_raw(pid));
             on_exit();
             info
         });
@@ -391,8 +392,8 @@ impl Reaper {
                 waiter: Some(waiter),
             }),
             Err(error) => {
-                let _ = pidfd.signal(libc::SIGKILL);
-                let _ = wait4(pid);
+                pidfd.kill();
+                let _ = wait4(Pid::from_raw(pid));
                 Err(fail(format!("cannot start a thread: {error}")))
             }
         }
@@ -431,7 +432,7 @@ impl Reaper {
 impl Drop for Reaper {
     fn drop(&mut self) {
         if self.waiter.is_some() {
-            let _ = self.pidfd.signal(libc::SIGKILL);
+            self.pidfd.kill();
             let _ = self.join();
         }
     }

@@ -67,7 +67,7 @@ impl Dispatcher {
                     };
                     let elapsed_ms = elapsed_us as f64 / 1000.0;
                     let mut failure = crash_failure(death);
-                    if info.status == crate::linux::ExitStatus::Signal(libc::SIGBUS)
+                    if info.status == sys::process::ExitStatus::Signal(libc::SIGBUS)
                         && let Some(cause) = self.source.explain_sigbus(item)
                     {
                         failure.message = cause;

@@ -1,14 +1,18 @@
 //! Memory mappings: read-only mapped files (how workers see input without copying it through the channel), and
-//! memory shared between processes (progress slots; bulk hand-offs).
+//! memory shared between processes (progress slots; the arena of fetched bodies; bulk hand-offs).
 //!
-//! This module holds the crate's only `unsafe`: creating mappings, viewing shared memory as atomics, and copying
-//! into it.
+//! Every shared region is a memfd whose size is sealed once set (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`).
+//! Without the seals any process of the same user can reopen the memfd through `/proc/<creator>/fd/<n>` and
+//! truncate it, and the creator's next access to a page past the new end dies of SIGBUS: a task could kill the
+//! supervisor that way. With them, `ftruncate` fails with `EPERM` for everyone, creator included; writing and
+//! punching holes (how the arena gives pages back) still work. What goes into the regions, and who may write
+//! what when, is for the processes that share them to agree on.
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
@@ -129,19 +133,13 @@ impl SharedRegion {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: fallocate on a descriptor this value owns, with a range inside the file; it touches no memory of
-        // ours (the mapping stays valid and reads zeros where the hole is).
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // Allowed on a sealed memfd: only F_SEAL_WRITE forbids punching holes, and the size does not change.
+        nix::fcntl::fallocate(
+            &self.file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )?;
         Ok(())
     }
 
@@ -152,14 +150,9 @@ impl SharedRegion {
                 format!("a shared region must be a non-zero multiple of 8 bytes, not {len}"),
             ));
         }
-        // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the fd was just created and is owned by nothing else.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = memfd(name, true)?;
         file.set_len(len as u64)?;
+        seal_size(&file)?;
         SharedRegion::map(file, len)
     }
 
@@ -238,6 +231,26 @@ impl SharedRegion {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.as_mut_ptr().add(offset), bytes.len()) };
         Ok(())
     }
+}
+
+/// A new, empty, close-on-exec memfd named `name` (the name shows in `/proc/<pid>/fd` and `/proc/<pid>/maps`).
+/// With `sealable`, its size can be sealed later ([`seal_size`]); without, it can never be sealed.
+pub fn memfd(name: &CStr, sealable: bool) -> io::Result<File> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let mut flags = MFdFlags::MFD_CLOEXEC;
+    if sealable {
+        flags |= MFdFlags::MFD_ALLOW_SEALING;
+    }
+    Ok(File::from(memfd_create(name, flags)?))
+}
+
+/// Seals the size of a memfd made with `sealable` (`F_SEAL_SHRINK | F_SEAL_GROW`) and then the seals themselves
+/// (`F_SEAL_SEAL`), so that no process holding or reopening it can ever truncate or grow it again.
+pub fn seal_size(file: &File) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    fcntl(file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(())
 }
 
 /// A read-only view of a [`SharedRegion`] made by another process (`PROT_READ`, `MAP_SHARED`): how a worker sees
@@ -353,6 +366,33 @@ mod tests {
         arena.release(4096, 4096).expect("punch hole");
         assert_eq!(view.slice(4096, 10), Some(&[0u8; 10][..]));
         assert!(arena.release(len - 4096, 8192).is_err());
+    }
+
+    /// Any process of the same user can reopen a region through its `/proc` path; truncating it would make the
+    /// creator's next access die of SIGBUS. Every kind of region refuses a change of size, through any handle.
+    #[test]
+    fn no_shared_region_can_be_truncated_or_grown() {
+        let page = SharedPage::create().expect("memfd");
+        let arena = SharedRegion::create_arena(4 * 4096).expect("memfd");
+        let region = SharedRegion::create(4096).expect("memfd");
+        for path in [page.proc_path(), arena.proc_path(), region.proc_path()] {
+            let reopened = File::options().write(true).open(&path).expect("reopen through /proc");
+            let len = reopened.metadata().expect("metadata").len();
+            for new_len in [0, len - 8, len + 4096] {
+                let error = reopened.set_len(new_len).expect_err("a sealed memfd changed size");
+                assert_eq!(
+                    error.raw_os_error(),
+                    Some(libc::EPERM),
+                    "{path:?} to {new_len}: {error}"
+                );
+            }
+            assert_eq!(reopened.metadata().expect("metadata").len(), len);
+        }
+        // The seals cannot be removed or changed either.
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        assert!(fcntl(&region.file, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE)).is_err());
+        page.words()[0].store(1, std::sync::atomic::Ordering::Relaxed);
+        arena.release(4096, 4096).expect("punching holes still works");
     }
 
     #[test]
