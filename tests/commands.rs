@@ -34,9 +34,8 @@ fn files(dir: &Path, count: usize) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn wc_l_per_file_matches_wc() {
-    let dir = common::temp_dir("commands");
+    let (dir, marker) = common::leftovers::marked_temp_dir("commands");
     let inputs = files(dir.path(), 40);
-    let marker = common::leftovers::marker(dir.path());
     let job = Job::glob("in/*.txt")
         .command(&["sh", "-c", "wc -l < {path}"])
         .parse("json")
@@ -107,8 +106,7 @@ fn crashing_and_hanging_commands_fail_exactly_their_items_under_the_fork_server(
 }
 
 fn crashing_and_hanging_commands(flags: &[&str]) {
-    let dir = common::temp_dir("commands");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("commands");
     let script = "case {item} in 3|11) kill -SEGV $$;; 7) sleep 1000;; 9) echo 'bad item nine' >&2; exit 4;; esac; \
                   echo $(({start} * 2))";
     let job = Job::range(100, 130)
@@ -155,8 +153,7 @@ fn crashing_and_hanging_commands(flags: &[&str]) {
 /// it, and every command and grandchild with them.
 #[test]
 fn nothing_survives_a_sigkilled_supervisor() {
-    let dir = common::temp_dir("commands");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("commands");
     let job = Job::range(0, 10)
         .command(&["sh", "-c", "sleep 1000; echo {item}"])
         .marker(&marker)
@@ -299,8 +296,7 @@ fn run_within_30s(dir: &Path, job: &Path, expected: i32) -> Vec<common::Record<u
 /// stderr and stdin; item 1 one holding stderr and stdin; item 2 one holding only stdin; item 3 none.
 #[test]
 fn a_background_process_holding_the_commands_pipes_does_not_hold_its_item() {
-    let dir = common::temp_dir("commands");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("commands");
     write_file(
         dir.path(),
         "leave.sh",
@@ -326,8 +322,7 @@ fn a_background_process_holding_the_commands_pipes_does_not_hold_its_item() {
 /// while, and the process is killed once orphaned to the supervisor (its end-of-run sweep).
 #[test]
 fn a_background_process_that_left_the_group_does_not_hold_its_item() {
-    let dir = common::temp_dir("commands");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("commands");
     write_file(
         dir.path(),
         "escape.sh",
@@ -351,8 +346,7 @@ fn a_background_process_that_left_the_group_does_not_hold_its_item() {
 /// command's whole process group (the background `sleep` too) with it; the other items are not affected.
 #[test]
 fn a_timed_out_command_leaves_nothing_of_its_process_group() {
-    let dir = common::temp_dir("commands");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("commands");
     write_file(
         dir.path(),
         "hang.sh",
@@ -485,8 +479,7 @@ fn a_task_cannot_truncate_the_supervisors_shared_memory() {
 /// checked through `/proc` at once after the supervisor exits: nothing marked may remain.
 #[test]
 fn no_process_is_left_after_runs_whose_grandchildren_call_setsid() {
-    let dir = common::temp_dir("commands");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("commands");
     // One grandchild leaves at once, one after its parent has gone, one from a subshell that is itself killed with
     // the group; none holds the command's output open.
     let script = "setsid sleep 300 </dev/null >/dev/null 2>&1 & \

@@ -18,12 +18,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::procfs::{Stat, descendants, status_kib};
 use common::{
-    EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_WORKERS_CANNOT_START, Job, Proc, Record, SUPERVISOR, kill_survivors,
+    EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_WORKERS_CANNOT_START, Job, Proc, Record, kill_survivors,
     read_records, send_signal, sum_of_squares,
 };
 use serde_json::Value as Json;
@@ -321,16 +321,10 @@ impl JobDir {
     fn run(&self, mode: &str, signal_when: SignalWhen) -> Finished {
         let stdout_path = self.dir.path().join("stdout");
         let stderr_path = self.dir.path().join("stderr");
-        let mut command = Command::new(SUPERVISOR);
+        let mut command = common::run_command(&self.dir.path().join("job.toml"), &self.results(), &["--json"]);
         command
-            .arg("run")
-            .arg(self.dir.path().join("job.toml"))
-            .arg("--results")
-            .arg(self.results())
-            .arg("--json")
             .env_remove(HOSTILE_ENV)
             .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).expect("stdout file"))
             .stderr(File::create(&stderr_path).expect("stderr file"));
         if !mode.is_empty() {

@@ -26,7 +26,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::procfs::{cwd, descriptors, environment, field, is_running, limit, proc_file, process_group, stat};
-use common::{Job, Proc, Record, SUPERVISOR, generated_text, read_records, sha256sum, tool, wait_until, write_file};
+use common::{Job, Proc, Record, SUPERVISOR, generated_text, sha256sum, tool, wait_until, write_file};
 use tempfile::TempDir;
 
 /// Longest to wait for an event (a pid file, a process to die): a liveness bound, far above real times.
@@ -403,7 +403,13 @@ fn a_user_switch_without_privilege_is_refused(start: &str) {
     };
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("job.toml:10:8"), "{stderr}");
+    // Located at the value of `user` (column 8), on whichever line the job file has it.
+    let text = fs::read_to_string(job.path()).expect("read the job file");
+    let line = 1 + text
+        .lines()
+        .position(|line| line.starts_with("user = "))
+        .expect("the job sets a user");
+    assert!(stderr.contains(&format!("job.toml:{line}:8")), "{stderr}");
     assert!(stderr.contains("needs a supervisor running as root"), "{stderr}");
 }
 
@@ -531,19 +537,13 @@ struct Run {
 impl Run {
     /// Starts `supervisor run JOB --results … ARGS`; `inherit` is passed on without close-on-exec.
     fn start(job: &JobDir, args: &[&str], inherit: Option<&File>) -> Run {
-        let mut command = Command::new(SUPERVISOR);
+        let mut command = common::run_command(&job.path(), &job.results(), args);
         command
-            .arg("run")
-            .arg(job.path())
-            .arg("--results")
-            .arg(job.results())
-            .args(args)
             .env_clear()
             .envs(SUPERVISOR_ENV.iter().copied())
             .env("PATH", test_path())
             .env("TMPDIR", job.tmp())
             .current_dir(job.dir())
-            .stdin(Stdio::null())
             .stdout(File::create(job.dir().join("stdout")).expect("stdout file"))
             .stderr(File::create(job.dir().join("stderr")).expect("stderr file"));
         let shown = format!("{command:?}");
@@ -644,10 +644,7 @@ impl std::fmt::Display for Finished {
 }
 
 fn records_by_item(job: &JobDir) -> BTreeMap<u64, Record<serde_json::Value>> {
-    read_records(&job.results())
-        .into_iter()
-        .map(|record| (record.item, record))
-        .collect()
+    common::records_by_item(&job.results(), "")
 }
 
 fn failure_kind(record: &Record<serde_json::Value>) -> &str {

@@ -17,7 +17,7 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ use tempfile::TempDir;
 mod common;
 
 use common::procfs::{Proc, Stat, descendants, find, processes, stat};
-use common::{EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Job, Record, SUPERVISOR, Tracker, send_signal};
+use common::{EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, Job, Record, Tracker, send_signal};
 
 /// Longest any run may take before the test kills it and fails: a liveness bound far above the real times.
 const RUN_DEADLINE: Duration = Duration::from_secs(60);
@@ -831,17 +831,11 @@ struct Supervisor {
 
 impl Supervisor {
     fn start(job: &JobDir, args: &[&str], env: &[(&str, &str)]) -> Supervisor {
-        let mut command = Command::new(SUPERVISOR);
+        let mut command = common::run_command(&job.path(), &job.results(), args);
         command
-            .arg("run")
-            .arg(job.path())
-            .arg("--results")
-            .arg(job.results())
-            .args(args)
             // Worker stderr ends up in failure records: keep it independent of the developer's environment.
             .env_remove("RUST_BACKTRACE")
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let shown = format!("{command:?}");

@@ -68,8 +68,7 @@ fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
         eprintln!("skipped: python3 is not installed");
         return;
     }
-    let dir = common::temp_dir("workers");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("workers");
     write_file(dir.path(), "square.py", PYTHON_WORKER);
     let helper = repo().join("python");
     let job = Job::range(0, 40)
@@ -291,8 +290,7 @@ fn worker_bin_with_the_fork_server_is_refused() {
 /// Nothing it started is left behind.
 #[test]
 fn a_worker_bin_that_never_says_hello_times_out_instead_of_hanging() {
-    let dir = common::temp_dir("workers");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("workers");
     let script = write_file(
         dir.path(),
         "not-a-worker.sh",
@@ -318,8 +316,7 @@ fn a_worker_bin_that_never_says_hello_times_out_instead_of_hanging() {
 /// process. The worker is a shell script answering `7 × item`; on item 3 it leaves a `sleep` behind and exits.
 #[test]
 fn a_persistent_process_that_exits_while_a_child_holds_its_pipes_fails_only_its_item() {
-    let dir = common::temp_dir("workers");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("workers");
     write_file(
         dir.path(),
         "answer.sh",
@@ -363,8 +360,7 @@ fn a_persistent_worker_that_fails_at_start_ends_the_run() {
         eprintln!("skipped: python3 is not installed");
         return;
     }
-    let dir = common::temp_dir("workers");
-    let marker = common::leftovers::marker(dir.path());
+    let (dir, marker) = common::leftovers::marked_temp_dir("workers");
     write_file(
         dir.path(),
         "broken.py",

@@ -19,10 +19,13 @@ pub const SETTLE: Duration = Duration::from_secs(10);
 /// The environment variable that tags the user's commands of one test (set through `[task] env`).
 pub const MARKER_VAR: &str = "TEST_MARKER";
 
-/// The marker for the commands of a test working in `dir` (its own temporary folder, so no other test's
-/// commands carry it), for [`crate::common::Job::marker`] and [`assert_no_leftovers`].
-pub fn marker(dir: &std::path::Path) -> String {
-    dir.to_string_lossy().into_owned()
+/// A fresh temporary folder for a test of `suite` that runs commands, and the marker for those commands (the
+/// folder's path, so no other test's commands carry it), for [`crate::common::Job::marker`] and
+/// [`assert_no_leftovers`].
+pub fn marked_temp_dir(suite: &str) -> (tempfile::TempDir, String) {
+    let dir = crate::common::job::temp_dir(suite);
+    let marker = dir.path().to_string_lossy().into_owned();
+    (dir, marker)
 }
 
 /// SIGKILLs `pid`. A failing kill (the process is already gone) is no error here: callers pass a pid they just saw

@@ -27,6 +27,6 @@ pub use records::*;
 pub use reference::*;
 pub use run::{
     Background, EXIT_BAD_INPUT, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_WORKERS_CANNOT_START, Ran,
-    SUPERVISOR, run, send_signal, wait_until,
+    SUPERVISOR, run, run_command, send_signal, wait_until,
 };
 pub use tools::{sha256sum, tool, wc, wc_of_bytes};

@@ -236,6 +236,20 @@ impl Drop for Background {
     }
 }
 
+/// `supervisor run JOB --results RESULTS ARGS…` with stdin from /dev/null, for a test that starts the run its own
+/// way (its own environment, pipes or descriptors); [`run`] and [`Background`] are the common ways.
+pub fn run_command(job: &Path, results: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(SUPERVISOR);
+    command
+        .arg("run")
+        .arg(job)
+        .arg("--results")
+        .arg(results)
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
 /// Sends `signal` to the process `pid` (not its group); fails the test if it cannot. Callers pass a process of
 /// this test: their unreaped child, or a worker they just saw in `/proc`.
 pub fn send_signal(pid: i32, signal: i32) {
