@@ -318,17 +318,15 @@ fn every_byte_task_accepts_url_items() {
     let list: String = names.iter().map(|n| server.url(&format!("/f/{n}")) + "\n").collect();
     write_file(dir.path(), "urls.txt", list);
     for (task, args, flag) in [
-        ("line-count", "", "-l"),
-        ("word-count", "", "-w"),
-        ("grep", "args = { pattern = \"[a-f]\" }\n", ""),
+        ("line-count", None, "-l"),
+        ("word-count", None, "-w"),
+        ("grep", Some("{ pattern = \"[a-f]\" }"), ""),
     ] {
-        write_file(
-            dir.path(),
-            "job.toml",
-            format!(
-                "[input]\nurls = \"urls.txt\"\n[task]\nbuiltin = \"{task}\"\n{args}[output]\nresults = \"out.jsonl\"\n"
-            ),
-        );
+        let mut job = Job::urls("urls.txt").builtin(task);
+        if let Some(args) = args {
+            job = job.args(args);
+        }
+        job.results("out.jsonl").write(dir.path());
         run(dir.path(), ["run", "--force", "job.toml"], 0);
         let records = records(&dir.path().join("out.jsonl"));
         for (item, name) in names.iter().enumerate() {
@@ -377,10 +375,17 @@ fn commands_and_persistent_workers_read_fetched_bodies() {
     let jobs = [
         (
             "command",
-            "command = [\"sh\", \"-c\", \"sha256sum < $1 | cut -c1-64; echo $2\", \"sh\", \"{path}\", \"{url}\"]\n",
+            Job::urls("urls.txt").command(&[
+                "sh",
+                "-c",
+                "sha256sum < $1 | cut -c1-64; echo $2",
+                "sh",
+                "{path}",
+                "{url}",
+            ]),
         ),
-        ("stdin", "command = [\"sha256sum\"]\n"),
-        ("worker", "worker = [\"python3\", \"size.py\"]\n"),
+        ("stdin", Job::urls("urls.txt").command(&["sha256sum"])),
+        ("worker", Job::urls("urls.txt").worker(&["python3", "size.py"])),
     ];
     for (kind, task) in jobs {
         if kind == "worker"
@@ -393,11 +398,7 @@ fn commands_and_persistent_workers_read_fetched_bodies() {
             eprintln!("skipped the persistent worker: python3 is not installed");
             continue;
         }
-        write_file(
-            dir.path(),
-            "job.toml",
-            format!("[input]\nurls = \"urls.txt\"\n[task]\n{task}[output]\nresults = \"out.jsonl\"\n"),
-        );
+        task.results("out.jsonl").write(dir.path());
         run(dir.path(), ["run", "--force", "job.toml"], 0);
         let records = records(&dir.path().join("out.jsonl"));
         for (item, name) in names.iter().enumerate() {

@@ -164,29 +164,23 @@ fn python_worker_reads_chunks_and_whole_files() {
             generated_text(1000 + i * 777, i as u64, true),
         );
     }
-    let env = format!("env = {{ HELPER_DIR = \"{}\" }}", helper.display());
-    let chunks = write_file(
-        dir.path(),
-        "chunks.toml",
-        format!(
-            "[input]\nfile = \"big.txt\"\nchunk_bytes = 50000\n[task]\nworker = [\"python3\", \"bytes.py\"]\n{env}\n\
-             [output]\nresults = \"chunks.jsonl\"\nreduce = \"sum\"\n"
-        ),
-    );
+    let helper = helper.display().to_string();
+    let bytes_worker = |job: Job| job.worker(&["python3", "bytes.py"]).env(&[("HELPER_DIR", &helper)]);
+    let chunks = bytes_worker(Job::file("big.txt").chunk_bytes(50000))
+        .results("chunks.jsonl")
+        .reduce("sum")
+        .named("chunks.toml")
+        .write(dir.path());
     let ran = run(
         dir.path(),
         [OsStr::new("run"), OsStr::new("--json"), chunks.as_os_str()],
         0,
     );
     assert_eq!(ran.summary()["reduced"].as_u64().map(u128::from), Some(wc("-l", &big)));
-    let files = write_file(
-        dir.path(),
-        "files.toml",
-        format!(
-            "[input]\nglob = \"files/*.txt\"\n[task]\nworker = [\"python3\", \"bytes.py\"]\n{env}\n\
-             [output]\nresults = \"files.jsonl\"\n"
-        ),
-    );
+    let files = bytes_worker(Job::glob("files/*.txt"))
+        .results("files.jsonl")
+        .named("files.toml")
+        .write(dir.path());
     run(dir.path(), [OsStr::new("run"), files.as_os_str()], 0);
     let records = read_records::<String>(&dir.path().join("files.jsonl"));
     assert_eq!(records.len(), 6);
