@@ -5,7 +5,7 @@
 //! [`ThreadLauncher`](super::ThreadLauncher) for the worker threads of the `thread` and `serial` executors) send
 //! these events into the one channel the dispatcher's driver reads, so the dispatcher handles a thread and a
 //! process alike. How a worker comes to exist, and how its bytes cross, is each launcher's business; this module
-//! owns only the vocabulary they share, and the [`LaunchRequests`] thread each runs its launches on.
+//! owns only the vocabulary they share, and the `LaunchRequests` thread each runs its launches on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc as std_mpsc};
