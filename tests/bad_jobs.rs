@@ -17,8 +17,11 @@ fn tests_dir() -> PathBuf {
         .expect("the tests folder exists")
 }
 
+/// Runs the supervisor, killed after two minutes: a bad job that is not refused can block (a named pipe opened
+/// for writing waits for a reader), and must fail the test rather than hang it.
 fn supervisor(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(SUPERVISOR)
+    Command::new("timeout")
+        .args(["--signal=KILL", "120", SUPERVISOR])
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
@@ -177,4 +180,126 @@ fn unreadable_input_file_is_refused() {
     .expect("write the job");
     let result = expect_refused(dir.path(), &["check", "job.toml"], "unreadable-input");
     report(result.err().into_iter().collect());
+}
+
+/// What is at a path the run writes, for the test below.
+fn file_kind(path: &Path) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path).map(|meta| meta.file_type()) {
+        Ok(kind) if kind.is_symlink() => "symlink",
+        Ok(kind) if kind.is_fifo() => "fifo",
+        Ok(kind) if kind.is_socket() => "socket",
+        Ok(kind) if kind.is_char_device() => "char device",
+        Ok(kind) if kind.is_file() => "file",
+        Ok(_) => "other",
+        Err(_) => "missing",
+    }
+}
+
+/// A results path that is not a regular file — a named pipe, a socket, a device, a symlink to one — or such a file
+/// where the journal goes (all made in a temp folder: a test that wrote to `/dev/null` itself would, on a
+/// regression, replace the machine's `/dev/null` with a regular file), is refused before anything runs (exit 2, located at `[output] results` or naming the
+/// `--results` path), and left as it was. Before, the final rename replaced it with a regular file (as root), and
+/// a pipe at the journal's path blocked the run in `open`.
+#[test]
+fn non_regular_results_paths_are_refused_and_left_untouched() {
+    use std::os::unix::fs::symlink;
+    use std::os::unix::net::UnixListener;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let cwd = dir.path();
+    let job = |results: &str| {
+        std::fs::write(
+            cwd.join("job.toml"),
+            format!(
+                "# Results to a path that is not a regular file.\n[input]\nrange = {{ start = 0, end = 4 }}\n\
+                 [task]\nbuiltin = \"noop\"\n[workers]\ncount = 1\n[output]\nresults = \"{results}\"\n"
+            ),
+        )
+        .expect("write the job");
+    };
+    let mkfifo = |name: &str| {
+        let status = Command::new("mkfifo")
+            .arg(cwd.join(name))
+            .status()
+            .expect("mkfifo runs");
+        assert!(status.success(), "mkfifo {name}");
+    };
+    mkfifo("fifo.jsonl");
+    let _socket = UnixListener::bind(cwd.join("socket.jsonl")).expect("bind a socket");
+    symlink("/dev/null", cwd.join("null-link.jsonl")).expect("symlink to /dev/null");
+    std::fs::write(cwd.join("plain.jsonl"), "").expect("write a file");
+    mkfifo("plain.jsonl.journal");
+    symlink(cwd.join("fifo.jsonl"), cwd.join("fifo-link.jsonl")).expect("symlink to the fifo");
+    let mut failures = Vec::new();
+    let cases: &[(&str, &str, &str)] = &[
+        ("results-fifo", "fifo.jsonl", "fifo"),
+        ("results-socket", "socket.jsonl", "socket"),
+        ("results-symlink-to-device", "null-link.jsonl", "symlink"),
+        ("results-symlink-to-fifo", "fifo-link.jsonl", "symlink"),
+        ("results-journal-fifo", "plain.jsonl", "file"),
+    ];
+    for (name, results, kind) in cases {
+        job(results);
+        for (how, args) in [
+            ("job", vec!["run", "--quiet", "job.toml"]),
+            ("flag", vec!["run", "--quiet", "--results", results, "job.toml"]),
+        ] {
+            if let Err(failure) = expect_refused(cwd, &args, &format!("{name}-{how}")) {
+                failures.push(failure);
+            }
+            if file_kind(&cwd.join(results)) != *kind {
+                failures.push(format!(
+                    "{name}-{how}: {results} is now a {}",
+                    file_kind(&cwd.join(results))
+                ));
+            }
+        }
+    }
+    // `merge` writes the results file too: its `--results` is checked like `run`'s.
+    job("absent.jsonl");
+    if let Err(failure) = expect_refused(
+        cwd,
+        &["merge", "--results", "fifo.jsonl", "job.toml"],
+        "results-fifo-merge",
+    ) {
+        failures.push(failure);
+    }
+    if file_kind(&cwd.join("fifo.jsonl")) != "fifo" {
+        failures.push(format!(
+            "merge: fifo.jsonl is now a {}",
+            file_kind(&cwd.join("fifo.jsonl"))
+        ));
+    }
+    if file_kind(&cwd.join("plain.jsonl.journal")) != "fifo" {
+        failures.push("the fifo at the journal's path was replaced".to_string());
+    }
+    // A device node made here, as root can (mknod c 1 3 is /dev/null's): refused like the others.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let status = Command::new("mknod")
+            .arg(cwd.join("device.jsonl"))
+            .args(["c", "1", "3"])
+            .status()
+            .expect("mknod runs");
+        assert!(status.success(), "mknod");
+        job("device.jsonl");
+        if let Err(failure) = expect_refused(cwd, &["run", "--quiet", "job.toml"], "results-device-job") {
+            failures.push(failure);
+        }
+        if file_kind(&cwd.join("device.jsonl")) != "char device" {
+            failures.push("the device node was replaced".to_string());
+        }
+    }
+    // A symlink to a regular file is fine: the run writes its results.
+    std::fs::write(cwd.join("target.jsonl"), "").expect("write a file");
+    symlink(cwd.join("target.jsonl"), cwd.join("link.jsonl")).expect("symlink to a file");
+    job("link.jsonl");
+    let output = supervisor(cwd, &["run", "--quiet", "job.toml"]);
+    if output.status.code() != Some(0) {
+        failures.push(format!(
+            "a symlink to a regular file was refused\n{}",
+            transcript(cwd, &["run", "--quiet", "job.toml"], &output)
+        ));
+    }
+    report(failures);
 }

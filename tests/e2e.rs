@@ -621,7 +621,7 @@ const BAD_JOBS: &[BadJob] = &[
         text: "[input]\nrange = { start = 0, end = 10 }\n[task]\nbuiltin = \"noop\"\n\
                [workers]\ncount = \"many\"\n",
         at: Some((6, 9)),
-        says: &["\"many\"", "expected \"auto\" or an integer"],
+        says: &["\"many\"", "expected \"auto\" or a whole number"],
     },
     BadJob {
         name: "unknown-builtin",

@@ -68,8 +68,10 @@ pub fn parse_args<T: DeserializeOwned>(task: &str, args: &serde_json::Value) -> 
             .replace("unknown field", "unknown argument")
             .replace("missing field", "missing argument")
             .replace("there are no fields", "this task takes no arguments")
-            .replace("expected u64", "expected a non-negative integer")
-            .replace("expected i32", "expected an integer")
+            .replace("expected u64", "expected a whole number (0 or more)")
+            .replace("expected u32", "expected a whole number (0 or more)")
+            .replace("expected u8", "expected a whole number from 0 to 255")
+            .replace("expected i32", "expected a whole number")
             .replace("expected a sequence", "expected an array");
         match path.as_str() {
             // An unknown argument is named by the message already.

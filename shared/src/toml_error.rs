@@ -26,12 +26,28 @@ pub(crate) fn explain(text: &str, span: &Range<usize>, message: &str) -> String 
             &path[..]
         };
         let (key, expected) = rest.split_once(", ").unwrap_or((rest, ""));
-        let expected = expected.replace("there are no fields", "this table takes no keys");
         let place = match table {
             [] => "at the top level".to_string(),
             _ => format!("in {}", table_name(table)),
         };
-        return format!("unknown key {key} {place}: {expected}");
+        // serde lists the keys as "expected one of `a`, `b`" (or "expected `a`"): the nearest one is the hint.
+        let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let hint = match nearest(key.trim_matches('`'), &known) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None if let Some((table, near)) = other_table(key.trim_matches('`'), table) => {
+                if near == key.trim_matches('`') {
+                    format!("`{near}` is a key of [{table}]")
+                } else {
+                    format!("did you mean `{near}` in [{table}]?")
+                }
+            }
+            None if known.is_empty() => "this table takes no keys".to_string(),
+            None => format!(
+                "expected one of {}",
+                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        return format!("unknown key {key} {place}: {hint}");
     }
     if let Some(key) = message.strip_prefix("missing field ") {
         // A key missing at the top level is reported with an empty span at the start of the file.
@@ -43,10 +59,11 @@ pub(crate) fn explain(text: &str, span: &Range<usize>, message: &str) -> String 
             false => format!("{} is missing the required key {key}", table_name(&path)),
         };
     }
-    let expected = plain_words(message, path.last().map(String::as_str));
+    let words = plain_words(message, path.last().map(String::as_str));
     match path.is_empty() {
-        true => expected,
-        false => format!("`{}`: {expected}", path.join(".")),
+        true => words,
+        false if words.starts_with("is ") => format!("`{}` {words}", path.join(".")),
+        false => format!("`{}`: {words}", path.join(".")),
     }
 }
 
@@ -124,21 +141,76 @@ fn table_name(path: &[String]) -> String {
     }
 }
 
+/// The table other than `current` (a table path) with a key equal or nearest to `key`, and that key.
+fn other_table(key: &str, current: &[String]) -> Option<(&'static str, &'static str)> {
+    let current = current.first().map(String::as_str);
+    crate::job::raw::TABLE_KEYS
+        .iter()
+        .filter(|(table, _)| Some(*table) != current)
+        .find_map(|(table, keys)| nearest(key, keys).map(|near| (*table, near)))
+}
+
+/// The known key closest to `key` by edit distance, when it is close enough to be a typo: at most one edit in a
+/// short key, two in a longer one (`timout` → `timeout`, `max_restart` → `max_restarts`).
+pub(crate) fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let limit = if key.chars().count() <= 4 { 1 } else { 2 };
+    known
+        .iter()
+        .map(|candidate| (edit_distance(key, candidate), *candidate))
+        .filter(|(distance, _)| *distance <= limit)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Edit distance counting insertions, deletions, substitutions and swaps of two neighbours (`ned` → `end` is
+/// one edit), as the optimal-string-alignment variant of Damerau–Levenshtein.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // Three rows: the one before the previous (for swaps), the previous, the current.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut current = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            current[j] = (previous[j] + 1).min(current[j - 1] + 1).min(previous[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                current[j] = current[j].min(before[j - 2] + 1);
+            }
+        }
+        before = std::mem::replace(&mut previous, current);
+    }
+    previous[b.len()]
+}
+
 /// serde's Rust words replaced by what to write in TOML.
 fn plain_words(message: &str, key: Option<&str>) -> String {
-    if message.contains("expected struct Raw") {
-        let example = match key {
-            Some("range") => " such as `{ start = 0, end = 100, chunk = 10 }`",
-            _ => "",
-        };
-        return format!("expected a table{example}");
+    // Keys are read as any TOML value and checked by the job's own rules (`job::value`), so what is left here
+    // are whole tables of the wrong type: said as those rules say it, "`KEY` is VALUE: expected WHAT".
+    let Some((given, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    else {
+        return message.replace("expected a map", "expected a table");
+    };
+    let given = match given {
+        "sequence" => "an array".to_string(),
+        "map" => "a table".to_string(),
+        other => other
+            .split_once(' ')
+            .map_or(other, |(_, value)| value)
+            .trim_matches('`')
+            .to_string(),
+    };
+    let expected = if expected.starts_with("struct Raw") || expected == "a map" {
+        "a table".to_string()
+    } else {
+        expected.to_string()
+    };
+    match key {
+        Some(_) => format!("is {given}: expected {expected}"),
+        None => format!("{given}: expected {expected}"),
     }
-    message
-        .replace(" as i128", "")
-        .replace("expected u64", "expected an integer from 0 to 18446744073709551615")
-        .replace("expected u32", "expected an integer from 0 to 4294967295")
-        .replace("expected a map", "expected a table")
-        .replace("expected a sequence", "expected an array")
 }
 
 #[cfg(test)]
@@ -151,16 +223,44 @@ mod tests {
     }
 
     #[test]
-    fn names_the_key_of_a_wrong_type() {
-        let text = "[input]\nrange = { start = \"0\", end = 10 }\n[task]\nbuiltin = \"noop\"\nretries = \"3\"\n";
+    fn names_the_key_of_a_table_of_the_wrong_type() {
+        let text = "[input]\nrange = 3\n[task]\nbuiltin = \"noop\"\n";
         assert_eq!(
-            explain_at(text, "\"0\"", "invalid type: string \"0\", expected u64"),
-            "`input.range.start`: invalid type: string \"0\", expected an integer from 0 to 18446744073709551615"
+            explain_at(text, "3", "invalid type: integer `3`, expected a map"),
+            "`input.range` is 3: expected a table"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest_key() {
+        let text = "[input]\nrange = { start = 0, end = 10 }\n[task]\ntimout = 1\n";
+        assert_eq!(
+            explain_at(
+                text,
+                "timout",
+                "unknown field `timout`, expected one of `builtin`, `timeout`, `retries`"
+            ),
+            "unknown key `timout` in [task]: did you mean `timeout`?"
+        );
+        assert_eq!(nearest("timout", &["timeout", "retries"]), Some("timeout"));
+        let text = "[input]\nrange = { start = 0, end = 10 }\n[supervise]\ntimout = 1\n";
+        assert_eq!(
+            explain_at(
+                text,
+                "timout",
+                "unknown field `timout`, expected one of `max_restarts`, `within`"
+            ),
+            "unknown key `timout` in [supervise]: did you mean `timeout` in [task]?"
         );
         assert_eq!(
-            explain_at(text, "\"3\"", "invalid type: string \"3\", expected u32"),
-            "`task.retries`: invalid type: string \"3\", expected an integer from 0 to 4294967295"
+            nearest("max_restart", &["max_restarts", "within"]),
+            Some("max_restarts")
         );
+        assert_eq!(nearest("colour", &["builtin", "args"]), None);
+        assert_eq!(nearest("cwdd", &["cwd", "env"]), Some("cwd"));
+        assert_eq!(nearest("ned", &["start", "end", "chunk"]), Some("end"));
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

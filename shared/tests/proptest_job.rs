@@ -6,7 +6,10 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use shared::job::{JobError, JobSpec};
+use shared::item::range_item_count;
+use shared::job::{
+    InputSpec, JobError, JobSpec, MAX_DURATION, MAX_RANGE_ITEMS, MAX_RETRIES, MAX_WORKERS, TABLE_KEYS, WorkerCount,
+};
 use shared::units::{parse_duration, parse_size};
 
 /// Parses `text`; an error must be located in the text (line and column within it) and display without panic.
@@ -130,29 +133,17 @@ fn key() -> impl Strategy<Value = String> {
     .prop_map(str::to_string)
 }
 
-/// The keys of each table, so that documents are mostly schema-shaped.
+/// The keys of each table, so that documents are mostly schema-shaped: the schema's own list, every key.
 fn table_keys(table: &str) -> Vec<&'static str> {
-    match table {
-        "input" => vec!["range", "file", "glob", "split", "chunk_bytes"],
-        "task" => vec!["builtin", "args", "timeout", "retries", "retry_backoff"],
-        "workers" => vec![
-            "count",
-            "batch",
-            "start",
-            "executor",
-            "memory_limit",
-            "cpu_limit",
-            "max_tasks",
-            "core_dumps",
-        ],
-        "supervise" => vec!["max_restarts", "within", "halt", "grace"],
-        _ => vec!["results", "order", "reduce", "journal"],
-    }
+    TABLE_KEYS
+        .iter()
+        .find(|(name, _)| *name == table)
+        .map_or_else(Vec::new, |(_, keys)| keys.to_vec())
 }
 
 /// A job file: the schema's tables, each with a random subset of its keys set to random values.
 fn job_document() -> impl Strategy<Value = String> {
-    const TABLES: [&str; 5] = ["input", "task", "workers", "supervise", "output"];
+    const TABLES: [&str; 6] = ["input", "task", "workers", "supervise", "output", "shard"];
     let sections: Vec<_> = TABLES
         .iter()
         .map(|table| {
@@ -189,7 +180,9 @@ fn one_bad_key() -> impl Strategy<Value = String> {
         ("task", "builtin", "\"fault\""),
         ("task", "timeout", "\"5s\""),
         ("task", "retries", "1"),
+        ("task", "args", "{ exit = [1] }"),
         ("workers", "count", "2"),
+        ("workers", "env", "{ A = \"1\" }"),
         ("workers", "batch", "\"auto\""),
         ("workers", "memory_limit", "\"256MiB\""),
         ("supervise", "halt", "\"fail=3\""),
@@ -210,6 +203,47 @@ fn one_bad_key() -> impl Strategy<Value = String> {
     })
 }
 
+/// What an accepted job may hold: every value in its documented range (strict parsing: a value outside it, or of
+/// another type, is refused rather than read as something else).
+fn check_ranges(text: &str) -> Result<(), TestCaseError> {
+    let Ok(spec) = JobSpec::parse(Path::new("/nonexistent-jobs/job.toml"), text.to_string()) else {
+        return Ok(());
+    };
+    let durations = [
+        spec.task.timeout,
+        Some(spec.task.retry_backoff),
+        spec.workers.cpu_limit,
+        Some(spec.supervise.within),
+        Some(spec.supervise.grace),
+        Some(spec.supervise.start_timeout),
+    ];
+    for duration in durations.into_iter().flatten() {
+        prop_assert!(duration <= MAX_DURATION, "{duration:?} accepted in\n{text}");
+    }
+    for positive in [spec.task.timeout, spec.workers.cpu_limit].into_iter().flatten() {
+        prop_assert!(!positive.is_zero(), "a zero duration accepted in\n{text}");
+    }
+    prop_assert!(spec.task.retries <= MAX_RETRIES, "{text}");
+    if let WorkerCount::Fixed(n) = spec.workers.count {
+        prop_assert!((1..=MAX_WORKERS).contains(&n), "{text}");
+    }
+    if let Some(limit) = spec.workers.memory_limit {
+        prop_assert!(limit >= 1 << 20, "{text}");
+    }
+    if let InputSpec::Range { start, end, chunk } = spec.input {
+        prop_assert!(start < end && chunk >= 1, "{text}");
+        prop_assert!(range_item_count(start, end, chunk) <= MAX_RANGE_ITEMS, "{text}");
+    }
+    // A datetime read as a table would show the TOML reader's private key.
+    let shown = format!("{:?} {:?}", spec.task.args, spec.workers.isolation.env);
+    prop_assert!(
+        !shown.contains("toml_private"),
+        "a datetime accepted as a table in\n{text}"
+    );
+    prop_assert!(!shown.contains("Null"), "a null (nan, inf) accepted in args in\n{text}");
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -226,6 +260,16 @@ proptest! {
     #[test]
     fn schema_shaped_documents_never_panic(text in job_document()) {
         check(&text)?;
+    }
+
+    #[test]
+    fn accepted_documents_hold_values_in_range(text in job_document()) {
+        check_ranges(&text)?;
+    }
+
+    #[test]
+    fn one_wrong_value_is_refused_or_in_range(text in one_bad_key()) {
+        check_ranges(&text)?;
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub enum Error {
     },
     #[error("--results {path} is a folder: expected a file path")]
     ResultsIsFolder { path: PathBuf },
+    #[error(
+        "cannot write results to {path}: it is {what}: expected a regular file or a path that does not exist yet \
+         (the run would replace it with its results)"
+    )]
+    OutputNotWritable { path: PathBuf, what: String },
     #[error("{path}:{line}: {message}")]
     UrlInvalid {
         path: PathBuf,
@@ -119,6 +124,7 @@ impl Error {
             | Error::ResultsLocked { .. }
             | Error::LockNotAFile { .. }
             | Error::ResultsIsFolder { .. }
+            | Error::OutputNotWritable { .. }
             | Error::ResumeWithoutResults
             | Error::ResumeWithoutJournal
             | Error::Shard { .. }

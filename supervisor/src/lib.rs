@@ -79,6 +79,7 @@ pub mod run;
 pub mod shard;
 pub mod sigbus;
 pub mod signal;
+pub mod spec_fs;
 
 use clap::Parser;
 use shared::exit;
@@ -123,6 +124,9 @@ pub fn main() -> i32 {
             .and_then(|spec| Ok((run::starter(&spec)?, spec)))
             .and_then(|(starter, spec)| block_on(run::run(spec, args, starter))),
         Command::Merge(args) => run::load(&args.job, None).and_then(|spec| {
+            if let Some(results) = &args.results {
+                spec_fs::results_flag(&spec, results)?;
+            }
             let items = block_on_value(plan::Items::list(&spec))??;
             merge::run(&args, spec, items.len())
         }),

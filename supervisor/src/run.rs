@@ -36,6 +36,8 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
         if let Some(start) = args.start {
             spec.workers.start = start.into();
         }
+        // The job file's own executor and start method were checked against the task when it was loaded; only
+        // the flags that change them need checking again.
         if args.executor.is_some() || args.start.is_some() {
             spec.workers.executor = args.executor.map_or(spec.workers.executor, Into::into);
             if let Some(key) = spec.workers.process_only_conflict(&spec.task) {
@@ -44,22 +46,26 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
                     executor: spec.workers.executor.name(),
                 });
             }
+            if let (Some(UserTask::WorkerBin { .. }), Some(key)) = (&spec.task.user, spec.workers.worker_bin_conflict())
+            {
+                return Err(Error::WorkerBinConflict { key });
+            }
         }
         if let Some(results) = &args.results {
-            if results.is_dir() {
-                return Err(Error::ResultsIsFolder { path: results.clone() });
-            }
-            spec.output.results = Some(std::path::absolute(results).map_err(|source| Error::Results {
-                path: results.clone(),
-                source,
-            })?);
+            spec.output.results = Some(crate::spec_fs::results_flag(&spec, results)?);
+            spec.output.results_span = None;
         }
     }
-    if let (Some(UserTask::WorkerBin { .. }), Some(key)) = (&spec.task.user, spec.workers.worker_bin_conflict()) {
-        return Err(Error::WorkerBinConflict { key });
-    }
+    crate::spec_fs::check(&spec)?;
     if let Some(info) = plan::check_task(&spec)? {
         plan::resolve_path_args(&mut spec, info);
+        let paths: Vec<&str> = info
+            .args
+            .iter()
+            .filter(|arg| arg.kind == "path")
+            .map(|arg| arg.name)
+            .collect();
+        crate::spec_fs::check_path_args(&spec, &paths)?;
     }
     Ok(spec)
 }
@@ -101,6 +107,9 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
         .map_or(0..items.len(), |chosen| chosen.shard.span(items.len()));
     if let Some(chosen) = &shard {
         spec.output.results = spec.output.results.map(|results| chosen.shard.results_path(&results));
+        if let Some(results) = &spec.output.results {
+            crate::spec_fs::check_results(&spec, results, None)?;
+        }
     }
     // Held to the end of the run: no other run or merge writes these results or their journal meanwhile.
     let _lock = spec.output.results.as_deref().map(ResultsLock::acquire).transpose()?;

@@ -155,7 +155,8 @@ struct FaultArgs {
     #[serde(default)]
     wait: Vec<u64>,
     wait_for: Option<std::path::PathBuf>,
-    exit_code: Option<i32>,
+    /// An exit status is one byte: 256 would exit with 0 (a success) if it were accepted.
+    exit_code: Option<u8>,
     oom_cap: Option<String>,
     once_dir: Option<std::path::PathBuf>,
     #[serde(default)]
@@ -176,7 +177,7 @@ struct FaultArgs {
 
 struct Fault {
     args: FaultArgs,
-    exit_code: i32,
+    exit_code: u8,
     oom_cap: u64,
     huge_size: usize,
 }
@@ -236,7 +237,7 @@ impl Task for Fault {
             panic!("fault: injected panic at item {index}");
         }
         if a.exit.contains(&index) {
-            std::process::exit(self.exit_code);
+            std::process::exit(i32::from(self.exit_code));
         }
         if a.hang.contains(&index) {
             loop {
