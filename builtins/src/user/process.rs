@@ -1,9 +1,11 @@
 //! Starting the user's processes from a worker, and describing how they ended.
 //!
-//! Every process is started with `PR_SET_PDEATHSIG = SIGKILL` (set in the forked child before `exec`), so that
-//! it dies with the worker that started it: when the supervisor kills a worker for a timeout, a limit or a
-//! stop, the user's command or persistent process goes with it and nothing is orphaned. The worker is a small
-//! process, so the fork path that a `pre_exec` hook forces costs little here.
+//! Every process runs in a process group of its own, which the worker's guard process
+//! ([`GroupGuard`](sys::guard::GroupGuard)) SIGKILLs when the worker dies: when the supervisor kills a worker for
+//! a timeout, a limit or a stop, the user's command or persistent process goes with it, with what it started, and
+//! nothing is orphaned. A persistent process also gets `PR_SET_PDEATHSIG = SIGKILL` ([`die_with_worker`]); a
+//! per-item command does not, so that it is started by `posix_spawn` ([`own_group`]). Every system call is made
+//! through the `sys` crate.
 //!
 //! A user's process ends when its main process ends, not when its pipes close: what it started in the background
 //! may hold them open for as long as it likes (`sh -c 'sleep 100 & echo done'`). So every wait on a user process
