@@ -6,10 +6,12 @@
 //! lifecycle) and is the only code that changes it: one `select!` loop (its driver) feeds a state machine that
 //! keeps the work queue, the worker table and the tallies, and asks a pure attribution function whom a death is
 //! charged to. It builds nothing it talks to: [`run`] passes in the launcher, the stop signals and the reporter
-//! ([`report::Progress`]), so the state machine is unit-tested with a fake launcher. The [`pool`] starts worker
-//! processes from one long-lived launcher thread and turns everything a worker does — its messages, its channel
-//! closing, its exit — into events for the dispatcher. The [`results`] writer owns the results file. Workers (the `child` crate) own
-//! nothing but the item in hand.
+//! ([`report::Progress`]), so the state machine is unit-tested with a fake launcher. The [`pool`] starts workers
+//! and turns everything a worker does — its messages, its channel closing, its exit — into events for the
+//! dispatcher: worker processes from one long-lived launcher thread ([`pool::process`]), or, for the `thread` and
+//! `serial` executors (the baselines users compare with), worker threads of this process ([`pool::threads`]),
+//! which share only those events with the process path. The [`results`] writer owns the results file. Workers
+//! (the `child` crate) own nothing but the item in hand.
 //!
 //! **How an item flows.** The job's [`input`] is a [`input::Source`] (one file per kind): it says how many items
 //! there are and describes each (sub-ranges, line-aligned byte ranges or lines of one mapped file, file paths,

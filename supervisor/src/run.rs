@@ -18,7 +18,7 @@ use crate::forkserver::ForkServer;
 use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path, staging_path};
 use crate::lock::ResultsLock;
 use crate::plan::{self, Items};
-use crate::pool::{IpcCounter, Launcher, Starter};
+use crate::pool::{IpcCounter, ProcessLauncher, Starter, ThreadLauncher};
 use crate::report::{Progress, ShardSummary, Summary};
 use crate::results::{Failure, FailureKind, Record, Reducer, Status};
 use crate::shard::{self, ShardFlags};
@@ -70,14 +70,15 @@ pub fn load(job: &Path, args: Option<&RunArgs>) -> Result<JobSpec, Error> {
     Ok(spec)
 }
 
-/// Prepares how workers will be started. For `forkserver` this forks the fork server, so it must run while
-/// the process is still single-threaded: before the async runtime exists.
-pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
+/// Prepares how worker processes will be started: `None` for the `thread` and `serial` executors, which start
+/// none. For `forkserver` this forks the fork server, so it must run while the process is still
+/// single-threaded: before the async runtime exists.
+pub fn starter(spec: &JobSpec) -> Result<Option<Starter>, Error> {
     // Users and groups must exist and the supervisor must be allowed to switch to them: found before anything
     // starts. (`replay` runs no workers and does not care.)
     crate::isolation::resolve(spec)?;
     if spec.workers.executor != Executor::Process {
-        return Ok(Starter::Thread);
+        return Ok(None);
     }
     // Orphaned children of tasks come to this process, which kills them (see `orphans`). Not fatal: without it
     // they go to init, as before.
@@ -85,21 +86,21 @@ pub fn starter(spec: &JobSpec) -> Result<Starter, Error> {
         eprintln!("warning: cannot become a child subreaper: {error}");
     }
     if let Some(UserTask::WorkerBin { path }) = &spec.task.user {
-        return Ok(Starter::SpawnBin(path.clone()));
+        return Ok(Some(Starter::SpawnBin(path.clone())));
     }
     match spec.workers.start {
-        StartMethod::Spawn => Ok(Starter::Spawn),
+        StartMethod::Spawn => Ok(Some(Starter::Spawn)),
         StartMethod::Forkserver => {
             // Called from `main` before the runtime or any other thread is started (a fork needs that).
             let server = ForkServer::start().map_err(|error| Error::WorkersCannotStart {
                 reason: format!("cannot start the fork server: {error}"),
             })?;
-            Ok(Starter::Fork(Arc::new(server)))
+            Ok(Some(Starter::Fork(Arc::new(server))))
         }
     }
 }
 
-pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i32, Error> {
+pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Option<Starter>) -> Result<i32, Error> {
     let items = Arc::new(Items::list(&spec).await?);
     let shard = choose_shard(&spec, &args)?;
     let span = shard
@@ -211,7 +212,9 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     let progress = Progress::new(span.end - span.start, prior.ok + prior.failed, args.quiet);
     let ports = ports(starter.clone(), progress)?;
     let outcome = dispatch::run(Arc::clone(&items), config, reducer, writer, prior, ports).await;
-    starter.shut_down();
+    if let Some(starter) = &starter {
+        starter.shut_down();
+    }
     let left = crate::orphans::sweep_until_clean();
     if !left.is_empty() {
         eprintln!(
@@ -265,19 +268,24 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Starter) -> Result<i
     Ok(code)
 }
 
-/// What the dispatcher talks to: the pool's launcher for `starter`, the stop signals, and `progress`.
-fn ports(starter: Starter, progress: Progress) -> Result<dispatch::Ports, Error> {
+/// What the dispatcher talks to: the launcher for the executor (worker processes started by `starter`, or worker
+/// threads when there is none: see [`starter`]), the stop signals, and `progress`.
+fn ports(starter: Option<Starter>, progress: Progress) -> Result<dispatch::Ports, Error> {
     let (events_sender, events) = tokio::sync::mpsc::channel(1024);
     let counter = Arc::new(IpcCounter::default());
-    let launcher =
-        Launcher::start(events_sender, Arc::clone(&counter), starter).map_err(|error| Error::WorkersCannotStart {
-            reason: format!("cannot start the launcher: {error}"),
-        })?;
+    let started: std::io::Result<Box<dyn dispatch::Launch>> = match starter {
+        Some(starter) => ProcessLauncher::start(events_sender, Arc::clone(&counter), starter)
+            .map(|launcher| Box::new(launcher) as Box<dyn dispatch::Launch>),
+        None => ThreadLauncher::start(events_sender).map(|launcher| Box::new(launcher) as Box<dyn dispatch::Launch>),
+    };
+    let launcher = started.map_err(|error| Error::WorkersCannotStart {
+        reason: format!("cannot start the launcher: {error}"),
+    })?;
     let signals = crate::signal::listen().map_err(|error| Error::Internal {
         message: format!("cannot listen for signals: {error}"),
     })?;
     Ok(dispatch::Ports {
-        launcher: Box::new(launcher),
+        launcher,
         events,
         counter,
         signals,

@@ -3,7 +3,9 @@
 //!
 //! - [`process`]: pidfds, reaping one child with its resource usage, process groups as a type of their own,
 //!   signal names, a checked `fork`, and what a worker does to confine itself (`prctl`s, signal dispositions).
-//! - [`socket`]: `SOCK_SEQPACKET` pairs, messages carrying descriptors, pipes, polling with a deadline.
+//! - [`guard`]: a process that kills the process groups it was told about when its owner dies.
+//! - [`socket`]: `SOCK_SEQPACKET` pairs, messages carrying descriptors, pipes, descriptor flags, polling with a
+//!   deadline.
 //! - [`region`]: read-only mapped files and sealed shared memory (memfds), with `Deref<Target = [u8]>` views.
 //! - [`limits`]: rlimits a worker sets on itself; [`user`]: user and group ids; [`env`](mod@env): the environment,
 //!   changed only while the process is single-threaded; [`cpu`]: affinity and clocks.
@@ -16,6 +18,7 @@
 pub mod cpu;
 pub mod env;
 pub mod fault;
+pub mod guard;
 pub mod limits;
 pub mod process;
 pub mod region;

@@ -130,6 +130,13 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+impl ExitStatus {
+    /// Whether the process exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
 impl ExitInfo {
     /// Reported for a worker whose real status cannot be known (something else reaped it, or the process that
     /// should have reported it is gone): a SIGKILL, so that the items it held are not lost.
@@ -183,6 +190,20 @@ pub fn wait_exited(pid: Pid) -> io::Result<()> {
     }
 }
 
+/// Whether child `pid` has exited, without waiting and without reaping it (it stays a zombie until [`wait4`]).
+/// An error (no such child) counts as not exited.
+pub fn has_exited(pid: Pid) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    loop {
+        match waitid(Id::Pid(pid), flags) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(WaitStatus::StillAlive) | Err(_) => return false,
+            Ok(_) => return true,
+        }
+    }
+}
+
 /// Waits for child `pid` (a worker, which leads its own process group) to exit, SIGKILLs what is left of its
 /// group (the children its task started that did not leave the group), then reaps it. The group is killed while
 /// the worker is a zombie: its id is then still the worker's own pid and cannot name anyone else's group.
@@ -231,13 +252,29 @@ pub fn exit_now(code: i32) -> ! {
 /// Closes every descriptor from `first` up. Call it only where nothing in the process owns any of them (a
 /// process that just started, or just forked): an `OwnedFd` left behind would close a number reused later.
 pub fn close_descriptors_from(first: RawFd) {
-    let first = first.max(0) as u32;
-    // SAFETY: close_range takes integers and touches no memory; by this function's contract no live owner of
-    // these descriptors exists in this process. (Neither nix nor rustix wraps close_range.)
-    let closed = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    close_range(first.max(0) as u32, u32::MAX);
+}
+
+/// Closes every descriptor but `keep` (the standard ones included), under the same contract as
+/// [`close_descriptors_from`]. Async-signal-safe.
+pub fn close_descriptors_except(keep: RawFd) {
+    let keep = keep.max(0) as u32;
+    if keep > 0 {
+        close_range(0, keep - 1);
+    }
+    if keep < u32::MAX {
+        close_range(keep + 1, u32::MAX);
+    }
+}
+
+/// Closes the descriptors `first ..= last`. Async-signal-safe: it makes system calls only.
+fn close_range(first: u32, last: u32) {
+    // SAFETY: close_range takes integers and touches no memory; by the contract of the public functions no live
+    // owner of these descriptors exists in this process. (Neither nix nor rustix wraps close_range.)
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
     if closed < 0 {
         // Kernels before 5.9: close one by one (closing a descriptor that is not open is harmless).
-        for fd in first..4096 {
+        for fd in first..=last.min(4095) {
             // SAFETY: as above.
             unsafe { libc::close(fd as RawFd) };
         }
@@ -255,6 +292,29 @@ pub fn redirect_and_close_others(stdin: BorrowedFd<'_>, stderr: BorrowedFd<'_>) 
     std::mem::forget(null);
     close_descriptors_from(3);
     Ok(())
+}
+
+/// Makes the program `command` starts die (SIGKILL) when the calling thread's process ends: a `pre_exec` hook
+/// that sets `PR_SET_PDEATHSIG` in the forked child, then checks that its parent is still the caller (the caller
+/// may have died before the request was made, and then nothing would ever kill the child; the spawn fails with
+/// `ESRCH` instead).
+///
+/// A `pre_exec` hook makes std start the command with `fork` instead of `posix_spawn`: use it for processes
+/// started rarely, not once per item.
+pub fn kill_on_parent_death(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
+    let hook = move || {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        if nix::unistd::getppid() != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe calls are allowed (the
+    // caller may have other threads): it makes two system calls (prctl, getppid) and allocates nothing (an
+    // `io::Error` from an errno is not boxed).
+    unsafe { command.pre_exec(hook) };
 }
 
 /// The calling process's parent.

@@ -1,11 +1,12 @@
 //! Descriptors between processes: `SOCK_SEQPACKET` pairs (message boundaries kept), messages that carry file
-//! descriptors (`SCM_RIGHTS`), pipes, and waiting for readability with a deadline.
+//! descriptors (`SCM_RIGHTS`), pipes, descriptor flags (non-blocking, close-on-exec), and waiting for
+//! descriptors with a deadline.
 //!
 //! What the messages mean is the caller's (the fork server's protocol); this module moves bytes and descriptors.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 
@@ -55,7 +56,7 @@ pub fn send_message(
             Err(nix::errno::Errno::EINTR) => continue,
             Err(nix::errno::Errno::EAGAIN) => {
                 let Some(deadline) = deadline else { continue };
-                if !poll(&[socket], nix::poll::PollFlags::POLLOUT, Some(deadline))?[0] {
+                if !poll(&[(socket, Interest::Write)], Some(deadline))?[0] {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("the peer took no message for {deadline:?}"),
@@ -104,18 +105,44 @@ pub fn recv_message(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<(us
 /// Waits until one of `fds` is readable (or hung up), at most `timeout` (`None`: without limit); returns which,
 /// in order (all false when the time ran out).
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    poll(fds, nix::poll::PollFlags::POLLIN, timeout)
+    let fds: Vec<(BorrowedFd<'_>, Interest)> = fds.iter().map(|&fd| (fd, Interest::Read)).collect();
+    poll(&fds, timeout)
 }
 
-fn poll(fds: &[BorrowedFd<'_>], events: nix::poll::PollFlags, timeout: Option<Duration>) -> io::Result<Vec<bool>> {
-    use nix::poll::{PollFd, PollTimeout};
-    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd.as_fd(), events)).collect();
-    let timeout = match timeout {
-        None => PollTimeout::NONE,
-        // Longer than poll can say (24 days): the same as no limit for any caller here.
-        Some(timeout) => PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX),
-    };
+/// What [`poll`] waits for on one descriptor. A hang-up or an error counts as ready either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    Read,
+    Write,
+}
+
+/// Waits until one of `fds` is ready as asked, at most `timeout` (`None`: without limit; zero: only looks);
+/// returns which, in order (all false when the time ran out). An interrupted wait goes on for what is left of
+/// `timeout`, rounded up to a millisecond, so that the time has passed when nothing is ready.
+pub fn poll(fds: &[(BorrowedFd<'_>, Interest)], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(fd, interest)| {
+            let events = match interest {
+                Interest::Read => PollFlags::POLLIN,
+                Interest::Write => PollFlags::POLLOUT,
+            };
+            PollFd::new(fd.as_fd(), events)
+        })
+        .collect();
+    // Longer than an Instant can reach: the same as no limit.
+    let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
     loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let millis = left.as_millis() + u128::from(left.subsec_nanos() % 1_000_000 != 0);
+                // Longer than poll can say (24 days): the same as no limit for any caller here.
+                PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
+            }
+        };
         match nix::poll::poll(&mut polled, timeout) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(error) => return Err(error.into()),
@@ -127,6 +154,24 @@ fn poll(fds: &[BorrowedFd<'_>], events: nix::poll::PollFlags, timeout: Option<Du
             }
         }
     }
+}
+
+/// Makes reads and writes on `fd` return `WouldBlock` instead of blocking (`O_NONBLOCK`, set on the open file
+/// description: every descriptor of it, in any process, sees the change).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`: whether a program this process starts inherits it.
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let mut flags = FdFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFD)?);
+    flags.set(FdFlag::FD_CLOEXEC, on);
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
+    Ok(())
 }
 
 /// Moves the socket a process was given as its stdin to a close-on-exec descriptor (so that a program it runs
@@ -168,6 +213,49 @@ mod tests {
         assert_eq!(text, "through the pipe");
         drop(a);
         assert_eq!(recv_message(b.as_fd(), &mut buffer).expect("eof").0, 0);
+    }
+
+    /// A full non-blocking pipe: writing says `WouldBlock`, polling for writing times out, and reading makes
+    /// room, after which polling for writing says ready; polling for reading sees what was written.
+    #[test]
+    fn a_non_blocking_pipe_is_polled_for_writing_and_reading() {
+        let (read, write) = pipe().expect("pipe");
+        set_nonblocking(write.as_fd()).expect("O_NONBLOCK");
+        let mut writer = std::fs::File::from(write);
+        let mut written = 0usize;
+        let error = loop {
+            match std::io::Write::write(&mut writer, &[1u8; 4096]) {
+                Ok(n) => written += n,
+                Err(error) => break error,
+            }
+            assert!(written < 1 << 30, "the pipe never filled");
+        };
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        let both = [(read.as_fd(), Interest::Read), (writer.as_fd(), Interest::Write)];
+        assert_eq!(
+            poll(&both, Some(Duration::from_millis(10))).expect("poll"),
+            [true, false]
+        );
+        let mut reader = std::fs::File::from(read);
+        let mut buffer = vec![0u8; written];
+        std::io::Read::read_exact(&mut reader, &mut buffer).expect("drain");
+        assert!(buffer.iter().all(|&b| b == 1));
+        let both = [(reader.as_fd(), Interest::Read), (writer.as_fd(), Interest::Write)];
+        assert_eq!(poll(&both, None).expect("poll"), [false, true]);
+    }
+
+    /// Clearing `FD_CLOEXEC` is what lets a program started meanwhile inherit a descriptor; setting it again
+    /// restores close-on-exec.
+    #[test]
+    fn cloexec_is_cleared_and_set_again() {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        let (read, _write) = pipe().expect("pipe");
+        let flags = |fd: BorrowedFd<'_>| FdFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFD).expect("F_GETFD"));
+        assert!(flags(read.as_fd()).contains(FdFlag::FD_CLOEXEC));
+        set_cloexec(read.as_fd(), false).expect("clear");
+        assert!(!flags(read.as_fd()).contains(FdFlag::FD_CLOEXEC));
+        set_cloexec(read.as_fd(), true).expect("set");
+        assert!(flags(read.as_fd()).contains(FdFlag::FD_CLOEXEC));
     }
 
     /// A peer that never reads (a stopped fork server) makes a send with a deadline fail, not block.

@@ -12,10 +12,9 @@
 //! bytes are copied into a memfd of this worker (reused from item to item), and `{path}` is
 //! `/proc/self/fd/N`, the command's inherited descriptor of it.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{Seek, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::process::Stdio;
 
@@ -24,8 +23,10 @@ use shared::protocol::{TaskError, TaskErrorKind};
 use shared::usertask::{CommandSpec, Parse, StdinMode};
 
 use super::json_to_value;
-use super::process::{Guard, Inherited, Leader, capture, command, ended, own_group, reap_group};
+use super::process::{Inherited, Leader, capture, command, ended, own_group};
 use child::task::{Item, ItemContext, ItemInput, Task};
+use sys::guard::GroupGuard;
+use sys::process::{Pid, ProcessGroup};
 
 /// Runs `command` once per item.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub struct CommandTask {
     /// Holds the bytes of the current chunk when the item is not a whole file; created on first need.
     memfd: Option<File>,
     /// Kills the commands' process groups if this worker dies; started with the first command.
-    guard: Option<Guard>,
+    guard: Option<GroupGuard>,
 }
 
 impl CommandTask {
@@ -67,8 +68,7 @@ impl CommandTask {
             ItemInput::Bytes { data, .. } | ItemInput::Fetched { data, .. } => {
                 let file = refill_memfd(&mut self.memfd, data)
                     .map_err(|e| error(format!("cannot copy the chunk into a memfd: {e}")))?;
-                let fd = file.as_raw_fd();
-                let proc_path = format!("/proc/self/fd/{fd}");
+                let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
                 let stdin = match self.spec.stdin {
                     // A fresh open file description, at offset 0, independent of the one the command inherits.
                     StdinMode::Item => Stdio::from(
@@ -76,7 +76,7 @@ impl CommandTask {
                     ),
                     StdinMode::Null => Stdio::null(),
                 };
-                (Some(proc_path), Some(fd), stdin)
+                (Some(proc_path), Some(file.as_fd()), stdin)
             }
         };
         let (lo, hi) = match item.input {
@@ -108,7 +108,7 @@ impl CommandTask {
         command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         own_group(&mut command);
         if self.guard.is_none() {
-            self.guard = Some(Guard::start().map_err(|e| error(format!("cannot start the process guard: {e}")))?);
+            self.guard = Some(GroupGuard::start().map_err(|e| error(format!("cannot start the process guard: {e}")))?);
         }
         let inherited = keep_open
             .map(Inherited::new)
@@ -117,25 +117,28 @@ impl CommandTask {
         let spawned = command.spawn();
         drop(inherited);
         let mut child = spawned.map_err(|e| error(format!("cannot start `{}`: {e}", argv[0])))?;
-        let pgid = child.id();
+        let pid = Pid::from_raw(child.id() as i32);
+        let group = ProcessGroup::led_by(pid);
         if let Some(guard) = self.guard.as_mut() {
-            guard.watch(pgid);
+            guard.watch(group);
         }
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(error("the command's pipes were not created".into()));
         };
-        let captured = match Leader::new(pgid) {
+        let captured = match Leader::new(pid) {
             Ok(leader) => capture(stdout, stderr, self.spec.process.max_output, &leader),
             Err(e) => Err(std::io::Error::other(format!(
                 "cannot watch the command's process: {e}"
             ))),
         };
         // Whatever the command left running in its process group goes with it.
-        let status = reap_group(&mut child).map_err(|e| error(format!("cannot wait for `{}`: {e}", argv[0])))?;
+        let status = sys::process::reap_and_kill_group(pid)
+            .map_err(|e| error(format!("cannot wait for `{}`: {e}", argv[0])))?
+            .status;
         if let Some(guard) = self.guard.as_mut() {
-            guard.forget(pgid);
+            guard.forget(group);
         }
         let mut captured = captured.map_err(|e| error(format!("cannot read the command's output: {e}")))?;
         let what = format!("command `{}`", argv[0]);
@@ -190,25 +193,14 @@ pub fn parse_output(stdout: &[u8], parse: Parse) -> Result<Value, String> {
 pub(super) fn refill_memfd<'a>(slot: &'a mut Option<File>, data: &[u8]) -> std::io::Result<&'a File> {
     let file = match slot.take() {
         Some(file) => file,
-        None => memfd("supervisor-item")?,
+        // Close-on-exec: it is handed to a command by clearing the flag around the spawn only.
+        None => sys::region::memfd(c"supervisor-item", false)?,
     };
     let file = slot.insert(file);
     file.set_len(0)?;
     file.rewind()?;
     file.write_all(data)?;
     Ok(file)
-}
-
-/// A close-on-exec memfd (it is handed to a command by clearing the flag around the spawn only).
-fn memfd(name: &str) -> std::io::Result<File> {
-    let name = CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the fd was just created and is owned by nothing else.
-    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

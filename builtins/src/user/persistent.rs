@@ -23,8 +23,8 @@
 //! (`PR_SET_PDEATHSIG`).
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
-use std::process::{Child, ChildStdin, ChildStdout, ExitStatus, Stdio};
+use std::os::fd::AsFd;
+use std::process::{ChildStdin, ChildStdout, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,10 +34,11 @@ use shared::protocol::{TaskError, TaskErrorKind};
 use shared::usertask::ProcessSpec;
 
 use super::json_to_value;
-use super::process::{
-    DRAIN_AFTER_EXIT, Guard, Leader, Ready, Tail, command, die_with_worker, ended, reap_group, wait_for,
-};
+use super::process::{DRAIN_AFTER_EXIT, Leader, Ready, Tail, command, die_with_worker, ended, wait_for};
 use child::task::{Item, ItemContext, ItemInput, Task};
+use sys::guard::GroupGuard;
+use sys::process::{ExitStatus, Pid, ProcessGroup};
+use sys::socket::Interest;
 
 /// How long to wait for the last stderr bytes of a dead process (a grandchild may keep the pipe open).
 const STDERR_GRACE: Duration = Duration::from_millis(200);
@@ -62,14 +63,14 @@ pub struct PersistentTask {
     spec: ProcessSpec,
     running: Option<Running>,
     /// Kills the process's group if this worker dies; started with the first process.
-    guard: Option<Guard>,
+    guard: Option<GroupGuard>,
     /// The body of the current URL item, for the process to read (`/proc/<worker>/fd/N`).
     body: Option<std::fs::File>,
 }
 
 #[derive(Debug)]
 struct Running {
-    child: Child,
+    /// The process (our unreaped child until `sys::process::reap_and_kill_group` reaps it).
     leader: Leader,
     /// Non-blocking; `None` once closed (the polite way to ask the process to end).
     stdin: Option<ChildStdin>,
@@ -92,7 +93,7 @@ impl PersistentTask {
 
     fn spawn(&mut self, context: &ItemContext) -> Result<Running, TaskError> {
         if self.guard.is_none() {
-            self.guard = Some(Guard::start().map_err(|e| TaskError {
+            self.guard = Some(GroupGuard::start().map_err(|e| TaskError {
                 kind: TaskErrorKind::Error,
                 message: format!("cannot start the process guard: {e}"),
             })?);
@@ -117,16 +118,21 @@ impl PersistentTask {
                 message: "the worker process's pipes were not created".into(),
             });
         };
+        let pid = Pid::from_raw(child.id() as i32);
         if let Some(guard) = self.guard.as_mut() {
-            guard.watch(child.id());
+            guard.watch(ProcessGroup::led_by(pid));
         }
-        let leader = Leader::new(child.id()).and_then(|leader| set_nonblocking(&stdin).map(|()| leader));
+        // Writes to the process's stdin must return instead of blocking when the pipe is full, so that a write
+        // can wait for the process's end too.
+        let leader = Leader::new(pid).and_then(|leader| sys::socket::set_nonblocking(stdin.as_fd()).map(|()| leader));
         let leader = match leader {
             Ok(leader) => leader,
             Err(e) => {
-                let _ = reap_group(&mut child);
+                // Abandoned: killed first, so that the reap cannot wait for a process that would never end.
+                ProcessGroup::led_by(pid).kill();
+                let _ = sys::process::reap_and_kill_group(pid);
                 if let Some(guard) = self.guard.as_mut() {
-                    guard.forget(child.id());
+                    guard.forget(ProcessGroup::led_by(pid));
                 }
                 return Err(TaskError {
                     kind: TaskErrorKind::Error,
@@ -148,7 +154,6 @@ impl PersistentTask {
             let _ = done.send(());
         });
         Ok(Running {
-            child,
             leader,
             stdin: Some(stdin),
             stdout,
@@ -217,7 +222,7 @@ impl PersistentTask {
         let running = self.running.insert(running);
         let deadline = Instant::now() + START_SETTLE;
         loop {
-            if waits_for_input(running.leader.pid()) {
+            if waits_for_input(running.leader.pid().as_raw() as u32) {
                 return Ok(());
             }
             let now = Instant::now();
@@ -255,7 +260,7 @@ impl PersistentTask {
 
     /// Waits (briefly) for the process to end, kills what it leaves, reaps it: its exit status and stderr tail.
     fn finish(&mut self) -> (io::Result<ExitStatus>, String) {
-        let Some(mut running) = self.running.take() else {
+        let Some(running) = self.running.take() else {
             return (Err(io::Error::other("no worker process")), String::new());
         };
         // A process that closed its stdout may still be alive: give it a moment to exit on its own (so that its
@@ -270,7 +275,7 @@ impl PersistentTask {
         if !ended {
             running.leader.kill_group();
         }
-        let status = reap_group(&mut running.child);
+        let status = sys::process::reap_and_kill_group(running.leader.pid()).map(|info| info.status);
         self.forget(&running);
         (status, take_tail(&running))
     }
@@ -305,7 +310,7 @@ impl PersistentTask {
         };
         running.leader.kill_group();
         drop(running.stdin.take());
-        let _ = reap_group(&mut running.child);
+        let _ = sys::process::reap_and_kill_group(running.leader.pid());
         self.forget(&running);
         let mut tail = running.stderr.lock().map(|mut t| t.take()).unwrap_or_default();
         if tail.is_empty() {
@@ -331,7 +336,7 @@ impl Drop for PersistentTask {
 impl PersistentTask {
     fn forget(&mut self, running: &Running) {
         if let Some(guard) = self.guard.as_mut() {
-            guard.forget(running.child.id());
+            guard.forget(ProcessGroup::led_by(running.leader.pid()));
         }
     }
 }
@@ -364,7 +369,7 @@ fn write_request(running: &mut Running, mut rest: &[u8]) -> Result<(), Broken> {
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 let ready = wait_for(
-                    [Some((stdin.as_raw_fd(), libc::POLLOUT)), None],
+                    [Some((stdin.as_fd(), Interest::Write)), None],
                     Some(&running.leader),
                     None,
                 )
@@ -394,7 +399,7 @@ fn read_answer(running: &mut Running, max_output: u64) -> Result<String, Broken>
         if running.buffered.len() as u64 > max_output {
             return Err(Broken::TooLong);
         }
-        let fds = [Some((running.stdout.as_raw_fd(), libc::POLLIN)), None];
+        let fds = [Some((running.stdout.as_fd(), Interest::Read)), None];
         let ready =
             wait_for(fds, deadline.is_none().then_some(&running.leader), deadline).map_err(|_| Broken::Closed)?;
         if ready == Ready::default() {
@@ -413,19 +418,6 @@ fn read_answer(running: &mut Running, max_output: u64) -> Result<String, Broken>
             }
         }
     }
-}
-
-/// Makes writes to the process's stdin return instead of blocking when the pipe is full, so that a write can
-/// wait for the process's end too.
-fn set_nonblocking(stdin: &ChildStdin) -> io::Result<()> {
-    let fd = stdin.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this process owns; F_GETFL/F_SETFL touch no memory.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// How deep below the started process [`waits_for_input`] looks (`sh -c 'python3 worker.py'`: the shell waits

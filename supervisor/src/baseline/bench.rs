@@ -31,6 +31,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use shared::exit;
 
+use self::start::Workers;
 use self::throughput::{DispatchPlan, DispatchRow};
 use self::transfer::{BandwidthPlan, Placement, RoundTripPlan};
 use super::Error;
@@ -219,15 +220,20 @@ pub fn run(args: &BenchArgs) -> Result<i32, Error> {
     let [spawn_n, fork_n, thread_n, bare_n] = plan.start;
     let warmup = plan.start_warmup;
     let start_us = {
-        let spawn = Stats::of(start::pool_start("spawn start", Starter::Spawn, spawn_n, warmup)?);
+        let spawn = Stats::of(start::pool_start(
+            "spawn start",
+            Workers::Processes(Starter::Spawn),
+            spawn_n,
+            warmup,
+        )?);
         let fork = Stats::of(start::pool_start(
             "forkserver start",
-            forkserver.clone(),
+            Workers::Processes(forkserver.clone()),
             fork_n,
             warmup,
         )?);
         forkserver.shut_down();
-        let thread = Stats::of(start::pool_start("thread start", Starter::Thread, thread_n, warmup)?);
+        let thread = Stats::of(start::pool_start("thread start", Workers::Threads, thread_n, warmup)?);
         let bare = Stats::of(start::bare_thread(bare_n, warmup * 10)?);
         StartReport {
             note: format!(

@@ -5,10 +5,11 @@
 //! root, which also dispatches the hidden `__bench-echo` mode before parsing arguments) reaches this module, and
 //! no module of the run path (`dispatch`, `pool`, `plan`, `journal`, `results`, `run`…) imports it. `compare`
 //! runs the real binary as `supervisor run` subprocesses, so it sees exactly what a user's run pays; `bench`
-//! drives the real pool's `Launcher` and the transports directly. The `thread` and `serial` executors they
-//! compare against belong to the core: users pick them with `--executor` too.
+//! drives the real pool's launchers (`ProcessLauncher`, `ThreadLauncher`) and the transports directly. The
+//! `thread` and `serial` executors they compare against belong to the core, in a launcher of their own
+//! (`pool::threads`): users pick them with `--executor` too.
 //!
-//! A module, not a crate: `bench` drives the pool's launcher and events, which are the supervisor library's own
+//! A module, not a crate: `bench` drives the pool's launchers and events, which are the supervisor library's own
 //! types, and `main` (in that library) dispatches to `bench` and `compare`; a crate would need the library to
 //! depend on it and it on the library.
 

@@ -69,9 +69,9 @@ use crate::results::{Failure, Reducer};
 use crate::signal::StopSignal;
 use sys::process::Pidfd;
 
-/// How the dispatcher gets workers. The pool's launcher ([`crate::pool::Launcher`]: worker processes, or the
-/// worker threads of the `thread`/`serial` executors) and the unit tests' fake implement it; every answer comes
-/// back as [`crate::pool::Event`]s on the channel the driver reads.
+/// How the dispatcher gets workers. The pool's launchers ([`crate::pool::ProcessLauncher`] for worker processes,
+/// [`crate::pool::ThreadLauncher`] for the worker threads of the `thread`/`serial` executors) and the unit tests'
+/// fake implement it; every answer comes back as [`crate::pool::Event`]s on the channel the driver reads.
 pub trait Launch: Send {
     /// Asks for worker `id`; its events follow, starting with `Spawned` or `SpawnFailed`.
     fn launch(&mut self, id: WorkerId);

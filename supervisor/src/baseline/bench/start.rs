@@ -1,7 +1,8 @@
 //! Worker start latency: from asking the pool for a worker to the worker answering `Init` with `Ready`.
 //!
-//! This is the real pool: a [`Launcher`] started with the [`Starter`] under test, its [`Event`]s read on a small
-//! tokio runtime exactly as the dispatcher reads them. Each repetition launches one worker, answers its
+//! This is the real pool: the launcher a run would use for the [`Workers`] under test (a [`ProcessLauncher`] with
+//! its [`Starter`], or the [`ThreadLauncher`]), its [`Event`]s read on a small tokio runtime exactly as the
+//! dispatcher reads them. Each repetition launches one worker, answers its
 //! `Connected` with a trivial `Init` (the `noop` task over a one-item range), stops the clock at `Ready`, then
 //! shuts the worker down and waits until it has exited and its channel closed, so that repetitions never
 //! overlap. What is timed therefore includes everything a replacement worker costs the dispatcher: the
@@ -16,14 +17,24 @@ use shared::protocol::{FromWorker, ToWorker, WorkerLimits};
 use tokio::sync::mpsc;
 
 use crate::baseline::Error;
-use crate::pool::{Event, IpcCounter, Launcher, Starter, WorkerId, message_name};
+use crate::dispatch::Launch;
+use crate::pool::{Event, IpcCounter, ProcessLauncher, Starter, ThreadLauncher, WorkerId, message_name};
 use sys::process::Pidfd;
 
 /// A worker that takes longer than this to start or to exit is reported as an error (and killed).
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Starts `warmup + repeat` workers one after the other with `starter`; returns the timed ones in µs.
-pub fn pool_start(measurement: &'static str, starter: Starter, repeat: u32, warmup: u32) -> Result<Vec<f64>, Error> {
+/// The workers a measurement starts.
+#[derive(Debug)]
+pub enum Workers {
+    /// Worker processes, started the way the `Starter` says (the `process` executor).
+    Processes(Starter),
+    /// Worker threads of this process (the `thread` and `serial` executors).
+    Threads,
+}
+
+/// Starts `warmup + repeat` `workers` one after the other; returns the timed ones in µs.
+pub fn pool_start(measurement: &'static str, workers: Workers, repeat: u32, warmup: u32) -> Result<Vec<f64>, Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -31,19 +42,23 @@ pub fn pool_start(measurement: &'static str, starter: Starter, repeat: u32, warm
             what: "the async runtime",
             source,
         })?;
-    runtime.block_on(start_workers(measurement, starter, repeat, warmup))
+    runtime.block_on(start_workers(measurement, workers, repeat, warmup))
 }
 
 async fn start_workers(
     measurement: &'static str,
-    starter: Starter,
+    workers: Workers,
     repeat: u32,
     warmup: u32,
 ) -> Result<Vec<f64>, Error> {
     let fail = move |reason: String| Error::Bench { measurement, reason };
     let (sender, mut events) = mpsc::channel(64);
-    let launcher = Launcher::start(sender, Arc::new(IpcCounter::default()), starter)
-        .map_err(|error| fail(format!("cannot start the launcher: {error}")))?;
+    let started: std::io::Result<Box<dyn Launch>> = match workers {
+        Workers::Processes(starter) => ProcessLauncher::start(sender, Arc::new(IpcCounter::default()), starter)
+            .map(|launcher| Box::new(launcher) as Box<dyn Launch>),
+        Workers::Threads => ThreadLauncher::start(sender).map(|launcher| Box::new(launcher) as Box<dyn Launch>),
+    };
+    let mut launcher = started.map_err(|error| fail(format!("cannot start the launcher: {error}")))?;
     let mut samples = Vec::with_capacity(repeat as usize);
     for id in 0..u64::from(warmup + repeat) {
         let mut worker = Worker {

@@ -1,4 +1,6 @@
 //! Starting worker processes and bridging their channels into the dispatcher's event stream.
+//! (The worker threads of the `thread` and `serial` executors are [`super::threads`]' business; the events
+//! both send are [`super::event`]'s.)
 //!
 //! Every worker is started by one long-lived launcher thread (the worker's `PR_SET_PDEATHSIG` fires when the
 //! *thread* that forked it exits, so short-lived threads must never spawn). The launcher creates a pair of Unix
@@ -8,8 +10,8 @@
 //! - the **reader** reads the worker's `Hello`, starts the writer, then passes every further frame to the
 //!   dispatcher as an [`Event::Frame`], undecoded. Nothing a worker sends is trusted: a frame's declared size is
 //!   checked against [`shared::frame::MAX_FROM_WORKER`] before anything is allocated for it, and the frames a
-//!   worker has in the event queue are bounded ([`IN_FLIGHT_BYTES`]): a flooding worker waits for the
-//!   dispatcher;
+//!   worker has in the event queue are bounded ([`IN_FLIGHT_BYTES`](super::IN_FLIGHT_BYTES)): a flooding
+//!   worker waits for the dispatcher;
 //! - the **waiter** blocks in `wait4` on this pid only, so the worker is reaped the moment it dies, and reports
 //!   its status, resource usage and stderr tail. It then shuts the socket down, so the reader sees the end
 //!   (after what the worker sent) even if something the worker started still holds the worker's end open;
@@ -17,8 +19,8 @@
 //!
 //! A worker whose threads cannot all start (the process is out of threads) is killed and reported as a start
 //! failure (`SpawnFailed`, or the end of its channel with the reason), never left for the dispatcher to wait on.
-//! The launcher is the dispatcher's [`Launch`](crate::dispatch::Launch): it launches and kills (through the
-//! worker's pidfd).
+//! The launcher is the dispatcher's [`Launch`](crate::dispatch::Launch) for the `process` executor: it launches
+//! and kills (through the worker's pidfd).
 //!
 //! The pool owns no job state: the dispatcher decides what each worker does; this module only moves messages.
 
@@ -28,20 +30,19 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc as std_mpsc};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::thread;
 use std::time::Duration;
 
-use serde::Serialize;
 use shared::frame::{self, FrameError};
 use shared::protocol::{FromWorker, PROTOCOL_VERSION, ToWorker};
 use tokio::sync::mpsc;
 
+use super::event::{Budget, Event, IpcCounter, LaunchRequests, WorkerId, WorkerSender, message_name};
 use crate::forkserver::ForkServer;
 use sys::process::{ExitInfo, Pid, Pidfd, reap_and_kill_group};
 
-/// How worker processes are created.
+/// How worker processes are started.
 #[derive(Debug, Clone)]
 pub enum Starter {
     /// Exec this binary in worker mode.
@@ -50,9 +51,6 @@ pub enum Starter {
     SpawnBin(std::path::PathBuf),
     /// Ask the fork server.
     Fork(Arc<ForkServer>),
-    /// Run the worker loop on a thread of this process (the `thread` and `serial` executors): same task code,
-    /// same batching, no isolation.
-    Thread,
 }
 
 impl Starter {
@@ -83,169 +81,36 @@ pub const WORKER_ARG: &str = child::worker::WORKER_ARG;
 /// Bytes of a worker's stderr kept for failure reports.
 const STDERR_TAIL_BYTES: usize = 8 << 10;
 
-/// Bytes of frames one worker may have waiting in the event queue. The reader reads another frame only while
-/// less than this minus one largest frame is waiting, so a worker that floods the supervisor is slowed down to
-/// the dispatcher's pace instead of filling its memory.
-pub const IN_FLIGHT_BYTES: usize = 2 * frame::MAX_FROM_WORKER as usize;
-
-/// Identifies one worker process for the whole run (a replacement gets a new id).
-pub type WorkerId = u64;
-
-/// What the pool tells the dispatcher.
-#[derive(Debug)]
-pub enum Event {
-    /// The process exists; `pidfd` is how the dispatcher signals it (`None` for a worker thread, which cannot be
-    /// killed).
-    Spawned {
-        id: WorkerId,
-        pid: u32,
-        pidfd: Option<Pidfd>,
-    },
-    /// The process could not be started at all.
-    SpawnFailed { id: WorkerId, error: String },
-    /// The worker said hello with a matching protocol version; `to_worker` feeds its writer thread.
-    Connected { id: WorkerId, to_worker: WorkerSender },
-    /// A message from a worker thread (trusted: it is this process's own code).
-    Message { id: WorkerId, message: FromWorker },
-    /// A frame from a worker process after its `Hello`, not decoded yet (the dispatcher decodes one at a time,
-    /// so the memory a hostile worker can cost is its raw frames, bounded by [`IN_FLIGHT_BYTES`]).
-    Frame { id: WorkerId, frame: Frame },
-    /// The channel ended: `error` is `None` for a plain disconnect (the worker exited or closed it) and says
-    /// what was wrong otherwise (undecodable message, wrong protocol version, bad handshake).
-    ChannelClosed { id: WorkerId, error: Option<String> },
-    /// The process was reaped.
-    Exited {
-        id: WorkerId,
-        info: ExitInfo,
-        stderr_tail: String,
-    },
-}
-
-/// Sends messages to one worker through its writer thread (a write may block, so it never runs on
-/// the dispatcher). Dropping it closes the worker's channel, which makes a healthy worker exit.
-#[derive(Debug, Clone)]
-pub struct WorkerSender(std_mpsc::Sender<ToWorker>);
-
-impl WorkerSender {
-    /// A sender whose messages arrive on `queue`'s receiver (a writer thread's, or a test's).
-    pub fn new(queue: std_mpsc::Sender<ToWorker>) -> WorkerSender {
-        WorkerSender(queue)
-    }
-
-    /// Queues `message`; returns false when the writer has stopped (the worker is gone).
-    pub fn send(&self, message: ToWorker) -> bool {
-        self.0.send(message).is_ok()
-    }
-}
-
-/// Counts messages and encoded bytes crossing the channels, in both directions.
-#[derive(Debug, Default)]
-pub struct IpcCounter {
-    pub messages: AtomicU64,
-    pub bytes: AtomicU64,
-}
-
-impl IpcCounter {
-    fn count<T: Serialize>(&self, message: &T) {
-        let size = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default()).unwrap_or(0);
-        self.count_bytes(size);
-    }
-
-    fn count_bytes(&self, size: usize) {
-        self.messages.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(size as u64, Ordering::Relaxed);
-    }
-}
-
-/// The bytes of one worker's frames waiting in the event queue.
-#[derive(Debug, Default)]
-struct Budget {
-    waiting: Mutex<usize>,
-    freed: Condvar,
-}
-
-impl Budget {
-    /// Blocks until one more frame of the largest size fits.
-    fn wait_for_room(&self) {
-        let limit = IN_FLIGHT_BYTES - frame::MAX_FROM_WORKER as usize;
-        if let Ok(waiting) = self.waiting.lock() {
-            drop(self.freed.wait_while(waiting, |waiting| *waiting > limit));
-        }
-    }
-
-    fn take(&self, bytes: usize) {
-        if let Ok(mut waiting) = self.waiting.lock() {
-            *waiting += bytes;
-        }
-    }
-
-    fn give_back(&self, bytes: usize) {
-        if let Ok(mut waiting) = self.waiting.lock() {
-            *waiting = waiting.saturating_sub(bytes);
-            self.freed.notify_all();
-        }
-    }
-}
-
-/// The body of one frame from a worker. Dropping it makes room for the next one (see [`IN_FLIGHT_BYTES`]).
-#[derive(Debug)]
-pub struct Frame {
-    bytes: Vec<u8>,
-    budget: Arc<Budget>,
-}
-
-impl Frame {
-    /// Decodes the frame as a message.
-    pub fn decode(&self) -> Result<FromWorker, postcard::Error> {
-        postcard::from_bytes(&self.bytes)
-    }
-}
-
-impl Drop for Frame {
-    fn drop(&mut self) {
-        self.budget.give_back(self.bytes.len());
-    }
-}
-
 /// Handle on the launcher thread. Dropping it stops the thread once pending launches are done.
 #[derive(Debug)]
-pub struct Launcher {
-    requests: std_mpsc::Sender<WorkerId>,
+pub struct ProcessLauncher {
+    requests: LaunchRequests,
 }
 
-impl Launcher {
+impl ProcessLauncher {
     /// Starts the launcher thread; all events of all workers go to `events`.
-    pub fn start(events: mpsc::Sender<Event>, counter: Arc<IpcCounter>, starter: Starter) -> std::io::Result<Launcher> {
+    pub fn start(
+        events: mpsc::Sender<Event>,
+        counter: Arc<IpcCounter>,
+        starter: Starter,
+    ) -> std::io::Result<ProcessLauncher> {
         let exe = std::env::current_exe()?;
-        let (requests, receiver) = std_mpsc::channel::<WorkerId>();
-        thread::Builder::new().name("launcher".into()).spawn(move || {
-            for id in receiver {
-                let event = match launch(&exe, &starter, id, &events, &counter, spawn_thread) {
-                    Ok(event) | Err(event) => event,
-                };
-                if events.blocking_send(event).is_err() {
-                    return;
-                }
+        let requests = LaunchRequests::serve("launcher", events, move |id, events| {
+            match launch(&exe, &starter, id, events, &counter, spawn_thread) {
+                Ok(event) | Err(event) => event,
             }
         })?;
-        Ok(Launcher { requests })
-    }
-
-    /// Asks for a new worker; its events arrive on the event channel, starting with `Spawned` or `SpawnFailed`.
-    pub fn launch(&self, id: WorkerId) {
-        // The launcher thread only stops when this handle is dropped, so the send cannot fail while we hold it.
-        let _ = self.requests.send(id);
+        Ok(ProcessLauncher { requests })
     }
 }
 
-impl crate::dispatch::Launch for Launcher {
+impl crate::dispatch::Launch for ProcessLauncher {
     fn launch(&mut self, id: WorkerId) {
-        Launcher::launch(self, id);
+        self.requests.launch(id);
     }
 
     fn kill(&mut self, _id: WorkerId, pidfd: Option<&Pidfd>) {
-        // SIGKILL ends a stopped process too; a worker thread (no pidfd) cannot be killed and needs no kill:
-        // it ends when its channel closes.
+        // SIGKILL ends a stopped process too. Every process this launcher started has a pidfd.
         if let Some(pidfd) = pidfd {
             pidfd.kill();
         }
@@ -303,7 +168,6 @@ fn start_process(exe: &std::path::Path, starter: &Starter, channel: OwnedFd) -> 
                 }),
             })
         }
-        Starter::Thread => Err(std::io::Error::other("worker threads are not processes")),
         Starter::Fork(server) => {
             // The fork server opened the pidfd in the worker's parent, where it cannot race with reaping.
             let (pid, stderr, pidfd) = server.fork_worker(channel.as_fd())?;
@@ -347,9 +211,6 @@ fn launch(
         id,
         error: format!("{what}: {error}"),
     };
-    if let Starter::Thread = starter {
-        return launch_thread(id, events).map_err(|e| failed("cannot start worker thread", e));
-    }
     let (socket, theirs) = UnixStream::pair().map_err(|e| failed("cannot create channel", e))?;
     let shutter = socket.try_clone().map_err(|e| failed("cannot create channel", e))?;
     let Started {
@@ -430,54 +291,6 @@ fn launch(
     })
 }
 
-/// A worker thread's way to the dispatcher: its messages become events directly (no channel, no reader).
-struct EventUplink {
-    id: WorkerId,
-    events: mpsc::Sender<Event>,
-}
-
-impl child::worker::Uplink for EventUplink {
-    fn send(&self, message: FromWorker) -> Result<(), String> {
-        self.events
-            .blocking_send(Event::Message { id: self.id, message })
-            .map_err(|_| "dispatcher is gone".to_string())
-    }
-}
-
-/// Starts a worker thread: reports it spawned, and returns its `Connected` event.
-fn launch_thread(id: WorkerId, events: &mpsc::Sender<Event>) -> std::io::Result<Event> {
-    let (sender, queue) = std_mpsc::channel::<ToWorker>();
-    let uplink = EventUplink {
-        id,
-        events: events.clone(),
-    };
-    let thread_events = events.clone();
-    thread::Builder::new().name(format!("worker-{id}")).spawn(move || {
-        let error = child::worker::run_in_thread(uplink, &queue, Box::new(builtins::build))
-            .err()
-            .map(|error| error.to_string());
-        let info = ExitInfo {
-            status: sys::process::ExitStatus::Code(0),
-            cpu: sys::cpu::thread_cpu_time(),
-            max_rss: 0,
-        };
-        let _ = thread_events.blocking_send(Event::ChannelClosed { id, error });
-        let _ = thread_events.blocking_send(Event::Exited {
-            id,
-            info,
-            stderr_tail: String::new(),
-        });
-    })?;
-    let pid = std::process::id();
-    if events.blocking_send(Event::Spawned { id, pid, pidfd: None }).is_err() {
-        return Err(std::io::Error::other("dispatcher is gone"));
-    }
-    Ok(Event::Connected {
-        id,
-        to_worker: WorkerSender(sender),
-    })
-}
-
 fn read_loop(
     id: WorkerId,
     socket: &UnixStream,
@@ -523,7 +336,7 @@ fn read_loop(
             if events
                 .blocking_send(Event::Connected {
                     id,
-                    to_worker: WorkerSender(sender),
+                    to_worker: WorkerSender::new(sender),
                 })
                 .is_err()
             {
@@ -550,11 +363,7 @@ fn read_loop(
         match frame::read_into(socket, frame::MAX_FROM_WORKER, &mut bytes) {
             Ok(()) => {
                 counter.count_bytes(bytes.len());
-                budget.take(bytes.len());
-                let frame = Frame {
-                    bytes,
-                    budget: Arc::clone(&budget),
-                };
+                let frame = budget.frame(bytes);
                 if events.blocking_send(Event::Frame { id, frame }).is_err() {
                     return;
                 }
@@ -565,16 +374,6 @@ fn read_loop(
             Err(FrameError::Io(_)) => return closed(None),
             Err(error) => return closed(Some(error.to_string())),
         }
-    }
-}
-
-/// A short name of a message kind, for protocol errors.
-pub fn message_name(message: &FromWorker) -> &'static str {
-    match message {
-        FromWorker::Hello { .. } => "Hello",
-        FromWorker::Ready => "Ready",
-        FromWorker::InitFailed { .. } => "InitFailed",
-        FromWorker::Results { .. } => "Results",
     }
 }
 
@@ -627,12 +426,12 @@ mod tests {
         ];
         for (spawn, thread) in spawns {
             let (events, mut received) = tokio::sync::mpsc::channel(16);
-            let counter = Arc::new(super::IpcCounter::default());
+            let counter = Arc::new(crate::pool::IpcCounter::default());
             let starter = super::Starter::Spawn;
             let exe = std::path::Path::new("/bin/true");
             let result = super::launch(exe, &starter, 7, &events, &counter, spawn);
             match result {
-                Err(super::Event::SpawnFailed { id: 7, error }) => {
+                Err(crate::pool::Event::SpawnFailed { id: 7, error }) => {
                     assert!(error.contains(&format!("worker's {thread} thread")), "{error}");
                 }
                 other => panic!("without its {thread} thread: {other:?}"),
@@ -643,7 +442,7 @@ mod tests {
                 assert!(
                     matches!(
                         event,
-                        super::Event::Exited { id: 7, .. } | super::Event::ChannelClosed { id: 7, .. }
+                        crate::pool::Event::Exited { id: 7, .. } | crate::pool::Event::ChannelClosed { id: 7, .. }
                     ),
                     "{event:?}"
                 );
@@ -664,23 +463,6 @@ mod tests {
         std::io::Read::read_to_end(&mut &ours, &mut got).expect("read");
         assert_eq!(got, b"last words");
         drop(theirs);
-    }
-
-    #[test]
-    fn a_reader_waits_while_a_worker_has_too_much_in_flight() {
-        use std::sync::Arc;
-        let budget = Arc::new(super::Budget::default());
-        budget.take(super::IN_FLIGHT_BYTES);
-        let waiter = {
-            let budget = Arc::clone(&budget);
-            std::thread::spawn(move || budget.wait_for_room())
-        };
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "the reader went on with a full budget");
-        budget.give_back(super::IN_FLIGHT_BYTES);
-        waiter
-            .join()
-            .expect("the reader goes on once the dispatcher handled the frames");
     }
 
     #[test]
