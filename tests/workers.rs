@@ -74,10 +74,7 @@ fn python_worker_keeps_state_and_fails_only_the_crashing_items() {
     let job = Job::range(0, 40)
         .worker(&["python3", "square.py"])
         .timeout("4s")
-        .env(&[
-            ("TEST_MARKER", &marker),
-            ("HELPER_DIR", &format!("{}", helper.display())),
-        ])
+        .env(&[("TEST_MARKER", &marker), ("HELPER_DIR", &helper.display().to_string())])
         .workers(2)
         .batch(4)
         .results("out.jsonl")
@@ -218,7 +215,7 @@ fn custom_rust_worker_counts_lines_of_mapped_chunks() {
     let big = write_file(dir.path(), "big.txt", &text);
     let job = Job::file("big.txt")
         .chunk_bytes("64KiB")
-        .worker_bin(format!("{}", bin.display()))
+        .worker_bin(&bin)
         .workers(2)
         .results("out.jsonl")
         .reduce("sum")
@@ -366,7 +363,7 @@ fn a_persistent_worker_that_fails_at_start_ends_the_run() {
         .worker(&["python3", "broken.py"])
         .env(&[
             ("TEST_MARKER", &marker),
-            ("HELPER_DIR", &format!("{}", repo().join("python").display())),
+            ("HELPER_DIR", &repo().join("python").display().to_string()),
         ])
         .workers(2)
         .batch(1)
