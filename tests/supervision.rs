@@ -546,7 +546,7 @@ fn workers_die_with_a_sigkilled_supervisor(start: &str) {
             .filter(|stat| !stat.is_zombie())
             .collect()
     };
-    let gone = poll_until(Duration::from_secs(5), || alive().is_empty());
+    let gone = common::wait_until(Duration::from_secs(5), || alive().is_empty());
     assert!(
         gone,
         "workers outlived their SIGKILLed supervisor: {:?}\n{run}",
@@ -1014,20 +1014,6 @@ impl Finished {
     /// parent, and no worker whose environment names it as its supervisor.
     fn assert_nothing_left(&self) {
         common::leftovers::assert_nothing_left_of(self.pid, &self.descendants, self);
-    }
-}
-
-/// Polls `done` until it holds or `deadline` passes; returns whether it held.
-fn poll_until(deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        thread::sleep(POLL);
     }
 }
 
