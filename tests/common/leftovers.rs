@@ -1,8 +1,9 @@
-//! The one leftover check: after a run, no process of this test may be left, found by the marker in its
-//! environment ([`assert_no_leftovers`]), by the processes the test saw ([`assert_gone`], with a [`Tracker`]
-//! that records a supervisor's descendants as they appear), by process group, or by parent
-//! ([`assert_nothing_left_of`]). Each check waits a little for kills to land, then SIGKILLs whatever is still
-//! there so that a failing test leaves nothing behind, and fails naming it. Reading `/proc` is `procfs.rs`'s.
+//! The one leftover check: after a run, no process of this test may be left. A test finds its processes by the
+//! marker in their environment ([`assert_no_leftovers`]), by the processes it saw ([`assert_gone`], with a
+//! [`Tracker`] that records a supervisor's descendants as they appear), by process group
+//! ([`assert_group_empty`]), or by parent ([`assert_nothing_left_of`], which checks once: its caller knows the run
+//! is over). The others wait a little for kills already sent to land. Every check SIGKILLs whatever it still finds,
+//! so that a failing test leaves nothing behind, and fails naming it. Reading `/proc` is `procfs.rs`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
