@@ -22,6 +22,8 @@ pub(super) struct WorkQueue {
     end: Option<u64>,
     /// Items recorded by an earlier run (`--resume`), never handed out. Read only through [`Self::is_done_before`].
     done_before: ItemSet,
+    /// How many of them lie in `next_item .. end` (once the end is known): fresh items left are counted exactly.
+    done_ahead: u64,
     /// Spans `(first, len)` to hand out again before new items.
     requeued: VecDeque<(u64, u64)>,
     /// Items to run alone to find which one kills its worker.
@@ -36,16 +38,32 @@ impl WorkQueue {
     /// of the span is fresh.
     pub(super) fn new(span: std::ops::Range<u64>, known: bool, done_before: ItemSet, fresh: bool) -> WorkQueue {
         let next_item = if fresh { span.start } else { span.end };
-        WorkQueue {
+        let mut queue = WorkQueue {
             start: span.start,
             next_item,
             pulled: next_item,
             end: (known || !fresh).then_some(span.end),
             done_before,
+            done_ahead: 0,
             requeued: VecDeque::new(),
             suspects: VecDeque::new(),
             retry_at: Vec::new(),
-        }
+        };
+        queue.count_done_ahead();
+        queue
+    }
+
+    /// Counts the items an earlier run recorded in `next_item .. end`, by runs.
+    fn count_done_ahead(&mut self) {
+        let Some(end) = self.end else { return };
+        let span = self.next_item..end;
+        let runs = self.done_before.runs();
+        let from = runs.partition_point(|run| run.end <= span.start);
+        self.done_ahead = runs[from..]
+            .iter()
+            .take_while(|run| run.start < span.end)
+            .map(|run| run.end.min(span.end) - run.start.max(span.start))
+            .sum();
     }
 
     /// Whether an earlier run recorded `item` (the one place that reads it).
@@ -87,13 +105,14 @@ impl WorkQueue {
     /// The source ended where the next pull would have started: the run's length is now known.
     pub(super) fn ended(&mut self) {
         self.end = Some(self.pulled);
+        self.count_done_ahead();
     }
 
-    /// Fresh items not handed out yet, when the end is known (an upper bound: items an earlier run recorded are
-    /// counted until skipped); `None` for a stream that has not ended.
+    /// Fresh items not handed out yet (items an earlier run recorded not counted), when the end is known;
+    /// `None` for a stream that has not ended.
     pub(super) fn fresh_left(&mut self) -> Option<u64> {
         self.skip_done_before();
-        self.end.map(|end| end - self.next_item)
+        self.end.map(|end| end - self.next_item - self.done_ahead)
     }
 
     /// Fresh items pulled and ready to hand out.
@@ -183,6 +202,7 @@ impl WorkQueue {
     fn skip_done_before(&mut self) {
         while self.next_item < self.pulled && self.is_done_before(self.next_item) {
             self.next_item += 1;
+            self.done_ahead = self.done_ahead.saturating_sub(1);
         }
     }
 }
@@ -196,6 +216,7 @@ mod tests {
         // Items 2 and 5 of 0..8 were recorded by an earlier run.
         let done: ItemSet = [2, 5].into_iter().collect();
         let mut queue = WorkQueue::new(0..8, true, done, true);
+        assert_eq!(queue.fresh_left(), Some(6), "the two recorded before are not fresh");
         queue.pulled(8);
         let mut taken = Vec::new();
         while let Some(span) = queue.take_fresh(10) {
