@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use shared::item::BatchItems;
-use supervisor::input::{Source, lines::Lines, range::Range};
+use supervisor::input::{Pulled, Source, lines::Lines, range::Range};
 
 /// The system allocator, counting live bytes and their peak.
 struct Counting;
@@ -50,10 +50,11 @@ fn pull_all(source: &mut dyn Source) -> u64 {
     let cap = source.batch_cap();
     let mut first = 0;
     loop {
-        let n = source.pull(first, cap).expect("pull");
-        if n == 0 {
-            return first;
-        }
+        let n = match source.pull(first, cap).expect("pull") {
+            Pulled::Ready(n) => n,
+            Pulled::Ended => return first,
+            Pulled::NotYet => panic!("a listed source always has its items ready"),
+        };
         let items = std::hint::black_box(source.items(first, n, &|_| None));
         if let BatchItems::Chunks(chunks) = &items {
             assert_eq!(chunks.len() as u64, n);

@@ -80,6 +80,17 @@ pub enum Error {
     ResumeWithoutResults,
     #[error("--resume needs the journal, but this job sets [output] journal = false")]
     ResumeWithoutJournal,
+    #[error(
+        "{what} needs an input whose length is known before the run, but this job's `{input}` input is a \
+         stream: run it whole, in one run (see \"What resume means for a stream\" in docs/design.md)"
+    )]
+    StreamNotShardable { what: &'static str, input: &'static str },
+    #[error(
+        "--resume cannot resume this job: its `{input}` input is a stream, which cannot be read again from \
+         where the stopped run was; run it again from the start (see \"What resume means for a stream\" in \
+         docs/design.md)"
+    )]
+    StreamNotResumable { input: &'static str },
     #[error("workers cannot start: {reason}")]
     WorkersCannotStart { reason: String },
     #[error("{key} needs worker processes; it cannot apply to --executor {executor}")]
@@ -127,6 +138,8 @@ impl Error {
             | Error::OutputNotWritable { .. }
             | Error::ResumeWithoutResults
             | Error::ResumeWithoutJournal
+            | Error::StreamNotShardable { .. }
+            | Error::StreamNotResumable { .. }
             | Error::Shard { .. }
             | Error::MergeIncomplete { .. }
             | Error::Export { .. } => exit::USAGE,

@@ -14,14 +14,16 @@
 //! (the `child` crate) own nothing but the item in hand.
 //!
 //! **How an item flows.** The job's [`input`] is a [`input::Source`] (one file per kind): it says how many items
-//! there are and describes each (sub-ranges, line-aligned byte ranges or lines of one mapped file, file paths,
-//! URLs) without listing them all where it can. The dispatcher groups consecutive items into batches ([`batching`] sizes them
-//! from measured per-item time) and sends each batch to a worker as descriptors over its socket. The worker
-//! maps the input read-only, runs the task on each item, and sends back results in item order. The dispatcher
-//! records each item exactly once (`ok` or `failed`) and feeds the records to the writer and the reducer. For a
-//! `urls` input, [`fetch`] first fetches each body into a memory arena shared with the workers (at most
-//! `max_in_flight_bytes` at once: the backpressure); the dispatcher hands out fetched items, and a batch names
-//! each body's place in the arena.
+//! there are, when it knows (a stream knows only once it ends), and describes each (sub-ranges, line-aligned byte
+//! ranges or lines of one mapped file, file paths, URLs) without listing them all where it can. The dispatcher
+//! owns the source and pulls fresh items from it as workers need them (so many are ready, none yet, or the input
+//! ended), groups consecutive items into batches ([`batching`] sizes them from measured per-item time) and sends
+//! each batch to a worker as descriptors over its socket. The worker maps the input read-only, runs the task on
+//! each item, and sends back results in item order. The dispatcher records each item exactly once (`ok` or
+//! `failed`), feeds the records to the writer and the reducer, and releases the item, so that a stream keeps only
+//! what is in flight; the dispatcher itself keeps nothing per item of the job. For a `urls` input, [`fetch`]
+//! first fetches each body into a memory arena shared with the workers (at most `max_in_flight_bytes` at once:
+//! the backpressure); the dispatcher hands out fetched items, and a batch names each body's place in the arena.
 //!
 //! **How a crash flows.** A dead worker is reaped at once by its waiter thread (`wait4`, with resource usage).
 //! Its progress slot (a shared page it stamps before each item) names the item it was running: that item is
@@ -129,13 +131,20 @@ pub fn main() -> i32 {
             if let Some(results) = &args.results {
                 spec_fs::results_flag(&spec, results)?;
             }
-            let items = block_on_value(plan::Items::list(&spec))??;
-            merge::run(&args, spec, items.len())
+            let source = block_on_value(input::list(&spec))??;
+            // Merging joins shards, and a stream is never sharded.
+            let Some(items) = source.known_len() else {
+                return Err(Error::StreamNotShardable {
+                    what: "merge",
+                    input: source.key(),
+                });
+            };
+            merge::run(&args, spec, items)
         }),
         Command::Export(command) => export::run(&command),
         Command::Replay { job, item } => run::load(&job, None).and_then(|spec| {
-            let items = block_on_value(plan::Items::list(&spec))??;
-            run::replay(&spec, &items, item)
+            let mut source = block_on_value(input::list(&spec))??;
+            run::replay(&spec, source.as_mut(), item)
         }),
     };
     match result {

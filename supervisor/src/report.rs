@@ -18,7 +18,8 @@ const LINE_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Progress {
     mode: Mode,
-    total: u64,
+    /// Items of the run; `None` for a stream until it ends (progress is then a count, with no ETA).
+    total: Option<u64>,
     /// Items an earlier run recorded (`--resume`): done, but not part of this run's rate.
     resumed: u64,
     started: Instant,
@@ -35,18 +36,15 @@ enum Mode {
 }
 
 impl Progress {
-    /// A bar when stderr is a terminal, plain lines otherwise, nothing when `quiet`.
-    /// `resumed` items were recorded by an earlier run: they count as done but not in the rate.
-    pub fn new(total: u64, resumed: u64, quiet: bool) -> Progress {
+    /// A bar when stderr is a terminal (a spinner with a count while the total is unknown), plain lines
+    /// otherwise, nothing when `quiet`. `resumed` items were recorded by an earlier run: they count as done but
+    /// not in the rate.
+    pub fn new(total: Option<u64>, resumed: u64, quiet: bool) -> Progress {
         let mode = if quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(8));
-            let style = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} items ({per_sec}, eta {eta}) {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
-            bar.set_style(style);
+            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(8));
+            bar.set_style(bar_style(total.is_some()));
             bar.set_position(resumed);
             bar.reset_eta();
             Mode::Bar(bar)
@@ -64,6 +62,18 @@ impl Progress {
         }
     }
 
+    /// The input ended: the count becomes a bar with a total.
+    pub fn set_total(&mut self, total: u64) {
+        if self.total.is_some() {
+            return;
+        }
+        self.total = Some(total);
+        if let Mode::Bar(bar) = &self.mode {
+            bar.set_length(total);
+            bar.set_style(bar_style(true));
+        }
+    }
+
     /// Sets how many items of a `urls` input have been fetched (or failed to, or were recorded by an earlier
     /// run), shown from the next update.
     pub fn set_fetched(&mut self, fetched: u64) {
@@ -74,7 +84,7 @@ impl Progress {
         match &self.mode {
             Mode::Bar(bar) => {
                 bar.set_position(done);
-                let fetched = self.fetched.map(|n| format!("fetched {n}/{}", self.total));
+                let fetched = self.fetched.map(|n| format!("fetched {n}/{}", of(self.total)));
                 let failed = (failed > 0).then(|| format!("{failed} failed"));
                 let message: Vec<String> = fetched.into_iter().chain(failed).collect();
                 if !message.is_empty() {
@@ -83,19 +93,16 @@ impl Progress {
             }
             Mode::Lines if self.last_line.elapsed() >= LINE_INTERVAL => {
                 self.last_line = Instant::now();
-                let percent = if self.total == 0 {
-                    100.0
-                } else {
-                    done as f64 * 100.0 / self.total as f64
-                };
                 let rate = done.saturating_sub(self.resumed) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
                 let fetched = self
                     .fetched
-                    .map_or(String::new(), |n| format!("fetched {n}/{}, ", self.total));
-                eprintln!(
-                    "progress: {fetched}{done}/{} items ({percent:.0}%), {failed} failed, {rate:.0} items/s",
-                    self.total
-                );
+                    .map_or(String::new(), |n| format!("fetched {n}/{}, ", of(self.total)));
+                let done = match self.total {
+                    Some(0) => format!("{done}/0 items (100%)"),
+                    Some(total) => format!("{done}/{total} items ({:.0}%)", done as f64 * 100.0 / total as f64),
+                    None => format!("{done} items"),
+                };
+                eprintln!("progress: {fetched}{done}, {failed} failed, {rate:.0} items/s");
             }
             Mode::Lines | Mode::Quiet => {}
         }
@@ -118,7 +125,26 @@ impl Progress {
     }
 }
 
+/// The bar's look: with a total, a bar and an ETA; without (a stream), a spinner and a count.
+fn bar_style(with_total: bool) -> ProgressStyle {
+    let template = if with_total {
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} items ({per_sec}, eta {eta}) {msg}"
+    } else {
+        "{spinner} [{elapsed_precise}] {pos} items ({per_sec}) {msg}"
+    };
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// A total as progress shows it: `?` while unknown.
+fn of(total: Option<u64>) -> String {
+    total.map_or("?".into(), |total| total.to_string())
+}
+
 impl crate::dispatch::Reporter for Progress {
+    fn total(&mut self, total: u64) {
+        self.set_total(total);
+    }
+
     fn progress(&mut self, done: u64, failed: u64) {
         self.update(done, failed);
     }

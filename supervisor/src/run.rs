@@ -15,9 +15,10 @@ use crate::cpus;
 use crate::dispatch::{self, DispatchConfig, StopReason};
 use crate::error::Error;
 use crate::forkserver::ForkServer;
+use crate::input::{self, Source};
 use crate::journal::{self, Done, Fingerprint, Journal, JournalWriter, journal_path, staging_path};
 use crate::lock::ResultsLock;
-use crate::plan::{self, Items};
+use crate::plan;
 use crate::pool::{IpcCounter, ProcessLauncher, Starter, ThreadLauncher};
 use crate::report::{Progress, ShardSummary, Summary};
 use crate::results::{Failure, FailureKind, Record, Reducer, Status};
@@ -101,11 +102,24 @@ pub fn starter(spec: &JobSpec) -> Result<Option<Starter>, Error> {
 }
 
 pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Option<Starter>) -> Result<i32, Error> {
-    let items = Arc::new(Items::list(&spec).await?);
+    let source = input::list(&spec).await?;
+    let known = source.known_len();
     let shard = choose_shard(&spec, &args)?;
-    let span = shard
-        .as_ref()
-        .map_or(0..items.len(), |chosen| chosen.shard.span(items.len()));
+    let span = match (&shard, known) {
+        (None, Some(len)) => 0..len,
+        // A stream's span has no end until it ends.
+        (None, None) => 0..u64::MAX,
+        (Some(chosen), Some(len)) => chosen.shard.span(len),
+        (Some(_), None) => {
+            return Err(Error::StreamNotShardable {
+                what: "sharding (--shard, [shard] count, or a scheduler's array index)",
+                input: source.key(),
+            });
+        }
+    };
+    if known.is_none() && (args.resume || args.retry_failed) {
+        return Err(Error::StreamNotResumable { input: source.key() });
+    }
     if let Some(chosen) = &shard {
         spec.output.results = spec.output.results.map(|results| chosen.shard.results_path(&results));
         if let Some(results) = &spec.output.results {
@@ -129,7 +143,7 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Option<Starter>) -> 
         count: chosen.shard.count,
         first: span.start,
         end: span.end,
-        job_items: items.len(),
+        job_items: known.unwrap_or(0),
         from: chosen.why.clone(),
     });
     let (workers, workers_from) = worker_count(&spec, &args);
@@ -142,20 +156,22 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Option<Starter>) -> 
         }
     }
     let resume = args.resume || args.retry_failed;
-    let (writer, prior) = match &spec.output.results {
+    let (writer, prior, source) = match &spec.output.results {
         None if resume => return Err(Error::ResumeWithoutResults),
-        None => (None, Done::default()),
+        None => (None, Done::default(), source),
         Some(_) if !spec.output.journal && resume => return Err(Error::ResumeWithoutJournal),
         Some(results) => {
             let path = records_path(&spec, results);
-            // Stats every file of a glob: off the runtime, so that a slow filesystem stalls nothing else.
-            let mut fingerprint = {
-                let (spec, items) = (spec.clone(), Arc::clone(&items));
-                tokio::task::spawn_blocking(move || fingerprint(&spec, &items))
+            // Stats every file of a glob: off the runtime, so that a slow filesystem stalls nothing else. Done
+            // before the source is handed to the dispatcher, which owns it from then on.
+            let (mut fingerprint, source) = {
+                let spec = spec.clone();
+                let (fingerprint, source) = tokio::task::spawn_blocking(move || (fingerprint(&spec, &*source), source))
                     .await
                     .map_err(|join| Error::Internal {
                         message: format!("fingerprinting the input failed: {join}"),
-                    })??
+                    })?;
+                (fingerprint?, source)
             };
             fingerprint.shard = shard.as_ref().map(|chosen| chosen.shard);
             let mut recovered = if resume && path.exists() {
@@ -177,7 +193,7 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Option<Starter>) -> 
                 .map(|journal| std::mem::take(&mut journal.done))
                 .unwrap_or_default();
             let writer = JournalWriter::create(&path, &fingerprint, recovered, spec.output.journal)?;
-            (Some(writer), prior)
+            (Some(writer), prior, source)
         }
     };
     let serial = spec.workers.executor == Executor::Serial;
@@ -188,7 +204,8 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Option<Starter>) -> 
         task: task_name(&spec),
         args_json: task_args_json(&spec),
         batch: match spec.workers.batch {
-            _ if serial => Some(items.len().max(1)),
+            // A stream's length is not known: its batches are as large as its kind allows.
+            _ if serial => Some(known.unwrap_or(source.batch_cap()).max(1)),
             BatchSize::Auto => None,
             BatchSize::Fixed(n) => Some(n),
         },
@@ -209,9 +226,13 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Option<Starter>) -> 
             _ => None,
         },
     };
-    let progress = Progress::new(span.end - span.start, prior.ok + prior.failed, args.quiet);
+    let progress = Progress::new(
+        known.map(|_| span.end - span.start),
+        prior.ok + prior.failed,
+        args.quiet,
+    );
     let ports = ports(starter.clone(), progress)?;
-    let outcome = dispatch::run(Arc::clone(&items), config, reducer, writer, prior, ports).await;
+    let (outcome, source) = dispatch::run(source, config, reducer, writer, prior, ports).await;
     if let Some(starter) = &starter {
         starter.shut_down();
     }
@@ -224,13 +245,15 @@ pub async fn run(mut spec: JobSpec, args: RunArgs, starter: Option<Starter>) -> 
         );
     }
     let outcome = outcome?;
-    if let Some(warning) = crate::sigbus::changed_during_job(&items) {
+    if let Some(warning) = source.changed_during_job() {
         eprintln!("{warning}");
     }
     let mut journal_kept = None;
     if let Some(results) = &spec.output.results {
         let records = records_path(&spec, results);
-        let (from, to, order, count) = (records.clone(), results.clone(), spec.output.order, items.len());
+        // A stream's length is known once it ended; one stopped before has no item past those it saw.
+        let count = source.known_len().unwrap_or(span.start + outcome.items);
+        let (from, to, order) = (records.clone(), results.clone(), spec.output.order);
         tokio::task::spawn_blocking(move || journal::finalize(&from, &to, order, count))
             .await
             .map_err(|join| Error::Internal {
@@ -351,15 +374,16 @@ fn records_path(spec: &JobSpec, results: &Path) -> std::path::PathBuf {
 
 /// What a journal must agree with to be resumed: the job file, the task, and the input as it is now (each kind
 /// of input says what that is: [`crate::input::Source::fingerprint`]).
-fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
+fn fingerprint(spec: &JobSpec, source: &dyn Source) -> Result<Fingerprint, Error> {
     use sha2::{Digest, Sha256};
     let hex = |digest: &[u8]| digest.iter().map(|b| format!("{b:02x}")).collect::<String>();
     Ok(Fingerprint {
         job_sha256: hex(&Sha256::digest(spec.source_text().as_bytes())),
         task: task_description(spec),
         args: task_args_json(spec),
-        input: items.source().fingerprint()?,
-        items: items.len(),
+        input: source.fingerprint()?,
+        // A stream's is 0: it is never resumed (see `run`).
+        items: source.known_len().unwrap_or(0),
         shard: None,
     })
 }
@@ -367,11 +391,13 @@ fn fingerprint(spec: &JobSpec, items: &Items) -> Result<Fingerprint, Error> {
 pub async fn check(job: &Path) -> Result<i32, Error> {
     let spec = load(job, None)?;
     crate::isolation::resolve(&spec)?;
-    let items = Items::list(&spec).await?;
+    let source = input::list(&spec).await?;
     println!(
         "{}: ok — {} items of {}, task `{}`, {} workers, results {}",
         spec.path.display(),
-        items.len(),
+        source
+            .known_len()
+            .map_or("a stream of".to_string(), |len| len.to_string()),
         crate::input::task_input(&spec.input).describe(),
         task_description(&spec),
         match spec.workers.count {
@@ -388,20 +414,27 @@ pub async fn check(job: &Path) -> Result<i32, Error> {
 
 /// Runs item `item` of the job in this process, in the foreground: a crash happens right here, where a
 /// debugger can catch it (`gdb --args supervisor replay job.toml --item 17`).
-pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
-    if item >= items.len() {
-        return Err(Error::ItemOutOfRange {
-            item,
-            items: items.len(),
-        });
+pub fn replay(spec: &JobSpec, source: &mut dyn Source, item: u64) -> Result<i32, Error> {
+    // A stream is pulled up to the item (a listed source answers from its length).
+    let mut pulled = 0;
+    while pulled <= item {
+        match source.pull(pulled, item + 1 - pulled)? {
+            input::Pulled::Ready(n) => pulled += n,
+            input::Pulled::NotYet => std::thread::sleep(std::time::Duration::from_millis(10)),
+            input::Pulled::Ended => break,
+        }
     }
+    if item >= pulled {
+        return Err(Error::ItemOutOfRange { item, items: pulled });
+    }
+    let source: &dyn Source = source;
     if let Some(UserTask::WorkerBin { path }) = &spec.task.user {
         return Err(Error::ReplayWorkerBin { path: path.clone() });
     }
     // A `urls` item is fetched first, into an arena of its own; a failed fetch is the item's record.
     let mut arena = None;
     let mut slot = None;
-    if let (Items::Urls { urls, .. }, InputSpec::Urls { fetch, .. }) = (items, &spec.input) {
+    if let (Some(urls), InputSpec::Urls { fetch, .. }) = (source.urls(), &spec.input) {
         let made = crate::fetch::Arena::new(fetch.max_in_flight_bytes).map_err(|error| Error::Internal {
             message: format!("cannot create the shared arena for the fetched body: {error}"),
         })?;
@@ -413,7 +446,7 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
             crate::fetch::FetchEvent::Failed { failure, elapsed, .. } => {
                 let elapsed_us = elapsed.as_micros() as u64;
                 return Ok(print_replayed(
-                    items,
+                    source,
                     item,
                     Status::Failed,
                     None,
@@ -424,11 +457,15 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
         }
         arena = Some(made);
     }
-    let batch = items.batch(0, item, 1, |_| slot.map(|s| (s.offset, s.len)));
+    let batch = shared::item::Batch {
+        id: 0,
+        first: item,
+        items: source.items(item, 1, &|_| slot.map(|s| (s.offset, s.len))),
+    };
     let outcome = child::worker::run_one(
         &task_name(spec),
         &task_args_json(spec),
-        items.input_plan(arena.as_ref().map(|a| a.proc_path()).as_deref()),
+        source.plan(arena.as_ref().map(|a| a.proc_path()).as_deref()),
         &batch,
         Box::new(builtins::build),
     )
@@ -444,12 +481,12 @@ pub fn replay(spec: &JobSpec, items: &Items, item: u64) -> Result<i32, Error> {
             (Status::Failed, None, Some(failure))
         }
     };
-    Ok(print_replayed(items, item, status, value, error, outcome.elapsed_us))
+    Ok(print_replayed(source, item, status, value, error, outcome.elapsed_us))
 }
 
 /// Prints the record of a replayed item and returns the exit code it means.
 fn print_replayed(
-    items: &Items,
+    source: &dyn Source,
     item: u64,
     status: Status,
     value: Option<shared::item::Value>,
@@ -471,7 +508,7 @@ fn print_replayed(
         attempt_errors: Vec::new(),
         pid: std::process::id(),
         elapsed_ms: elapsed_us as f64 / 1000.0,
-        input: items.describe(item),
+        input: source.describe(item),
     };
     let line = serde_json::to_string(&record).unwrap_or_default();
     println!("{line}");

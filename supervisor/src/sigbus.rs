@@ -9,16 +9,8 @@
 
 use std::path::Path;
 
-use crate::plan::Items;
-
-/// Why a worker that died by SIGBUS on item `item` did, when the item reads a file; `None` for range and URL items
-/// (a fetched body lives in the arena, which never shrinks). Each kind of input says it for its items
-/// ([`crate::input::Source::explain_sigbus`]), with [`explain_file`].
-pub fn explain(items: &Items, item: u64) -> Option<String> {
-    items.source().explain_sigbus(item)
-}
-
-/// The explanation for a worker killed by SIGBUS while `reading` (e.g. "bytes 0..10 of it") the file at `path`,
+/// Each kind of input explains a SIGBUS of its items ([`crate::input::Source::explain_sigbus`]) with this: the
+/// explanation for a worker killed by SIGBUS while `reading` (e.g. "bytes 0..10 of it") the file at `path`,
 /// which was `listed` bytes long when the job listed it (`None`: not known, for whole files).
 pub fn explain_file(path: &Path, listed: Option<u64>, reading: &str) -> String {
     let now = std::fs::metadata(path).map(|meta| meta.len());
@@ -39,14 +31,10 @@ pub fn explain_file(path: &Path, listed: Option<u64>, reading: &str) -> String {
     }
 }
 
-/// A warning when the one mapped input file's size now differs from the size it was listed with: items whose last
-/// page only partly lies past a new end read zeros there instead of faulting, so their results may be wrong
-/// without an error. `None` when the size is unchanged (or for inputs that map no single file).
-pub fn changed_during_job(items: &Items) -> Option<String> {
-    items.source().changed_during_job()
-}
-
-/// The warning of [`changed_during_job`] for the file at `path`, listed `listed` bytes long.
+/// The warning a source gives when the one mapped input file's size now differs from the size it was listed with
+/// (see [`crate::input::Source::changed_during_job`]), for the file at `path`, listed `listed` bytes long: items
+/// whose last page only partly lies past a new end read zeros there instead of faulting, so their results may be
+/// wrong without an error. `None` when the size is unchanged.
 pub fn size_changed(path: &Path, listed: u64) -> Option<String> {
     let now = std::fs::metadata(path).map(|meta| meta.len()).ok()?;
     (now != listed).then(|| {

@@ -17,8 +17,8 @@ use super::source::Source;
 use super::state::Dispatcher;
 use super::{DispatchConfig, Launch, Reporter, RunOutcome};
 use crate::error::Error;
+use crate::input;
 use crate::journal::{Done, JournalWriter};
-use crate::plan::Items;
 use crate::pool::{Event, IpcCounter};
 use crate::results::Reducer;
 use crate::signal::StopSignal;
@@ -43,15 +43,16 @@ impl std::fmt::Debug for Ports {
     }
 }
 
-/// Runs the job to completion (or until stopped) and returns how it went.
+/// Runs the job to completion (or until stopped) and returns how it went, and the input (whose length is known
+/// at the end of a complete run, and which may want to say whether it changed during the job).
 pub async fn run(
-    items: Arc<Items>,
+    input: Box<dyn input::Source>,
     config: DispatchConfig,
     reducer: Reducer,
     writer: Option<JournalWriter>,
     prior: Done,
     ports: Ports,
-) -> Result<RunOutcome, Error> {
+) -> (Result<RunOutcome, Error>, Box<dyn input::Source>) {
     let Ports {
         launcher,
         mut events,
@@ -63,15 +64,12 @@ pub async fn run(
         .timeout
         .map(|t| (t / 10).clamp(Duration::from_millis(10), Duration::from_secs(1)));
     let keep_records = writer.is_some();
-    let mut dispatcher = Dispatcher::new(
-        Source::new(items),
-        config,
-        reducer,
-        prior,
-        launcher,
-        reporter,
-        keep_records,
-    )?;
+    let source = Source::new(input);
+    let wake = source.wake();
+    let mut dispatcher = match Dispatcher::new(source, config, reducer, prior, launcher, reporter, keep_records) {
+        Ok(dispatcher) => dispatcher,
+        Err((error, source)) => return (Err(error), source.into_inner()),
+    };
     let mut writer = Writer { writer };
     dispatcher.start();
 
@@ -81,12 +79,14 @@ pub async fn run(
         let retry_wake = dispatcher.next_retry().map(TokioInstant::from_std);
         let kill_wake = dispatcher.kill_deadline().map(TokioInstant::from_std);
         let fetching = dispatcher.is_fetching();
+        let awaiting_input = dispatcher.is_awaiting_input();
         tokio::select! {
             event = events.recv() => match event {
                 Some(event) => dispatcher.handle(event),
                 None => break,
             },
             event = fetching::next_event(&mut dispatcher.fetch), if fetching => dispatcher.on_fetch(event),
+            () = input_arrived(wake.as_deref()), if awaiting_input => dispatcher.on_input(),
             Some(signal) = signals.recv() => dispatcher.on_signal(signal),
             _ = tick.tick() => dispatcher.on_tick(),
             _ = timeout_tick.tick(), if timeout_check.is_some() => dispatcher.check_timeouts(),
@@ -102,13 +102,23 @@ pub async fn run(
     }
     dispatcher.finish();
     writer.flush(&mut dispatcher).await;
-    if let Some(writer) = writer.writer.take() {
-        writer.finish(dispatcher.is_complete()).await?;
-    }
-    dispatcher.into_outcome(
+    let finished = match writer.writer.take() {
+        Some(writer) => writer.finish(dispatcher.is_complete()).await.map(drop),
+        None => Ok(()),
+    };
+    let (outcome, source) = dispatcher.into_outcome(
         counter.bytes.load(Ordering::Relaxed),
         counter.messages.load(Ordering::Relaxed),
-    )
+    );
+    (finished.and(outcome), source.into_inner())
+}
+
+/// A stream that had no item ready has some again (or ended). Notify keeps a wake that came before this wait.
+async fn input_arrived(wake: Option<&tokio::sync::Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The journal writer, while it works.

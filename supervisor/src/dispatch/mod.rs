@@ -17,12 +17,17 @@
 //! - `attribution`: a pure function from a dead worker's in-flight batch, its progress-slot snapshot and how it
 //!   died to the item to blame (or none).
 //! - `tallies`: what the summary counts (ok, failed, retries, the reduction, the failures shown).
-//! - `source`: the dispatcher's only view of the input (`plan::Items`): count, batches, descriptions, URLs.
+//! - `source`: the dispatcher's only view of the input (the job's `input::Source`, owned): pulling fresh items,
+//!   batches, descriptions, releasing recorded items, URLs.
 //! - `fetching`: the fetch stage of a `urls` input as the dispatcher sees it.
 //!
 //! ## An item's way
-//! Items are handed out in input order, in batches sized by [`BatchSizer`](crate::batching::BatchSizer), a few
-//! batches queued per worker so that a worker never waits for its next one. A worker answers each batch with
+//! Fresh items are pulled from the source as workers need them (never blocking: so many are ready, none yet, or
+//! the input ended, which is when a stream's length becomes known; a stream with none ready wakes the driver
+//! when more arrive). They are handed out in input order, in batches sized by
+//! [`BatchSizer`](crate::batching::BatchSizer), a few batches queued per worker so that a worker never waits for
+//! its next one. Once an item is recorded the source is told to release it, so a stream keeps only the items in
+//! flight, and the dispatcher itself keeps nothing per item of the job. A worker answers each batch with
 //! consecutive results; a batch is done when every item is answered. Every item ends with exactly one record.
 //!
 //! ## When a worker dies
@@ -85,6 +90,9 @@ pub trait Launch: Send {
 pub trait Reporter: Send {
     /// `done` items of this run's span have a record (an earlier run's included), `failed` of them failed.
     fn progress(&mut self, done: u64, failed: u64);
+    /// The input ended: this run has `total` items. Until then (a stream) progress is a count without a total;
+    /// an input of known length is told its total at start (the caller knows it) and never through this.
+    fn total(&mut self, total: u64);
     /// Items of a `urls` input whose fetch has ended, or that an earlier run recorded (so need no fetch).
     fn fetched(&mut self, fetched: u64);
     /// A line for the user: a worker killed, a stop requested.
@@ -110,7 +118,8 @@ pub struct DispatchConfig {
     pub isolation: Isolation,
     pub max_tasks: Option<u64>,
     pub supervise: SuperviseSpec,
-    /// The items this run owns: its shard's block of item indices, or every item.
+    /// The items this run owns: its shard's block of item indices, or every item (`0..u64::MAX` for a stream,
+    /// which cannot be sharded).
     pub span: std::ops::Range<u64>,
     /// How to fetch the bodies of a `urls` input (`None` for other inputs).
     pub fetch: Option<shared::job::FetchSpec>,
@@ -159,6 +168,7 @@ pub struct WorkerStats {
 /// How the run went, for the summary.
 #[derive(Debug)]
 pub struct RunOutcome {
+    /// Items of this run (of a stream stopped before it ended: the items seen).
     pub items: u64,
     pub ok: u64,
     pub failed: u64,

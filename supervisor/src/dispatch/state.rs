@@ -24,6 +24,7 @@ use crate::batching::BatchSizer;
 use crate::error::Error;
 use crate::failure::{Death, crash_failure, describe_exit};
 use crate::fetch::FetchEvent;
+use crate::input::Pulled;
 use crate::journal::Done;
 use crate::pool::{Event, WorkerId, message_name};
 use crate::results::{Failure, Record, Reducer, Status};
@@ -76,8 +77,6 @@ pub(super) struct Dispatcher {
     launcher: Box<dyn Launch>,
     reporter: Box<dyn Reporter>,
     started: Instant,
-    /// Items this run owns (the length of its span).
-    total: u64,
     target_workers: usize,
     workers: Workers,
     queue: WorkQueue,
@@ -92,10 +91,13 @@ pub(super) struct Dispatcher {
     keep_records: bool,
     ending: Ending,
     pub(super) fetch: Option<FetchState>,
+    /// The last pull found no item ready in a stream: the driver waits for the source's wake.
+    awaiting_input: bool,
 }
 
 impl Dispatcher {
-    /// A dispatcher for `config.span` of `source`, not started yet (see [`Dispatcher::start`]).
+    /// A dispatcher for `config.span` of `source`, not started yet (see [`Dispatcher::start`]); on error the
+    /// source is given back.
     pub(super) fn new(
         source: Source,
         config: DispatchConfig,
@@ -104,28 +106,50 @@ impl Dispatcher {
         launcher: Box<dyn Launch>,
         reporter: Box<dyn Reporter>,
         keep_records: bool,
-    ) -> Result<Dispatcher, Error> {
-        let len = source.len();
+    ) -> Result<Dispatcher, (Error, Source)> {
+        let known = source.known_len();
+        // A stream's span is `config.span` until it ends (it cannot be sharded: see `run`).
+        let len = known.unwrap_or(config.span.end);
         let span = config.span.start.min(len)..config.span.end.min(len);
-        let total = span.end - span.start;
         // No more workers than items: an empty job starts none.
-        let target_workers = config.workers.min(usize::try_from(total).unwrap_or(usize::MAX));
+        let target_workers = match known {
+            Some(_) => config
+                .workers
+                .min(usize::try_from(span.end - span.start).unwrap_or(usize::MAX)),
+            None => config.workers,
+        };
         let sizer = BatchSizer::new(config.batch, source.batch_cap());
         let tallies = Tallies::new(reducer, &mut prior);
         let fetching = config.fetch.is_some() && source.urls().is_some();
         // A `urls` input hands out fetched items (`FetchState::ready`), not fresh ones.
-        let queue = WorkQueue::new(span.clone(), std::mem::take(&mut prior.done), !fetching);
+        let queue = WorkQueue::new(
+            span.clone(),
+            known.is_some(),
+            std::mem::take(&mut prior.done),
+            !fetching,
+        );
         let fetch = match (&config.fetch, source.urls()) {
-            (Some(spec), Some(urls)) => Some(FetchState::start(spec, urls, span, |item| !queue.is_done_before(item))?),
+            (Some(spec), Some(urls)) => {
+                match FetchState::start(spec, urls, span.clone(), |item| !queue.is_done_before(item)) {
+                    Ok(fetch) => Some(fetch),
+                    Err(error) => return Err((error, source)),
+                }
+            }
             _ => None,
         };
+        let mut source = source;
+        if fetching {
+            // Never fetched nor handed out: the source may forget them now.
+            for item in queue.done_before_in(span) {
+                source.release(item);
+            }
+        }
         Ok(Dispatcher {
             source,
             config,
             launcher,
             reporter,
             started: Instant::now(),
-            total,
             target_workers,
             workers: Workers::default(),
             queue,
@@ -138,11 +162,16 @@ impl Dispatcher {
             keep_records,
             ending: Ending::default(),
             fetch,
+            awaiting_input: false,
         })
     }
 
     /// Launches the first workers (none for a job with nothing to do, which is then complete).
     pub(super) fn start(&mut self) {
+        if self.queue.total().is_none() {
+            // A stream that is empty, or has ended already, needs no worker.
+            self.pull(1);
+        }
         self.replenish();
         self.check_complete();
     }
@@ -150,6 +179,21 @@ impl Dispatcher {
     /// Whether the run is over: no worker is left.
     pub(super) fn is_over(&self) -> bool {
         self.workers.is_empty()
+    }
+
+    /// Whether the last pull found a stream with no item ready: the driver then waits on the source's wake.
+    pub(super) fn is_awaiting_input(&self) -> bool {
+        self.awaiting_input && !self.is_stopping()
+    }
+
+    /// A stream has items again (or has ended): idle workers get them.
+    pub(super) fn on_input(&mut self) {
+        self.awaiting_input = false;
+        if self.pull(1) {
+            self.replenish();
+            self.fill_least_loaded_first();
+        }
+        self.check_complete();
     }
 
     /// Whether the fetcher may still report.
@@ -218,19 +262,21 @@ impl Dispatcher {
         self.kill_all();
     }
 
-    /// Whether every item has a record.
+    /// Whether every item has a record (a stream's only once it has ended).
     pub(super) fn is_complete(&self) -> bool {
-        self.tallies.recorded == self.total
+        self.queue.total() == Some(self.tallies.recorded)
     }
 
     /// How the run went; `Err` if it was abandoned.
-    pub(super) fn into_outcome(self, ipc_bytes: u64, ipc_messages: u64) -> Result<RunOutcome, Error> {
+    /// The input goes back to the caller either way.
+    pub(super) fn into_outcome(self, ipc_bytes: u64, ipc_messages: u64) -> (Result<RunOutcome, Error>, Source) {
         if let Some(error) = self.ending.fatal {
-            return Err(error);
+            return (Err(error), self.source);
         }
         let tallies = self.tallies;
-        Ok(RunOutcome {
-            items: self.total,
+        let outcome = RunOutcome {
+            // A stream stopped before it ended: the items seen so far.
+            items: self.queue.seen(),
             ok: tallies.ok,
             failed: tallies.failed,
             workers: self.target_workers,
@@ -248,7 +294,8 @@ impl Dispatcher {
             retries: tallies.retries,
             resumed: tallies.resumed,
             fetch: self.fetch.as_ref().map(FetchState::stats),
-        })
+        };
+        (Ok(outcome), self.source)
     }
 
     /// A fetch finished: the body joins the items ready to hand out, or the item is recorded `failed`.
@@ -512,8 +559,18 @@ impl Dispatcher {
         }
     }
 
-    /// Once every item has a record, tells the workers to exit.
+    /// Once every item has a record, tells the workers to exit. A stream whose items are all recorded is asked
+    /// whether it has ended (or has more, which idle workers then get).
     pub(super) fn check_complete(&mut self) {
+        if self.queue.total().is_none()
+            && !self.is_stopping()
+            && self.queue.fresh_ready() == 0
+            && !self.awaiting_input
+            && self.pull(1)
+        {
+            self.replenish();
+            self.fill_least_loaded_first();
+        }
         if !self.ending.finishing && self.is_complete() {
             self.ending.finishing = true;
             self.shut_down_workers();
@@ -524,7 +581,13 @@ impl Dispatcher {
     }
 
     fn check_halt(&mut self) {
-        if self.config.supervise.halt.reached(self.tallies.failed, self.total) {
+        // Against the whole run; for a stream that has not ended, against the items seen so far.
+        if self
+            .config
+            .supervise
+            .halt
+            .reached(self.tallies.failed, self.queue.seen())
+        {
             self.stop(StopReason::Halt {
                 failed: self.tallies.failed,
             });
@@ -544,15 +607,63 @@ impl Dispatcher {
     }
 
     /// New items not handed out yet: fresh items, or for a `urls` input the fetched items not handed out and
-    /// the items still being fetched.
+    /// the items still being fetched. Unbounded (`u64::MAX`) for a stream that has not ended: then batches get
+    /// no tail share and every worker is started.
     fn fresh_left(&mut self) -> u64 {
         let fetching = self.fetch.as_ref().map_or(0, |f| f.ready.len() as u64 + f.unfetched);
-        self.queue.fresh_left() + fetching
+        self.queue.fresh_left().map_or(u64::MAX, |fresh| fresh + fetching)
     }
 
     /// Items not handed to any worker yet.
     fn unassigned(&mut self) -> u64 {
-        self.fresh_left() + self.queue.queued()
+        self.fresh_left().saturating_add(self.queue.queued())
+    }
+
+    /// Pulls up to `want` more items from the source; whether any came. When the source says it ended, the
+    /// run's length becomes known (and the reporter is told); when a stream has none ready, the driver waits for
+    /// its wake. Items an earlier run recorded are released as soon as they are pulled: they are never handed
+    /// out.
+    pub(super) fn pull(&mut self, want: u64) -> bool {
+        let Some((first, max)) = self.queue.to_pull(want) else {
+            return false;
+        };
+        match self.source.pull(first, max) {
+            Ok(Pulled::Ready(n)) => {
+                self.awaiting_input = false;
+                let done_before: Vec<u64> = self.queue.done_before_in(first..first + n).collect();
+                for item in done_before {
+                    self.source.release(item);
+                }
+                self.queue.pulled(n);
+                true
+            }
+            Ok(Pulled::NotYet) => {
+                self.awaiting_input = true;
+                false
+            }
+            Ok(Pulled::Ended) => {
+                self.awaiting_input = false;
+                self.queue.ended();
+                self.reporter.total(self.queue.seen());
+                false
+            }
+            Err(error) => {
+                self.abandon(error);
+                false
+            }
+        }
+    }
+
+    /// Up to `size` consecutive fresh items, pulling from the source as needed.
+    pub(super) fn take_fresh(&mut self, size: u64) -> Option<(u64, u64)> {
+        let want = size.max(1);
+        loop {
+            // Pulled items an earlier run recorded are skipped here, so a pull may leave nothing ready: pull on.
+            let ready = self.queue.fresh_ready();
+            if ready >= want || !self.pull(want - ready) {
+                return self.queue.take_fresh(want);
+            }
+        }
     }
 
     fn is_stopping(&self) -> bool {
@@ -626,9 +737,12 @@ impl Dispatcher {
         if let Some(fetch) = &mut self.fetch {
             fetch.release(item);
         }
+        let input = self.keep_records.then(|| self.source.describe(item));
+        // Nothing asks about the item again: a stream forgets it.
+        self.source.release(item);
         self.tallies
             .record(item, status, error.as_ref(), self.started.elapsed());
-        if self.keep_records {
+        if let Some(input) = input {
             let attempts = match status {
                 Status::Ok => attempt_errors.len() as u32 + 1,
                 Status::Failed => (attempt_errors.len() as u32).max(1),
@@ -643,7 +757,7 @@ impl Dispatcher {
                 attempt_errors,
                 pid,
                 elapsed_ms,
-                input: self.source.describe(item),
+                input,
             });
         }
     }

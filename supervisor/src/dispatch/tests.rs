@@ -18,7 +18,6 @@ use super::state::{Dispatcher, MAX_START_FAILURES, stall_deadline};
 use super::{DispatchConfig, Launch, Reporter, RunOutcome, StopReason};
 use crate::error::Error;
 use crate::journal::Done;
-use crate::plan::Items;
 use crate::pool::{Event, WorkerId, WorkerSender};
 use crate::results::{FailureKind, Record, Reducer, Status};
 use crate::signal::StopSignal;
@@ -46,6 +45,9 @@ impl Launch for FakeLauncher {
 struct FakeReporter(Arc<Mutex<Vec<String>>>);
 
 impl Reporter for FakeReporter {
+    fn total(&mut self, total: u64) {
+        self.0.lock().expect("lock").push(format!("total {total}"));
+    }
     fn progress(&mut self, _done: u64, _failed: u64) {}
     fn fetched(&mut self, _fetched: u64) {}
     fn message(&mut self, text: &str) {
@@ -126,11 +128,18 @@ impl Harness {
     }
 
     fn resumed(config: DispatchConfig, items: u64, prior: Done) -> Harness {
+        Harness::with_source(config, Box::new(crate::input::range::Range::new(0, items, 1)), prior)
+    }
+
+    fn with_source(config: DispatchConfig, input: Box<dyn crate::input::Source>, prior: Done) -> Harness {
+        Harness::built(config, input, prior, true)
+    }
+
+    /// `keep_records` false: the dispatcher makes no records (a run with no results file).
+    fn built(config: DispatchConfig, input: Box<dyn crate::input::Source>, prior: Done, keep_records: bool) -> Harness {
         let asked = Arc::new(Mutex::new(Asked::default()));
         let messages = Arc::new(Mutex::new(Vec::new()));
-        let source = Source::new(Arc::new(Items::Listed(Box::new(crate::input::range::Range::new(
-            0, items, 1,
-        )))));
+        let source = Source::new(input);
         let mut dispatcher = Dispatcher::new(
             source,
             config,
@@ -138,8 +147,9 @@ impl Harness {
             prior,
             Box::new(FakeLauncher(Arc::clone(&asked))),
             Box::new(FakeReporter(Arc::clone(&messages))),
-            true,
+            keep_records,
         )
+        .map_err(|(error, _)| error)
         .expect("dispatcher");
         dispatcher.start();
         Harness {
@@ -318,7 +328,7 @@ impl Harness {
     }
 
     fn outcome(self) -> Result<RunOutcome, Error> {
-        self.dispatcher.into_outcome(0, 0)
+        self.dispatcher.into_outcome(0, 0).0
     }
 
     /// The records by item, each item at most once.
@@ -1065,4 +1075,423 @@ fn worker_stats_and_pids_follow_the_workers() {
     assert_eq!(outcome.worker_stats.iter().map(|s| s.items).sum::<u64>(), n);
     let per_pid: HashMap<u32, u64> = outcome.worker_stats.iter().map(|s| (s.pid, s.items)).collect();
     assert_eq!(per_pid.len(), 3);
+}
+
+/// What the test stream has seen of its consumer.
+#[derive(Debug, Default)]
+struct StreamLog {
+    /// Items the producer has made available so far.
+    arrived: u64,
+    /// The producer is done: once every arrived item is pulled, the stream ends.
+    closed: bool,
+    /// The stream said it ended (its length is known from then on).
+    ended: bool,
+    /// The next item a pull may give.
+    next: u64,
+    /// Pulled and not released yet.
+    held: std::collections::BTreeSet<u64>,
+    most_held: usize,
+    /// Every item released, in order (unless `count_only`).
+    released: Vec<u64>,
+    released_count: u64,
+    count_only: bool,
+}
+
+/// A test-only stream: the items `0, 1, 2, …` of a range of one number each, whose length is hidden until it
+/// ends. Items arrive when the test says ([`StreamLog::arrived`], then the wake), each pull gives at most `burst`
+/// of them, and it checks that the consumer asks only about items it pulled and did not release.
+#[derive(Debug)]
+struct TestStream {
+    log: Arc<Mutex<StreamLog>>,
+    burst: u64,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl TestStream {
+    fn held(&self, item: u64) -> bool {
+        self.log.lock().expect("lock").held.contains(&item)
+    }
+}
+
+impl crate::input::Source for TestStream {
+    fn key(&self) -> &'static str {
+        "stream"
+    }
+
+    fn known_len(&self) -> Option<u64> {
+        let log = self.log.lock().expect("lock");
+        log.ended.then_some(log.arrived)
+    }
+
+    fn pull(&mut self, first: u64, max: u64) -> Result<crate::input::Pulled, Error> {
+        let mut log = self.log.lock().expect("lock");
+        assert_eq!(first, log.next, "pulls follow each other");
+        if first < log.arrived {
+            let n = max.min(self.burst).min(log.arrived - first);
+            log.next += n;
+            log.held.extend(first..first + n);
+            log.most_held = log.most_held.max(log.held.len());
+            Ok(crate::input::Pulled::Ready(n))
+        } else if log.closed {
+            log.ended = true;
+            Ok(crate::input::Pulled::Ended)
+        } else {
+            Ok(crate::input::Pulled::NotYet)
+        }
+    }
+
+    fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.wake))
+    }
+
+    fn release(&mut self, item: u64) {
+        let mut log = self.log.lock().expect("lock");
+        assert!(log.held.remove(&item), "released {item}, which is not held");
+        log.released_count += 1;
+        if !log.count_only {
+            log.released.push(item);
+        }
+    }
+
+    fn items(&self, first: u64, len: u64, _body: crate::input::BodyOf<'_>) -> BatchItems {
+        assert!(
+            (first..first + len).all(|item| self.held(item)),
+            "a batch of items not held"
+        );
+        BatchItems::Range { count: len }
+    }
+
+    fn describe(&self, index: u64) -> crate::results::InputDesc {
+        assert!(self.held(index), "described {index}, which is not held");
+        crate::results::InputDesc::Range {
+            start: index,
+            end: index + 1,
+        }
+    }
+
+    fn plan(&self, _arena: Option<&std::path::Path>) -> shared::item::InputPlan {
+        shared::item::InputPlan::Range {
+            start: 0,
+            end: u64::MAX,
+            chunk: 1,
+        }
+    }
+
+    fn batch_cap(&self) -> u64 {
+        1 << 20
+    }
+
+    fn fingerprint(&self) -> Result<String, Error> {
+        Ok("a test stream".into())
+    }
+}
+
+impl Harness {
+    /// A harness over a [`TestStream`] with `arrived` items available at first (all of them when `closed`).
+    fn streaming(
+        mut config: DispatchConfig,
+        arrived: u64,
+        closed: bool,
+        burst: u64,
+    ) -> (Harness, Arc<Mutex<StreamLog>>) {
+        config.span = 0..u64::MAX;
+        let log = Arc::new(Mutex::new(StreamLog {
+            arrived,
+            closed,
+            ..StreamLog::default()
+        }));
+        let stream = TestStream {
+            log: Arc::clone(&log),
+            burst,
+            wake: Arc::new(tokio::sync::Notify::new()),
+        };
+        (Harness::with_source(config, Box::new(stream), Done::default()), log)
+    }
+
+    /// The producer makes `more` items available (and closes the stream when `close`); the driver's wake.
+    fn arrive(&mut self, log: &Mutex<StreamLog>, more: u64, close: bool) {
+        {
+            let mut log = log.lock().expect("lock");
+            log.arrived += more;
+            log.closed |= close;
+        }
+        if self.dispatcher.is_awaiting_input() {
+            self.dispatcher.on_input();
+            self.records.extend(self.dispatcher.take_records());
+        }
+    }
+
+    fn totals_told(&self) -> Vec<String> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.starts_with("total "))
+            .collect()
+    }
+}
+
+#[test]
+fn a_stream_is_run_whole_and_its_total_is_learned_when_it_ends() {
+    let n = 10_000;
+    let (mut harness, log) = Harness::streaming(config(3, 7, 0), n, true, 5);
+    assert_eq!(
+        harness.launched(),
+        vec![0, 1, 2],
+        "every worker starts: the length is not known"
+    );
+    harness.serve(ok);
+    assert_all_ok(&harness, n);
+    assert!(harness.dispatcher.is_over());
+    assert_eq!(harness.totals_told(), vec![format!("total {n}")]);
+    let log = log.lock().expect("lock");
+    assert!(log.ended && log.held.is_empty(), "every item released");
+    let mut released = log.released.clone();
+    released.sort_unstable();
+    assert_eq!(
+        released,
+        (0..n).collect::<Vec<u64>>(),
+        "each item released exactly once"
+    );
+    // What is in flight (3 workers, at most MAX_PREFETCH batches of 7 queued each, and one pulled ahead), never
+    // the input.
+    let bound = 3 * crate::batching::MAX_PREFETCH * 7 + 7;
+    assert!(log.most_held <= bound, "{} held at once", log.most_held);
+    drop(log);
+    let outcome = harness.outcome().expect("outcome");
+    assert_eq!((outcome.items, outcome.ok), (n, n));
+    assert_eq!(
+        outcome.reducer.value(),
+        Some(Value::UInt(u128::from(3 * n * (n - 1) / 2)))
+    );
+}
+
+#[test]
+fn a_stream_that_has_no_items_yet_waits_for_its_wake_and_goes_on() {
+    let (mut harness, log) = Harness::streaming(config(2, 4, 0), 0, false, 100);
+    assert!(
+        harness.dispatcher.is_awaiting_input(),
+        "nothing arrived: the driver waits on the wake"
+    );
+    harness.serve(ok);
+    assert!(harness.records.is_empty() && !harness.dispatcher.is_complete());
+    // Bursts of items arrive while workers are idle: each is handed out on its wake.
+    for burst in 0..5 {
+        harness.arrive(&log, 6, false);
+        harness.serve(ok);
+        assert_eq!(harness.by_item().len() as u64, 6 * (burst + 1));
+        assert!(!harness.dispatcher.is_complete(), "not ended yet");
+        assert!(harness.totals_told().is_empty());
+    }
+    harness.arrive(&log, 0, true);
+    assert_eq!(harness.totals_told(), vec!["total 30".to_string()]);
+    assert!(harness.dispatcher.is_complete());
+    harness.serve(ok);
+    assert_all_ok(&harness, 30);
+    assert!(harness.dispatcher.is_over());
+}
+
+#[test]
+fn an_empty_stream_starts_no_worker_and_is_complete() {
+    let (harness, _log) = Harness::streaming(config(4, 10, 0), 0, true, 10);
+    assert!(harness.launched().is_empty());
+    assert!(harness.dispatcher.is_complete() && harness.dispatcher.is_over());
+    assert_eq!(harness.totals_told(), vec!["total 0".to_string()]);
+}
+
+#[test]
+fn a_stream_releases_failed_and_retried_items_once_recorded() {
+    let n = 40;
+    let mut cfg = config(2, 4, 0);
+    cfg.retries = 1;
+    let (mut harness, log) = Harness::streaming(cfg, n, true, 3);
+    // Items divisible by 5 fail on their first attempt, items divisible by 7 on both.
+    let attempts: Mutex<HashMap<u64, u32>> = Mutex::default();
+    harness.serve(|item| {
+        let mut attempts = attempts.lock().expect("lock");
+        let attempt = attempts.entry(item).or_default();
+        *attempt += 1;
+        if item % 7 == 0 || (item % 5 == 0 && *attempt == 1) {
+            error("x")
+        } else {
+            ok(item)
+        }
+    });
+    let by_item = harness.by_item();
+    assert_eq!(by_item.len() as u64, n);
+    let failed: Vec<u64> = by_item
+        .iter()
+        .filter(|(_, r)| r.status == Status::Failed)
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(failed, (0..n).filter(|i| i % 7 == 0).collect::<Vec<u64>>());
+    let log = log.lock().expect("lock");
+    let mut released = log.released.clone();
+    released.sort_unstable();
+    assert_eq!(
+        released,
+        (0..n).collect::<Vec<u64>>(),
+        "each item released exactly once, after its record"
+    );
+}
+
+#[test]
+fn halt_by_percentage_on_a_stream_counts_against_the_items_seen_and_matches_a_listed_input() {
+    // 20 items in batches of 5 for one worker; items from 10 on fail; halt at 25 %. The listed input halts after
+    // 5 failures (25 % of 20; the batch already queued finishes: a `soon` halt); the stream, which has seen all
+    // 20 by then, after the same 5.
+    let run = |stream: bool| {
+        let n = 20;
+        let mut cfg = config(1, 5, n);
+        cfg.supervise.halt = Halt {
+            threshold: HaltThreshold::Percent(25.0),
+            now: false,
+        };
+        let mut harness = if stream {
+            Harness::streaming(cfg, n, true, 5).0
+        } else {
+            Harness::new(cfg, n)
+        };
+        harness.serve(|item| if item >= 10 { error("x") } else { ok(item) });
+        let failed: Vec<u64> = harness
+            .by_item()
+            .iter()
+            .filter(|(_, r)| r.status == Status::Failed)
+            .map(|(i, _)| *i)
+            .collect();
+        let outcome = harness.outcome().expect("outcome");
+        (failed, outcome.stopped)
+    };
+    let listed = run(false);
+    assert!(listed.0.starts_with(&[10, 11, 12, 13, 14]), "{:?}", listed.0);
+    assert_eq!(listed.1, Some(StopReason::Halt { failed: 5 }));
+    assert_eq!(run(true), listed);
+}
+
+#[test]
+fn a_streams_tail_gets_no_fair_share_until_it_ends_but_a_listed_one_does() {
+    // Automatic batch sizes after a measured item cost: a listed input's last items are shared out in small
+    // batches; a stream's, whose end is not known, are not cut short for a tail it cannot see.
+    let measured = |harness: &mut Harness| {
+        harness.bring_up_all();
+        harness.serve(ok);
+    };
+    let mut cfg = config(2, 1, 64);
+    cfg.batch = None;
+    let mut listed = Harness::new(cfg, 64);
+    measured(&mut listed);
+    assert_all_ok(&listed, 64);
+    let mut cfg = config(2, 1, 0);
+    cfg.batch = None;
+    let (mut stream, _log) = Harness::streaming(cfg, 64, true, 1 << 20);
+    measured(&mut stream);
+    assert_all_ok(&stream, 64);
+    let listed_batches = listed.outcome().expect("outcome").batches;
+    let stream_batches = stream.outcome().expect("outcome").batches;
+    assert!(
+        listed_batches > stream_batches,
+        "the listed tail is shared in smaller batches: {listed_batches} vs {stream_batches}"
+    );
+}
+
+/// Counts the heap bytes live on the calling thread, and their peak: the harness drives the dispatcher on the
+/// test's own thread, so other tests running meanwhile do not count.
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    // SAFETY: every call is forwarded to `System` with the same arguments; the counters (const thread-locals with
+    // no destructor, so never allocating) have no effect on memory.
+    #[allow(unsafe_code)]
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded as is; the caller upholds `alloc`'s contract.
+            let pointer = unsafe { System.alloc(layout) };
+            if !pointer.is_null() {
+                let size = layout.size() as isize;
+                let live = LIVE.with(|live| {
+                    live.set(live.get() + size);
+                    live.get()
+                });
+                PEAK.with(|peak| peak.set(peak.get().max(live)));
+            }
+            pointer
+        }
+
+        unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+            LIVE.with(|live| live.set(live.get() - layout.size() as isize));
+            // SAFETY: forwarded as is; `pointer` came from `alloc` with this layout.
+            unsafe { System.dealloc(pointer, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: Counting = Counting;
+
+    /// Bytes this thread had allocated at the peak while `work` ran, above what was live when it started.
+    pub fn peak_growth(work: impl FnOnce()) -> usize {
+        let base = LIVE.with(Cell::get);
+        PEAK.with(|peak| peak.set(base));
+        work();
+        usize::try_from(PEAK.with(Cell::get) - base).unwrap_or(0)
+    }
+}
+
+/// Runs `n` items of a listed range (or of a stream when `stream`) with no records kept, as a job without a
+/// results file; returns the dispatcher's peak heap growth while it ran.
+fn peak_of_a_run(n: u64, stream: bool) -> usize {
+    counting::peak_growth(|| {
+        let cfg = config(2, 10_000, n);
+        let mut log = None;
+        let mut harness = if stream {
+            let mut cfg = cfg;
+            cfg.span = 0..u64::MAX;
+            let log_of = Arc::new(Mutex::new(StreamLog {
+                arrived: n,
+                closed: true,
+                count_only: true,
+                ..StreamLog::default()
+            }));
+            let source = TestStream {
+                log: Arc::clone(&log_of),
+                burst: 10_000,
+                wake: Arc::new(tokio::sync::Notify::new()),
+            };
+            log = Some(log_of);
+            Harness::built(cfg, Box::new(source), Done::default(), false)
+        } else {
+            Harness::built(
+                cfg,
+                Box::new(crate::input::range::Range::new(0, n, 1)),
+                Done::default(),
+                false,
+            )
+        };
+        harness.serve(|item| if item % 1000 == 0 { error("x") } else { ok(item) });
+        if let Some(log) = &log {
+            assert_eq!(log.lock().expect("lock").released_count, n, "every item released");
+        }
+        let outcome = harness.outcome().expect("outcome");
+        assert_eq!((outcome.ok, outcome.failed), (n - n.div_ceil(1000), n.div_ceil(1000)));
+    })
+}
+
+#[test]
+fn the_dispatcher_holds_nothing_per_item_of_the_job() {
+    // The same job at 10^5 and 10^6 items (one in 1000 failing): whatever the dispatcher kept per item (a set of
+    // done items, a per-item error list, records) would make the larger run's peak grow by at least a byte per
+    // item more, 0.9 MB. A batch's outcomes (10^4 of them) and the items in flight are the same in both.
+    for stream in [false, true] {
+        let small = peak_of_a_run(100_000, stream);
+        let large = peak_of_a_run(1_000_000, stream);
+        assert!(
+            large < small + (512 << 10),
+            "stream {stream}: peak {large} bytes for 10^6 items vs {small} for 10^5"
+        );
+    }
 }

@@ -14,8 +14,8 @@
 //! six times). A future source that is not listed from a job file (items from stdin) implements the same trait.
 //!
 //! # Pulling, and sources of unknown length
-//! A consumer asks for items with [`Source::pull`] (`up to n more from here`) and may forget them with
-//! [`Source::release`] once they are recorded. A source whose length is known ([`Source::known_len`] is `Some`) answers
+//! A consumer asks for items with [`Source::pull`] (`up to n more from here`: so many, none ready yet, or
+//! ended), never blocking, and may forget them with [`Source::release`] once they are recorded. A source whose length is known ([`Source::known_len`] is `Some`) answers
 //! from arithmetic or from its listing and keeps nothing per pulled item. A stream (length unknown until it ends:
 //! `None`) reads ahead only as far as it is pulled and keeps only the items pulled and not yet released, so
 //! memory is bounded by the consumer's in-flight work, not by the input: the consumer must release what it has
@@ -60,11 +60,24 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// Number of items, when known; `None` for a stream that has not ended yet.
     fn known_len(&self) -> Option<u64>;
 
-    /// Makes up to `max` items from `first` on available and says how many there are: fewer than `max` only
-    /// at the end of the input, 0 once it has ended. A listed source answers from its length; a stream reads
-    /// ahead (blocking) only this far.
-    fn pull(&mut self, first: u64, max: u64) -> Result<u64, Error> {
-        Ok(self.known_len().unwrap_or(0).saturating_sub(first).min(max))
+    /// Makes up to `max` items from `first` on available, without blocking, and says how many: `Ready(n)` with
+    /// `1 <= n <= max`, `NotYet` when a stream has none ready now (its [`wake`](Source::wake) is notified when
+    /// more arrive), `Ended` once the input has ended at `first` (its length is then known). A listed source
+    /// answers from its length.
+    fn pull(&mut self, first: u64, max: u64) -> Result<Pulled, Error> {
+        let ready = self.known_len().unwrap_or(0).saturating_sub(first).min(max);
+        Ok(if ready == 0 {
+            Pulled::Ended
+        } else {
+            Pulled::Ready(ready)
+        })
+    }
+
+    /// What a stream notifies when items arrive after a [`Pulled::NotYet`]: a stream fed by a reader task (stdin)
+    /// hands this to the consumer's event loop, which then pulls again. `None` for sources that never answer
+    /// `NotYet`.
+    fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
     }
 
     /// The consumer has recorded `item` and will not ask about it again: a stream may forget it. Listed sources
@@ -104,6 +117,17 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn urls(&self) -> Option<&Arc<Vec<String>>> {
         None
     }
+}
+
+/// The answer to [`Source::pull`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pulled {
+    /// This many items from `first` on are available (at least one).
+    Ready(u64),
+    /// A stream has no item ready now; more may come (see [`Source::wake`]).
+    NotYet,
+    /// The input has no item at `first`: it ended there.
+    Ended,
 }
 
 /// Opens the job's input: lists it (a glob is expanded, a urls file read, a lines file counted) or prepares to

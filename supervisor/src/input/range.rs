@@ -67,6 +67,7 @@ impl Source for Range {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::Pulled;
 
     fn bounds(source: &Range, index: u64) -> (u64, u64) {
         match source.describe(index) {
@@ -108,9 +109,9 @@ mod tests {
     #[test]
     fn pulling_a_range_stops_at_its_end() {
         let mut source = Range::new(0, 10, 3);
-        assert_eq!(source.pull(0, 2).expect("pull"), 2);
-        assert_eq!(source.pull(2, 100).expect("pull"), 2);
-        assert_eq!(source.pull(4, 1).expect("pull"), 0);
+        assert_eq!(source.pull(0, 2).expect("pull"), Pulled::Ready(2));
+        assert_eq!(source.pull(2, 100).expect("pull"), Pulled::Ready(2));
+        assert_eq!(source.pull(4, 1).expect("pull"), Pulled::Ended);
         assert_eq!(source.items(1, 3, &|_| None), BatchItems::Range { count: 3 });
     }
 }

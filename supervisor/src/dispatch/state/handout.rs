@@ -1,5 +1,5 @@
 //! The state machine's side of handing out work: which worker gets which batch (suspects and retries alone, then
-//! requeued spans, then fresh or fetched items), recycling spent workers, and launching workers while work is
+//! requeued spans, then fresh items pulled from the source, or fetched items), recycling spent workers, and launching workers while work is
 //! left.
 
 use super::*;
@@ -64,7 +64,7 @@ impl Dispatcher {
                 };
                 (item, 1, true)
             } else {
-                let remaining = self.fresh_left() + self.queue.requeued_len();
+                let remaining = self.fresh_left().saturating_add(self.queue.requeued_len());
                 let size = self.sizer.next_size(remaining, self.target_workers).min(quota);
                 if let Some((first, len)) = self.queue.take_requeued(size) {
                     (first, len, false)
@@ -78,7 +78,7 @@ impl Dispatcher {
                     (first, end - first, false)
                 } else {
                     // Fresh items, skipping those an earlier run recorded: a batch is a run of consecutive items.
-                    let Some((first, len)) = self.queue.take_fresh(size) else {
+                    let Some((first, len)) = self.take_fresh(size) else {
                         return;
                     };
                     (first, len, false)
