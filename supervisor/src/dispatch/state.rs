@@ -740,8 +740,8 @@ impl Dispatcher {
         let input = self.keep_records.then(|| self.source.describe(item));
         // Nothing asks about the item again: a stream forgets it.
         self.source.release(item);
-        self.tallies
-            .record(item, status, error.as_ref(), self.started.elapsed());
+        let started = self.started;
+        self.tallies.record(item, status, error.as_ref(), || started.elapsed());
         if let Some(input) = input {
             let attempts = match status {
                 Status::Ok => attempt_errors.len() as u32 + 1,
