@@ -2,47 +2,14 @@
 //! line of a file of 10^6 lines, allocates no more than a batch's worth, counted by an allocator that records
 //! the peak of live bytes.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use shared::item::BatchItems;
 use supervisor::input::{Pulled, Source, lines::Lines, range::Range};
+use sys::alloc::peak_growth;
 
-/// The system allocator, counting live bytes and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to `System` with the same arguments; the counters have no effect on memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is; the caller upholds `alloc`'s contract.
-        let pointer = unsafe { System.alloc(layout) };
-        if !pointer.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        pointer
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded as is; `pointer` came from `alloc` with this layout.
-        unsafe { System.dealloc(pointer, layout) }
-    }
-}
-
+/// The system allocator, counting the live bytes of each thread and their peak (the sources are pulled on the
+/// test's own thread).
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Bytes allocated at the peak while `work` ran, above what was live when it started.
-fn peak_growth(work: impl FnOnce()) -> usize {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    work();
-    PEAK.load(Ordering::Relaxed).saturating_sub(base)
-}
+static ALLOCATOR: sys::alloc::Counting = sys::alloc::Counting;
 
 /// Pulls every item of `source` in batches of its cap, as the dispatcher does, building each batch's descriptors
 /// and describing its first and last item; returns how many items it saw.

@@ -15,6 +15,7 @@
 //! here only makes one call safe, and each `unsafe` block says why it holds in a `// SAFETY:` comment. Every other
 //! crate of the workspace denies `unsafe_code`.
 
+pub mod alloc;
 pub mod cpu;
 pub mod env;
 pub mod fault;

@@ -1395,51 +1395,10 @@ fn a_streams_tail_gets_no_fair_share_until_it_ends_but_a_listed_one_does() {
 /// Counts the heap bytes live on the calling thread, and their peak: the harness drives the dispatcher on the
 /// test's own thread, so other tests running meanwhile do not count.
 mod counting {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    thread_local! {
-        static LIVE: Cell<isize> = const { Cell::new(0) };
-        static PEAK: Cell<isize> = const { Cell::new(0) };
-    }
-
-    struct Counting;
-
-    // SAFETY: every call is forwarded to `System` with the same arguments; the counters (const thread-locals with
-    // no destructor, so never allocating) have no effect on memory.
-    #[allow(unsafe_code)]
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: forwarded as is; the caller upholds `alloc`'s contract.
-            let pointer = unsafe { System.alloc(layout) };
-            if !pointer.is_null() {
-                let size = layout.size() as isize;
-                let live = LIVE.with(|live| {
-                    live.set(live.get() + size);
-                    live.get()
-                });
-                PEAK.with(|peak| peak.set(peak.get().max(live)));
-            }
-            pointer
-        }
-
-        unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-            LIVE.with(|live| live.set(live.get() - layout.size() as isize));
-            // SAFETY: forwarded as is; `pointer` came from `alloc` with this layout.
-            unsafe { System.dealloc(pointer, layout) }
-        }
-    }
-
     #[global_allocator]
-    static ALLOCATOR: Counting = Counting;
+    static ALLOCATOR: sys::alloc::Counting = sys::alloc::Counting;
 
-    /// Bytes this thread had allocated at the peak while `work` ran, above what was live when it started.
-    pub fn peak_growth(work: impl FnOnce()) -> usize {
-        let base = LIVE.with(Cell::get);
-        PEAK.with(|peak| peak.set(base));
-        work();
-        usize::try_from(PEAK.with(Cell::get) - base).unwrap_or(0)
-    }
+    pub use sys::alloc::peak_growth;
 }
 
 /// Runs `n` items of a listed range (or of a stream when `stream`) with no records kept, as a job without a
