@@ -1,9 +1,9 @@
 //! The job file: its schema, and its validation into a resolved [`JobSpec`].
 //!
 //! Parsing happens in two steps, like ripgrep's low- and high-level arguments. First the TOML is read into a raw
-//! mirror ([`raw`]: every table denies unknown keys, every value keeps its location and its TOML type). Then
-//! each table is checked by its own module — [`input`], [`task`], [`workers`], [`supervise`], [`output`],
-//! [`shard`] — with the rules for one value in [`value`] (one rule per kind of value, each applied once), and
+//! mirror (`raw`: every table denies unknown keys, every value keeps its location and its TOML type). Then
+//! each table is checked by its own module — `input`, `task`, `workers`, `supervise`, `output`,
+//! `shard` — with the rules for one value in `value` (one rule per kind of value, each applied once), and
 //! this module checks what spans tables (the executor against the task) and resolves relative paths against the
 //! job file's folder. Every error names the file, line and column, and what was expected.
 //!

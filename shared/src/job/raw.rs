@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
-/// Every table's keys, for the hint on a key written in the wrong table (`timeout` in [supervise] is a key of
-/// [task]). The test below checks the list against the structs.
+/// Every table's keys, for the hint on a key written in the wrong table (`timeout` in `[supervise]` is a key of
+/// `[task]`). The test below checks the list against the structs.
 pub const TABLE_KEYS: &[(&str, &[&str])] = &[
     (
         "input",
