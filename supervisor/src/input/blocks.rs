@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use shared::item::Chunk;
+use shared::item::{BatchItems, Chunk};
 
 /// Items per block: one mark (8 bytes) per block, and the most items one lookup decodes.
 pub const BLOCK: u64 = 1024;
@@ -83,6 +83,13 @@ impl Blocks {
         for _ in end.max(first)..first + len {
             each(LOST);
         }
+    }
+
+    /// The byte ranges of items `first .. first + len`, as a batch carries them.
+    pub fn batch(&self, first: u64, len: u64, decode: impl Fn(u64, usize) -> Vec<Chunk>) -> BatchItems {
+        let mut chunks = Vec::with_capacity(len as usize);
+        self.each(first, len, decode, |chunk| chunks.push(chunk));
+        BatchItems::Chunks(chunks)
     }
 
     /// The descriptor of item `index`.

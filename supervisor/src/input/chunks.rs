@@ -94,14 +94,7 @@ impl Source for Chunks {
     }
 
     fn items(&self, first: u64, len: u64, _body: BodyOf<'_>) -> BatchItems {
-        let mut chunks = Vec::with_capacity(len as usize);
-        self.blocks.each(
-            first,
-            len,
-            |from, want| self.decode(from, want),
-            |chunk| chunks.push(chunk),
-        );
-        BatchItems::Chunks(chunks)
+        self.blocks.batch(first, len, |from, want| self.decode(from, want))
     }
 
     fn describe(&self, index: u64) -> InputDesc {

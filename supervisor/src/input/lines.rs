@@ -96,14 +96,7 @@ impl Source for Lines {
     }
 
     fn items(&self, first: u64, len: u64, _body: BodyOf<'_>) -> BatchItems {
-        let mut chunks = Vec::with_capacity(len as usize);
-        self.blocks.each(
-            first,
-            len,
-            |from, want| self.decode(from, want),
-            |line| chunks.push(line),
-        );
-        BatchItems::Chunks(chunks)
+        self.blocks.batch(first, len, |from, want| self.decode(from, want))
     }
 
     fn describe(&self, index: u64) -> InputDesc {
